@@ -1,0 +1,105 @@
+"""A 1-D U-Net sequence classifier.
+
+U-Net (Ronneberger, Fischer & Brox 2015, "U-Net: Convolutional Networks for Biomedical Image
+Segmentation") in one dimension, as used on DNA by e.g. the Caduceus/HyenaDNA baselines: an encoder
+that halves the length at every level, a decoder that doubles it back and concatenates the encoder's
+features at the same resolution (skip connections), then a masked mean over valid positions and a
+linear classifier. It works on any token ids: single nucleotides or BPE tokens.
+
+Shapes (B batch, L tokens, C_i the width of level i, D = len(widths) - 1 down-samplings):
+    input_ids [B, L], attention_mask [B, L]   (L is padded up to a multiple of 2**D inside)
+    embed            -> [B, C_0, L]
+    encoder level i  -> [B, C_i, L / 2**i]     (ConvBlock, then stride-2 max-pool to level i+1)
+    bottleneck       -> [B, C_D, L / 2**D]
+    decoder level i  -> [B, C_i, L / 2**i]     (upsample x2, concat skip i, ConvBlock)
+    masked mean      -> [B, C_0]
+    classifier       -> logits [B, num_classes]
+
+Padding never changes a sequence's output: padded positions are zeroed after every block, so a padded
+batch gives the same logits as the sequence alone (tested), which makes dynamic padding safe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class UNetConfig:
+    vocab_size: int
+    num_classes: int
+    pad_id: int = 3
+    widths: tuple[int, ...] = (32, 64, 96, 128, 192)  # ~1.7M parameters with char tokens
+    kernel_size: int = 7
+    dropout: float = 0.1
+
+
+class ChannelNorm(nn.LayerNorm):
+    """LayerNorm over channels at each position: position-local, so padding cannot leak in."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, C, L]
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+class ConvBlock(nn.Module):
+    """Two (conv -> norm -> GELU) layers with a residual connection; zeroes padded positions."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, dropout: float) -> None:
+        super().__init__()
+        pad = kernel_size // 2
+        self.conv1 = nn.Conv1d(c_in, c_out, kernel_size, padding=pad)
+        self.norm1 = ChannelNorm(c_out)
+        self.conv2 = nn.Conv1d(c_out, c_out, kernel_size, padding=pad)
+        self.norm2 = ChannelNorm(c_out)
+        self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # mask: [B, 1, L]
+        h = F.gelu(self.norm1(self.conv1(x))) * mask
+        h = self.dropout(F.gelu(self.norm2(self.conv2(h))))
+        return (h + self.skip(x)) * mask
+
+
+class UNet1D(nn.Module):
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        w = config.widths
+        self.embed = nn.Embedding(config.vocab_size, w[0], padding_idx=config.pad_id)
+        self.down = nn.ModuleList(
+            ConvBlock(w[max(i - 1, 0)], w[i], config.kernel_size, config.dropout) for i in range(len(w) - 1)
+        )
+        self.bottleneck = ConvBlock(w[-2], w[-1], config.kernel_size, config.dropout)
+        self.up = nn.ModuleList(
+            ConvBlock(w[i + 1] + w[i], w[i], config.kernel_size, config.dropout) for i in reversed(range(len(w) - 1))
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(w[0], config.num_classes)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        levels = len(self.down)
+        multiple = 2**levels
+        pad = (-input_ids.shape[1]) % multiple
+        if pad:  # lengths must halve cleanly at every level
+            input_ids = F.pad(input_ids, (0, pad), value=self.config.pad_id)
+            attention_mask = F.pad(attention_mask, (0, pad), value=0)
+
+        mask = attention_mask[:, None, :].to(self.embed.weight.dtype)  # [B, 1, L]
+        x = self.embed(input_ids).transpose(1, 2) * mask  # [B, C0, L]
+        skips = []
+        for block in self.down:
+            x = block(x, mask)
+            skips.append((x, mask))
+            x, mask = F.max_pool1d(x, 2), F.max_pool1d(mask, 2)
+        x = self.bottleneck(x, mask)
+        for block in self.up:
+            skip, mask = skips.pop()
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+            x = block(torch.cat([x, skip], dim=1), mask)
+
+        pooled = x.sum(dim=2) / mask.sum(dim=2).clamp(min=1)  # masked mean: [B, C0]
+        return self.classifier(self.dropout(pooled))

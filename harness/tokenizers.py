@@ -1,0 +1,245 @@
+"""DNA tokenizers and the content-addressed cache of tokenized splits.
+
+All tokenizers share DNABERT-2's special ids ([UNK]=0 [CLS]=1 [SEP]=2 [PAD]=3 [MASK]=4) and wrap
+every sequence as ``[CLS] tokens [SEP]``, as DNABERT-2's published tokenizer does.
+
+  char  single nucleotides: A C G T N = 5..9
+  kmer  overlapping k-mers (DNABERT-1 style): 5 + base-4 index of the k-mer; a k-mer with N is [UNK]
+  bpe   byte-pair encoding from the `tokenizers` library, trained on a task's training split at a
+        given vocabulary size, or loaded from a tokenizer.json (e.g. DNABERT-2's published one)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from tokenizers import Tokenizer, models, processors, trainers
+
+from .data import Split
+from .registry import Registry
+
+log = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+UNK, CLS, SEP, PAD, MASK = range(5)
+NUCLEOTIDES = "ACGTN"
+
+
+def cache_dir() -> Path:
+    """Where tokenizers and tokenized splits are cached (HARNESS_CACHE_DIR overrides)."""
+    path = Path(os.environ.get("HARNESS_CACHE_DIR", Path.home() / ".cache" / "dna-harness"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class DNATokenizer(Protocol):
+    name: str
+    vocab_size: int
+    pad_id: int
+
+    def encode(self, sequences: list[str]) -> list[np.ndarray]: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    def save(self, path: Path) -> None: ...
+
+
+def _wrap(ids: np.ndarray) -> np.ndarray:
+    return np.concatenate(([CLS], ids, [SEP])).astype(np.int32)
+
+
+class CharTokenizer:
+    """One token per nucleotide."""
+
+    name = "char"
+    pad_id = PAD
+    vocab_size = len(SPECIAL_TOKENS) + len(NUCLEOTIDES)
+
+    def __init__(self) -> None:
+        self._lut = np.full(256, UNK, dtype=np.int32)
+        for i, base in enumerate(NUCLEOTIDES):
+            self._lut[ord(base)] = len(SPECIAL_TOKENS) + i
+
+    def encode(self, sequences: list[str]) -> list[np.ndarray]:
+        return [_wrap(self._lut[np.frombuffer(s.encode(), dtype=np.uint8)]) for s in sequences]
+
+    @property
+    def fingerprint(self) -> str:
+        return "char-v1"
+
+    def save(self, path: Path) -> None:
+        path.write_text(f"{self.fingerprint}\n")
+
+
+class KmerTokenizer:
+    """Overlapping k-mers with stride 1: a sequence of length L gives L - k + 1 tokens."""
+
+    pad_id = PAD
+
+    def __init__(self, k: int = 6) -> None:
+        if not 1 <= k <= 12:
+            raise ValueError(f"k-mer size k={k} is outside 1..12")
+        self.k = k
+        self.name = f"kmer{k}"
+        self.vocab_size = len(SPECIAL_TOKENS) + 4**k
+        self._code = np.full(256, 4, dtype=np.int64)  # 4 marks N
+        for i, base in enumerate("ACGT"):
+            self._code[ord(base)] = i
+
+    def encode(self, sequences: list[str]) -> list[np.ndarray]:
+        weights = 4 ** np.arange(self.k - 1, -1, -1)
+        out = []
+        for s in sequences:
+            codes = self._code[np.frombuffer(s.encode(), dtype=np.uint8)]
+            if len(codes) < self.k:
+                out.append(_wrap(np.array([UNK])))
+                continue
+            windows = np.lib.stride_tricks.sliding_window_view(codes, self.k)
+            ids = len(SPECIAL_TOKENS) + windows @ weights
+            ids[(windows == 4).any(axis=1)] = UNK
+            out.append(_wrap(ids))
+        return out
+
+    @property
+    def fingerprint(self) -> str:
+        return f"kmer{self.k}-v1"
+
+    def save(self, path: Path) -> None:
+        path.write_text(f"{self.fingerprint}\n")
+
+
+class BPETokenizer:
+    """A `tokenizers` BPE model; the file's own post-processor decides the special tokens."""
+
+    def __init__(self, tokenizer: Tokenizer, source: str) -> None:
+        missing = [t for t in SPECIAL_TOKENS[:4] if tokenizer.token_to_id(t) is None]
+        if missing:
+            raise ValueError(f"tokenizer {source} lacks special token(s) {missing}")
+        self._tok = tokenizer
+        self.source = source
+        self.name = "bpe"
+        self.pad_id = tokenizer.token_to_id("[PAD]")
+        self.vocab_size = tokenizer.get_vocab_size()
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> BPETokenizer:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer file {path} not found; pass a tokenizer.json")
+        return cls(Tokenizer.from_file(str(path)), str(path))
+
+    @classmethod
+    def train(cls, sequences: list[str], vocab_size: int) -> BPETokenizer:
+        tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=list(NUCLEOTIDES),
+            show_progress=False,
+        )
+        tok.train_from_iterator(sequences, trainer=trainer, length=len(sequences))
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", CLS), ("[SEP]", SEP)]
+        )
+        return cls(tok, f"trained (vocab {vocab_size})")
+
+    def encode(self, sequences: list[str]) -> list[np.ndarray]:
+        return [np.asarray(e.ids, dtype=np.int32) for e in self._tok.encode_batch(sequences)]
+
+    @property
+    def fingerprint(self) -> str:
+        return "bpe-" + hashlib.sha256(self._tok.to_str().encode()).hexdigest()[:16]
+
+    def save(self, path: Path) -> None:
+        self._tok.save(str(path))
+
+
+def trained_bpe(train: Split, vocab_size: int) -> BPETokenizer:
+    """A BPE tokenizer trained on a training split, cached on disk by (content, vocabulary size)."""
+    path = cache_dir() / "tokenizers" / f"bpe{vocab_size}-{train.fingerprint}.json"
+    if path.is_file():
+        return BPETokenizer.from_file(path)
+    log.info("training a BPE tokenizer (vocab %d) on %d training sequences", vocab_size, len(train))
+    tok = BPETokenizer.train(train.sequences, vocab_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tok.save(tmp)
+    tmp.replace(path)  # atomic: a concurrent worker never reads half a file
+    return BPETokenizer.from_file(path)
+
+
+@dataclass(frozen=True)
+class TokenizerRequest:
+    """What an arm asks for: its tokenizer kind plus the run's options."""
+
+    train: Split
+    path: str | None = None  # an existing tokenizer.json (BPE)
+    vocab_size: int = 4096  # BPE vocabulary when training
+    k: int = 6
+
+
+TOKENIZERS: Registry = Registry("tokenizer")
+TOKENIZERS.add("char", lambda req: CharTokenizer())
+TOKENIZERS.add("kmer", lambda req: KmerTokenizer(req.k))
+TOKENIZERS.add("bpe", lambda req: BPETokenizer.from_file(req.path) if req.path
+               else trained_bpe(req.train, req.vocab_size))
+
+
+def build_tokenizer(kind: str, request: TokenizerRequest) -> DNATokenizer:
+    return TOKENIZERS.get(kind)(request)
+
+
+@dataclass(frozen=True)
+class TokenizedSplit:
+    """Token ids of a split, stored flat: sequence i is ids[offsets[i]:offsets[i+1]]."""
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def row(self, i: int) -> np.ndarray:
+        return self.ids[self.offsets[i]:self.offsets[i + 1]]
+
+
+_memory_cache: dict[str, TokenizedSplit] = {}
+
+
+def tokenize(tokenizer: DNATokenizer, split: Split, max_length: int | None = None) -> TokenizedSplit:
+    """Tokenize a split once per (tokenizer, content, max_length): memory first, then disk."""
+    key = hashlib.sha256(f"{tokenizer.fingerprint}|{split.fingerprint}|{max_length}".encode()).hexdigest()[:24]
+    if key in _memory_cache:
+        return _memory_cache[key]
+    path = cache_dir() / "tokenized" / f"{key}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            result = TokenizedSplit(z["ids"], z["offsets"], z["labels"])
+    else:
+        encoded = tokenizer.encode(split.sequences)
+        if max_length is not None:
+            truncated = sum(len(e) > max_length for e in encoded)
+            if truncated:
+                log.warning("%d of %d sequences exceed %d tokens and are truncated", truncated,
+                            len(encoded), max_length)
+            encoded = [e[:max_length] for e in encoded]
+        offsets = np.concatenate(([0], np.cumsum([len(e) for e in encoded]))).astype(np.int64)
+        result = TokenizedSplit(np.concatenate(encoded).astype(np.int32), offsets, split.labels)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{key}.tmp{os.getpid()}.npz")
+        np.savez(tmp, ids=result.ids, offsets=result.offsets, labels=result.labels)
+        tmp.replace(path)
+    _memory_cache[key] = result
+    return result

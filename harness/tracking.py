@@ -1,0 +1,174 @@
+"""Everything MLflow: where runs go, how they start and end, what is logged, and the figures.
+
+Schema (one experiment per study):
+  parent run  (arm, task)  tags arm, task, study, stage=study, optuna_study, git_commit
+                           params budget and search space; metrics best_dev_mcc, test_mcc_mean/std
+    trial run              tags stage=trial, trial_number, trial_state (COMPLETE/PRUNED), fail_reason
+                           params the sampled hyperparameters; per-epoch train_loss, dev_mcc (step=epoch)
+    final run              tags stage=final, seed; test_mcc, test_f1, test_accuracy, test_auroc, dev_mcc,
+                           params, train_seconds, flops; confusion matrix, learning curve, predictions
+A run always ends FINISHED, FAILED or KILLED (Ctrl-C / SIGTERM), never left RUNNING.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures are files
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+from mlflow.entities import Run  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+log = logging.getLogger(__name__)
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+PARAM_LIMIT = 6000  # MLflow's limit on a param value
+
+
+def redact(url: str) -> str:
+    """A storage/tracking URL without its password, safe for logs, params and tags."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a database URL (a path, http://...): strip any user:password@
+        if "@" in url and "://" in url:
+            scheme, rest = url.split("://", 1)
+            return f"{scheme}://***@{rest.split('@', 1)[1]}"
+        return url
+
+
+def setup(experiment: str) -> str:
+    """Point MLflow at the tracking store (default sqlite:///mlflow.db) and the study's experiment.
+
+    Under `mlflow run`, MLflow has already opened a launcher run (MLFLOW_RUN_ID). The harness's runs
+    go to the study's experiment instead, so the launcher run is tagged with a pointer to them and
+    detached from this process.
+    """
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        mlflow.set_tracking_uri(DEFAULT_TRACKING_URI)
+    launcher = os.environ.pop("MLFLOW_RUN_ID", None)
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    exp = mlflow.set_experiment(experiment)
+    if launcher:
+        MlflowClient().set_tag(launcher, "stage", "launch")
+        MlflowClient().set_tag(launcher, "results_experiment", experiment)
+    return exp.experiment_id
+
+
+@contextlib.contextmanager
+def run(name: str, tags: dict[str, Any], nested: bool = False, run_id: str | None = None,
+        finished_on: tuple[type[BaseException], ...] = (), **kwargs: Any) -> Iterator[Run]:
+    """Start (or resume) a run and always end it: FINISHED on success or on `finished_on`
+    exceptions (e.g. a pruned trial), KILLED on Ctrl-C/SIGTERM, FAILED on any other error."""
+    active = mlflow.start_run(run_id=run_id, run_name=None if run_id else name, nested=nested,
+                              tags={k: str(v) for k, v in tags.items()}, **kwargs)
+    status = "FAILED"
+    try:
+        yield active
+        status = "FINISHED"
+    except finished_on:
+        status = "FINISHED"
+        raise
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        mlflow.end_run(status)
+
+
+def log_params(params: dict[str, Any]) -> None:
+    flat = {k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v) for k, v in params.items()}
+    mlflow.log_params({k: str(v)[:PARAM_LIMIT] for k, v in flat.items()})
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}, step=step)
+
+
+def find_parent_run(experiment_id: str, tags: dict[str, str]) -> str | None:
+    """The latest parent run with these tags (to resume it), or None."""
+    query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+    runs = MlflowClient().search_runs([experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def child_runs(experiment_id: str, parent_id: str, stage: str, status: str | None = "FINISHED") -> list[Run]:
+    query = f"tags.mlflow.parentRunId = '{parent_id}' and tags.stage = '{stage}'"
+    if status:
+        query += f" and attributes.status = '{status}'"
+    return MlflowClient().search_runs([experiment_id], query, max_results=10_000)
+
+
+def git_commit() -> str:
+    """The commit of the harness's checkout (with '+dirty' if it has uncommitted changes)."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+# ----------------------------------------------------------------------------------- figures
+def save_confusion_matrix(cm: np.ndarray, path: Path, title: str) -> Path:
+    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(cm), 1.0 + 0.7 * len(cm)))
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), n in np.ndenumerate(cm):
+        ax.text(j, i, str(n), ha="center", va="center", color="white" if n > cm.max() / 2 else "black")
+    ax.set(xlabel="predicted", ylabel="true", title=title, xticks=range(len(cm)), yticks=range(len(cm)))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_learning_curve(history: list, path: Path, title: str) -> Path:
+    epochs = [r.epoch for r in history]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(epochs, [r.train_loss for r in history], "o-", color="tab:red", label="train loss")
+    ax.set(xlabel="epoch", ylabel="train loss", title=title)
+    ax2 = ax.twinx()
+    ax2.plot(epochs, [r.dev["mcc"] for r in history], "s-", color="tab:blue", label="dev MCC")
+    ax2.set_ylabel("dev MCC")
+    fig.legend(loc="lower center", ncol=2, fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_optuna_history(study, path: Path) -> Path:
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    with _quiet_experimental():
+        ax = plot_optimization_history(study)
+    ax.set_ylabel("dev MCC")
+    ax.figure.set_size_inches(6, 3.5)
+    ax.figure.tight_layout()
+    ax.figure.savefig(path, dpi=100)
+    plt.close(ax.figure)
+    return path
+
+
+@contextlib.contextmanager
+def _quiet_experimental():
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield

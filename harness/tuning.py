@@ -1,0 +1,273 @@
+"""Tune an arm on a task with the study's budget, then retrain the best configuration with K seeds and
+evaluate it once on test. One Optuna study per (study, arm, task), persistent in the storage: running
+the same command again resumes it (finished trials and final runs are kept, not redone).
+
+Fairness rules enforced here:
+  - every arm gets the study's n_trials finished trials (complete or pruned) and its epoch cap;
+  - tuning and checkpoint selection see dev only; test is scored only by the final runs;
+  - a resumed study must have the same protocol (budget, search space), else it is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import optuna
+import pandas as pd
+import sqlalchemy.exc
+import torch
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+
+from . import tracking
+from .arms import Arm, Budget, Fitted, RunOptions
+from .data import TaskData
+from .metrics import classification_metrics, confusion
+from .progress import Progress
+from .studies import StudyError, StudySpec
+from .train import DivergedError, EpochResult
+
+log = logging.getLogger("harness")
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)  # the states that use up the trial budget
+TRIAL_SEED_OFFSET = 10_000  # trial seeds never coincide with the final seeds 0..K-1
+HEARTBEAT_INTERVAL_S = 30
+HEARTBEAT_GRACE_S = 120
+
+
+class StorageError(RuntimeError):
+    """The Optuna storage cannot be reached; the message names the URL without its password."""
+
+
+@dataclass
+class ArmTaskResult:
+    arm: str
+    task: str
+    parent_run_id: str
+    best_dev_mcc: float
+    best_params: dict[str, Any]
+    test_mcc: list[float] = field(default_factory=list)
+
+
+def open_storage(url: str) -> RDBStorage:
+    """An RDB storage with heartbeats: a trial whose process died is marked failed and re-queued."""
+    try:
+        return RDBStorage(
+            url, heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=HEARTBEAT_GRACE_S,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+        )
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as err:
+        raise StorageError(f"cannot open Optuna storage {tracking.redact(url)}: {type(err).__name__}: "
+                           f"{str(err).splitlines()[0]}") from None
+
+
+def open_study(spec: StudySpec, arm: Arm, task: str, storage: RDBStorage) -> optuna.Study:
+    name = f"{spec.name}/{arm.name}/{task}"
+    n_existing = 0
+    try:
+        n_existing = len(optuna.load_study(study_name=name, storage=storage).trials)
+    except KeyError:
+        pass
+    # A resumed process must not replay the sampler's first draws: offset its seed by the trials so far.
+    sampler = optuna.samplers.TPESampler(seed=spec.sampler_seed + n_existing,
+                                         n_startup_trials=spec.n_startup_trials)
+    pruner = optuna.pruners.MedianPruner(**spec.pruner)
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
+                                direction="maximize", load_if_exists=True)
+    protocol = spec.protocol_hash(arm.family)
+    recorded = study.user_attrs.get("protocol_hash")
+    if recorded is None:
+        study.set_user_attr("protocol_hash", protocol)
+        study.set_user_attr("protocol", spec.protocol(arm.family))
+    elif recorded != protocol:
+        raise StudyError(
+            f"Optuna study {name!r} in this storage was run with a different protocol "
+            f"({json.dumps(study.user_attrs.get('protocol'))}); its budget or search space differs from "
+            f"{spec.path}. Use another study name, another storage, or restore the original settings."
+        )
+    return study
+
+
+def counted_trials(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=COUNTED))
+
+
+class Objective:
+    """One Optuna trial = one nested MLflow run that trains the arm on train and scores dev."""
+
+    def __init__(self, spec: StudySpec, arm: Arm, task: TaskData, budget: Budget, options: RunOptions,
+                 progress: Progress, tags: dict[str, str]) -> None:
+        self.spec, self.arm, self.task, self.budget, self.options = spec, arm, task, budget, options
+        self.progress, self.tags = progress, tags
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        params = self.spec.suggest(trial, self.arm.family)
+        tags = {**self.tags, "stage": "trial", "trial_number": trial.number}
+        with tracking.run(f"trial-{trial.number}", tags, nested=True, finished_on=(optuna.TrialPruned,)) as run:
+            trial.set_user_attr("mlflow_run_id", run.info.run_id)
+            tracking.log_params(params)
+            stage = f"trial {trial.number + 1}/{self.spec.n_trials}"
+            best = -math.inf
+
+            def on_epoch(record: EpochResult) -> None:
+                nonlocal best
+                best = max(best, record.dev["mcc"])
+                log_epoch(record)
+                self.progress.epoch(stage, record.epoch, self.budget.max_epochs, record.train_loss,
+                                    record.dev["mcc"], best, record.seconds)
+                trial.report(record.dev["mcc"], record.epoch)
+                if trial.should_prune():
+                    self.progress.skip(self.budget.max_epochs - record.epoch)
+                    raise optuna.TrialPruned(f"pruned at epoch {record.epoch}: dev MCC {record.dev['mcc']:.4f} "
+                                             "below the median of earlier trials")
+
+            try:
+                fitted = self.arm.fit(self.task, params, TRIAL_SEED_OFFSET + trial.number, self.budget,
+                                      self.options, on_epoch)
+            except optuna.TrialPruned as pruned:
+                self.record_end(trial, "PRUNED", str(pruned))
+                raise
+            except DivergedError as err:
+                self.progress.skip(self.budget.max_epochs)  # upper bound; the ETA only needs a rough plan
+                self.record_end(trial, "PRUNED", f"diverged: {err}")
+                raise optuna.TrialPruned(f"diverged: {err}") from None
+            except (torch.OutOfMemoryError, MemoryError) as err:
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self.progress.skip(self.budget.max_epochs)
+                reason = f"out of memory: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                self.record_end(trial, "PRUNED", reason)
+                raise optuna.TrialPruned(reason) from None
+
+            result = fitted.result
+            self.progress.skip(self.budget.max_epochs - len(result.history))
+            tracking.log_metrics({"best_dev_mcc": result.best_dev["mcc"], "best_epoch": result.best_epoch,
+                                  "params": fitted.n_params, "train_seconds": result.train_seconds,
+                                  "flops": result.flops})
+            self.record_end(trial, "COMPLETE", "")
+            return result.best_dev["mcc"]
+
+    @staticmethod
+    def record_end(trial: optuna.Trial, state: str, reason: str) -> None:
+        mlflow.set_tags({"trial_state": state, **({"fail_reason": reason[:5000]} if reason else {})})
+        if reason:
+            trial.set_user_attr("fail_reason", reason)
+            log.warning("trial %d %s: %s", trial.number, state.lower(), reason)
+
+
+def log_epoch(record: EpochResult) -> None:
+    tracking.log_metrics({"train_loss": record.train_loss, "epoch_seconds": record.seconds,
+                          **{f"dev_{k}": v for k, v in record.dev.items()}}, step=record.epoch)
+
+
+def run_final(arm: Arm, task: TaskData, params: dict[str, Any], seed: int, budget: Budget,
+              options: RunOptions, progress: Progress, tags: dict[str, str], n_seeds: int) -> float:
+    """Retrain the chosen configuration with one seed; score dev and, once, test."""
+    with tracking.run(f"final-seed{seed}", {**tags, "stage": "final", "seed": seed}, nested=True):
+        tracking.log_params(params)
+        best = -math.inf
+
+        def on_epoch(record: EpochResult) -> None:
+            nonlocal best
+            best = max(best, record.dev["mcc"])
+            log_epoch(record)
+            progress.epoch(f"final seed {seed + 1}/{n_seeds}", record.epoch, budget.max_epochs,
+                           record.train_loss, record.dev["mcc"], best, record.seconds)
+
+        fitted = arm.fit(task, params, seed, budget, options, on_epoch)
+        progress.skip(budget.max_epochs - len(fitted.result.history))
+        dev_probs, test_probs = fitted.predict("dev"), fitted.predict("test")
+        dev = classification_metrics(task.dev.labels, dev_probs)
+        test = classification_metrics(task.test.labels, test_probs)
+        result = fitted.result
+        tracking.log_metrics({**{f"test_{k}": v for k, v in test.items()}, **{f"dev_{k}": v for k, v in dev.items()},
+                              "params": fitted.n_params, "train_seconds": result.train_seconds,
+                              "flops": result.flops, "best_epoch": result.best_epoch})
+        log_final_artifacts(fitted, task, test_probs, seed)
+        log.info("%s | final seed %d | test_mcc %.4f | test_f1 %.4f | test_accuracy %.4f",
+                 progress.label, seed, test["mcc"], test["f1"], test["accuracy"])
+        return test["mcc"]
+
+
+def log_final_artifacts(fitted: Fitted, task: TaskData, test_probs: np.ndarray, seed: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        files = [
+            tracking.save_confusion_matrix(confusion(task.test.labels, test_probs), folder / "confusion_matrix.png",
+                                           f"{task.name} test, seed {seed}"),
+            tracking.save_learning_curve(fitted.result.history, folder / "learning_curve.png",
+                                         f"{task.name}, seed {seed}"),
+        ]
+        predictions = pd.DataFrame({"label": task.test.labels, "prediction": test_probs.argmax(axis=1)})
+        for c in range(test_probs.shape[1]):
+            predictions[f"prob_{c}"] = test_probs[:, c]
+        predictions.to_csv(folder / "test_predictions.csv", index_label="row")
+        files += [folder / "test_predictions.csv", *fitted.artifacts(folder)]
+        for path in files:
+            mlflow.log_artifact(str(path))
+
+
+def tune_and_evaluate(spec: StudySpec, arm: Arm, task: TaskData, storage: RDBStorage, experiment_id: str,
+                      options: RunOptions, n_trials: int, seeds: int, provenance: dict[str, str]) -> ArmTaskResult:
+    """The whole protocol for one (arm, task): tune, pick on dev, retrain with K seeds, test once."""
+    budget = Budget(spec.max_epochs, spec.patience)
+    study = open_study(spec, arm, task.name, storage)
+    identity = {"study": spec.name, "arm": arm.name, "task": task.name, "stage": "study"}
+    tags = {**identity, **arm.tags(options), **provenance, "optuna_study": study.study_name}
+    parent_id = tracking.find_parent_run(experiment_id, identity)
+    done_before = counted_trials(study)
+    label = f"{arm.name} | {task.name}"
+    if parent_id:
+        log.info("%s | resuming: %d/%d trials already finished", label, done_before, n_trials)
+
+    with tracking.run(f"{arm.name} | {task.name}", tags, run_id=parent_id, log_system_metrics=True) as parent:
+        tracking.log_params({"n_trials": n_trials, "max_epochs": spec.max_epochs, "patience": spec.patience,
+                             "sampler_seed": spec.sampler_seed, "pruner": spec.pruner,
+                             "search_space": spec.protocol(arm.family)["search_space"],
+                             "fixed_params": spec.fixed.get(arm.family, {}),
+                             "bpe_vocab_size": options.bpe_vocab_size, "max_length": options.max_length,
+                             "task_source": task.source, "num_classes": task.num_classes})
+        mlflow.set_tags({"seeds": seeds, "device": options.device})
+        mlflow.log_dict(task.summary(), "task_summary.json")
+        tracking.log_metrics({f"overlap_{k}": v for k, v in task.overlaps.items()})
+
+        seeds_done = {int(r.data.tags["seed"]) for r in tracking.child_runs(experiment_id, parent.info.run_id, "final")}
+        todo_seeds = [s for s in range(seeds) if s not in seeds_done]
+        remaining = max(n_trials - done_before, 0)
+        progress = Progress(label, (remaining + len(todo_seeds)) * spec.max_epochs)
+        child_tags = {**identity, "family": arm.family}
+
+        if remaining:
+            objective = Objective(spec, arm, task, budget, options, progress, child_tags)
+            study.optimize(objective, n_trials=remaining, callbacks=[MaxTrialsCallback(n_trials, states=COUNTED)])
+        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            raise RuntimeError(f"{label}: none of the {n_trials} trials completed (all pruned or diverged); "
+                               "see the trial runs' fail_reason tags and widen the search space")
+        best = study.best_trial
+        tracking.log_metrics({"best_dev_mcc": best.value, "best_trial_number": best.number,
+                              **{f"n_trials_{s.name.lower()}": len(study.get_trials(deepcopy=False, states=(s,)))
+                                 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}})
+        mlflow.log_dict(best.params, "best_params.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.log_artifact(str(tracking.save_optuna_history(study, Path(tmp) / "optuna_history.png")))
+        log.info("%s | best trial %d: dev_mcc %.4f with %s", label, best.number, best.value, best.params)
+
+        params = {**spec.fixed.get(arm.family, {}), **best.params}
+        for seed in todo_seeds:
+            run_final(arm, task, params, seed, budget, options, progress, child_tags, seeds)
+
+        finals = tracking.child_runs(experiment_id, parent.info.run_id, "final")
+        test_mcc = [r.data.metrics["test_mcc"] for r in finals if int(r.data.tags["seed"]) < seeds]
+        tracking.log_metrics({"test_mcc_mean": float(np.mean(test_mcc)), "test_mcc_std": float(np.std(test_mcc)),
+                              "n_seeds": len(test_mcc)})
+        log.info("%s | done in %s: test_mcc %.4f +/- %.4f over %d seeds", label, progress.elapsed(),
+                 np.mean(test_mcc), np.std(test_mcc), len(test_mcc))
+        return ArmTaskResult(arm.name, task.name, parent.info.run_id, best.value, best.params, test_mcc)
