@@ -54,8 +54,7 @@ def setup(experiment: str) -> str:
     go to the study's experiment instead, so the launcher run is tagged with a pointer to them and
     detached from this process.
     """
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        mlflow.set_tracking_uri(DEFAULT_TRACKING_URI)
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
     launcher = os.environ.pop("MLFLOW_RUN_ID", None)
     os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     exp = mlflow.set_experiment(experiment)

@@ -1,0 +1,86 @@
+"""Shared test setup: telemetry off, caches and databases in temporary folders, tiny GUE-layout data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ.setdefault("HARNESS_CACHE_DIR", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"harness-test-cache-{os.getpid()}"))
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, or a skip that says why (CI always has ../shared)."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent: ../shared holds the real GUE data and reference fixtures")
+    return path
+
+
+def write_split(path: Path, sequences, labels) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("sequence,label\n" + "".join(f"{s},{y}\n" for s, y in zip(sequences, labels)))
+
+
+@pytest.fixture
+def tiny_gue(tmp_path: Path) -> Path:
+    """A GUE-layout root with two small tasks cut from the synthetic suite (fast to train on)."""
+    from harness.synthetic import make_synthetic_task
+
+    root = tmp_path / "gue"
+    for name, sizes in (("synthetic/motif_binary", (160, 60, 60)), ("synthetic/motif_multiclass", (150, 60, 60))):
+        task = make_synthetic_task(name)
+        for split, n in zip(("train", "dev", "test"), sizes):
+            data = task.split(split)
+            write_split(root / "toy" / name.split("/")[1] / f"{split}.csv", data.sequences[:n], data.labels[:n])
+    return root
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run in a fresh folder with its own MLflow and Optuna sqlite databases."""
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")  # MLflow keeps the last URI set in-process
+    return tmp_path
+
+
+TINY_STUDY = """
+name: tiny
+tasks: [toy/motif_binary]
+budget: {n_trials: 3, max_epochs: 2, patience: 2, seeds: 2}
+sampler: {seed: 0, n_startup_trials: 2}
+pruner: {n_startup_trials: 5, n_warmup_steps: 1}
+tokenizer: {bpe_vocab_size: 64}
+search_spaces:
+  cnn:
+    lr: {type: float, low: 2.0e-3, high: 5.0e-3, log: true}
+    dropout: {type: float, low: 0.0, high: 0.2}
+    batch_size: {type: categorical, choices: [16]}
+  kmer:
+    k: {type: int, low: 3, high: 5}
+    C: {type: float, low: 0.1, high: 10.0, log: true}
+"""
+
+
+@pytest.fixture
+def tiny_study(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_STUDY)
+    return path
+
+
+def random_probs(n: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    logits = rng.normal(size=(n, classes)) + 1.5 * np.eye(classes)[labels]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return labels, probs

@@ -1,0 +1,139 @@
+"""The GUE loader: what it accepts, how it normalises, and the error for every kind of bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import shared_path, write_split
+from harness.data import DataError, load_gue_task
+from harness.synthetic import SPECS, make_synthetic_task
+from harness.tasks import load_task
+
+
+def make_task(root, train=None, dev=None, test=None, raw: dict | None = None):
+    """A GUE task folder toy/t with valid defaults; `raw` replaces a split's file text verbatim."""
+    good = (["ACGTACGT", "TTTTGGGG", "ACGTTTTT", "GGGGCCCC"], [0, 1, 0, 1])
+    for name, split in (("train", train), ("dev", dev), ("test", test)):
+        write_split(root / "toy" / "t" / f"{name}.csv", *(split or good))
+    for name, text in (raw or {}).items():
+        (root / "toy" / "t" / f"{name}.csv").write_text(text)
+    return root
+
+
+def error_for(tmp_path, **kwargs) -> str:
+    root = make_task(tmp_path, **kwargs)
+    with pytest.raises(DataError) as err:
+        load_gue_task(root, "toy/t")
+    return str(err.value)
+
+
+def test_valid_task_loads_and_normalises(tmp_path):
+    root = make_task(tmp_path, train=(["acgtRYKM", " TTTTGGGG ", "ACGTNNNN", "ggggcccc"], [0, 1, 0, 1]))
+    task = load_gue_task(root, "toy/t")
+    assert task.train.sequences == ["ACGTNNNN", "TTTTGGGG", "ACGTNNNN", "GGGGCCCC"]
+    assert task.num_classes == 2
+    assert task.train.labels.dtype == np.int64 and task.train.labels.tolist() == [0, 1, 0, 1]
+
+
+def test_missing_column_names_file_and_line_1(tmp_path):
+    msg = error_for(tmp_path, raw={"train": "seq,label\nACGT,0\nTTTT,1\n"})
+    assert "train.csv, line 1" in msg and "missing column(s) sequence" in msg
+
+
+def test_missing_header_is_reported(tmp_path):
+    msg = error_for(tmp_path, raw={"dev": "ACGTACGT,0\nTTTTGGGG,1\n"})
+    assert "dev.csv, line 1" in msg and "'sequence,label'" in msg
+
+
+def test_non_integer_label_names_line(tmp_path):
+    msg = error_for(tmp_path, raw={"train": "sequence,label\nACGT,0\nTTTT,1\nGGGG,yes\n"})
+    assert "train.csv, line 4" in msg and "'yes' is not an integer" in msg
+
+
+def test_negative_label(tmp_path):
+    msg = error_for(tmp_path, raw={"train": "sequence,label\nACGT,0\nTTTT,-1\n"})
+    assert "line 3" in msg and "negative" in msg
+
+
+def test_empty_sequence_names_line(tmp_path):
+    msg = error_for(tmp_path, raw={"test": "sequence,label\nACGT,0\n  ,1\n"})
+    assert "test.csv, line 3: empty sequence" in msg
+
+
+def test_blank_line_counts_as_empty_sequence_at_its_line(tmp_path):
+    msg = error_for(tmp_path, raw={"test": "sequence,label\nACGT,0\n\nTTTT,1\n"})
+    assert "test.csv, line 3" in msg
+
+
+def test_non_dna_character_names_line_and_character(tmp_path):
+    msg = error_for(tmp_path, raw={"dev": "sequence,label\nACGT,0\nACGU,1\n"})
+    assert "dev.csv, line 3: character 'U' is not DNA" in msg
+    msg = error_for(tmp_path, raw={"dev": "sequence,label\nAC-GT,0\nACGT,1\n"})
+    assert "line 2: character '-'" in msg
+
+
+def test_labels_absent_from_train(tmp_path):
+    msg = error_for(tmp_path, raw={"test": "sequence,label\nACGT,0\nTTTT,2\n"})
+    assert "test.csv, line 3: label 2 does not occur in" in msg and "train.csv" in msg
+
+
+def test_train_labels_must_be_contiguous(tmp_path):
+    msg = error_for(tmp_path, raw={"train": "sequence,label\nACGT,0\nTTTT,2\n"})
+    assert "class(es) [1] never occur" in msg
+
+
+def test_single_class_train(tmp_path):
+    msg = error_for(tmp_path, raw={"train": "sequence,label\nACGT,0\nTTTT,0\n", "dev": "sequence,label\nA,0\n",
+                                   "test": "sequence,label\nA,0\n"})
+    assert "only one class" in msg
+
+
+def test_empty_split_and_empty_file(tmp_path):
+    assert "no rows after the header" in error_for(tmp_path, raw={"dev": "sequence,label\n"})
+    assert "the file is empty" in error_for(tmp_path, raw={"dev": ""})
+
+
+def test_missing_file_and_folder(tmp_path):
+    root = make_task(tmp_path)
+    (root / "toy" / "t" / "dev.csv").unlink()
+    with pytest.raises(DataError, match="dev.csv: file not found"):
+        load_gue_task(root, "toy/t")
+    with pytest.raises(DataError, match="task folder not found"):
+        load_gue_task(root, "toy/absent")
+
+
+def test_malformed_csv_row(tmp_path):
+    msg = error_for(tmp_path, raw={"train": "sequence,label\nACGT,0\nTTTT,1,extra,fields\n"})
+    assert "train.csv" in msg and "not a readable CSV" in msg
+
+
+def test_train_test_overlap_is_reported(tmp_path, caplog):
+    root = make_task(tmp_path, test=(["ACGTACGT", "AAAAAAAA"], [0, 1]))
+    task = load_gue_task(root, "toy/t")
+    assert task.overlaps == {"train_dev": 4, "train_test": 1}
+    assert "1 test sequences also occur in train" in caplog.text
+
+
+def test_non_synthetic_task_without_data_root_says_what_to_pass():
+    with pytest.raises(DataError, match="-P data="):
+        load_task("tf/0", None)
+
+
+def test_synthetic_suite_is_deterministic_and_gue_shaped():
+    for name, spec in SPECS.items():
+        a, b = make_synthetic_task(name), make_synthetic_task(name)
+        assert a.train.sequences == b.train.sequences and np.array_equal(a.test.labels, b.test.labels)
+        assert a.num_classes == spec.num_classes
+        assert set(np.unique(a.train.labels)) == set(range(spec.num_classes))
+        lengths = [len(s) for s in a.train.sequences]
+        assert spec.length[0] <= min(lengths) < max(lengths) <= spec.length[1]
+        assert set("".join(a.train.sequences)) <= set("ACGT")
+    assert any(s.num_classes > 2 for s in SPECS.values())
+
+
+def test_real_gue_task_loads():
+    root = shared_path("data", "gue")
+    task = load_task("tf/0", str(root))
+    assert task.num_classes == 2 and len(task.train) > 30_000 and len(task.dev) == len(task.test) == 1000
+    assert {len(s) for s in task.test.sequences} == {101}

@@ -1,0 +1,203 @@
+"""A tiny study end to end on CPU: MLflow schema, resume after an interruption, determinism, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import mlflow
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO
+from harness.arms import TorchArm
+from harness.cli import main
+
+
+def run_cli(study, data, arm="unet_char", *extra):
+    return main(["run", "--arm", arm, "--study", str(study), "--data", str(data), "--device", "cpu", *extra])
+
+
+def runs_by_stage(experiment="tiny"):
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    out = {}
+    for r in runs:
+        out.setdefault(r.data.tags.get("stage"), []).append(r)
+    return out
+
+
+@pytest.mark.slow
+def test_tiny_study_logs_the_schema(workdir, tiny_gue, tiny_study, caplog):
+    caplog.set_level("INFO", logger="harness")
+    assert run_cli(tiny_study, tiny_gue) == 0
+    runs = runs_by_stage()
+    (parent,) = runs["study"]
+    assert parent.info.status == "FINISHED"
+    assert {k: parent.data.tags[k] for k in ("arm", "task", "study", "stage", "tokenizer", "init")} == {
+        "arm": "unet_char", "task": "toy/motif_binary", "study": "tiny", "stage": "study",
+        "tokenizer": "char", "init": "scratch"}
+    assert parent.data.params["n_trials"] == "3" and parent.data.params["max_epochs"] == "2"
+    assert json.loads(parent.data.params["search_space"]).keys() == {"lr", "dropout", "batch_size"}
+    assert -1 <= parent.data.metrics["best_dev_mcc"] <= 1
+    assert "git_commit" in parent.data.tags and parent.data.tags["storage"] == "sqlite:///optuna.db"
+
+    trials, finals = runs["trial"], runs["final"]
+    assert sorted(int(r.data.tags["trial_number"]) for r in trials) == [0, 1, 2]
+    assert sorted(int(r.data.tags["seed"]) for r in finals) == [0, 1]
+    client = MlflowClient()
+    for r in trials + finals:
+        assert r.info.status == "FINISHED"
+        assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert {"arm", "task", "study"} <= r.data.tags.keys()
+    for r in trials:
+        assert {"lr", "dropout", "batch_size"} <= r.data.params.keys()
+        history = client.get_metric_history(r.info.run_id, "dev_mcc")
+        assert [m.step for m in history] == [1, 2]
+        assert r.data.tags["trial_state"] == "COMPLETE"
+    (best,) = [r for r in trials if int(r.data.tags["trial_number"]) == parent.data.metrics["best_trial_number"]]
+    assert parent.data.metrics["best_dev_mcc"] == max(r.data.metrics["best_dev_mcc"] for r in trials)
+    assert parent.data.metrics["best_dev_mcc"] == best.data.metrics["best_dev_mcc"]
+    for r in finals:
+        m = r.data.metrics
+        assert {"test_mcc", "test_f1", "test_accuracy", "test_auroc", "dev_mcc", "params", "train_seconds",
+                "flops"} <= m.keys()
+        assert 1_000_000 < m["params"] < 2_000_000 and m["train_seconds"] > 0
+        assert r.data.params["lr"] == best.data.params["lr"]  # finals retrain the best configuration
+        artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert {"confusion_matrix.png", "learning_curve.png", "test_predictions.csv"} <= artifacts
+    mean = sum(r.data.metrics["test_mcc"] for r in finals) / 2
+    assert parent.data.metrics["test_mcc_mean"] == pytest.approx(mean)
+    assert {"best_params.json", "optuna_history.png", "task_summary.json"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)}
+    # Progress lines: trial, epoch, dev MCC and an ETA.
+    assert "trial 1/3 | epoch 1/2" in caplog.text and "ETA" in caplog.text
+
+
+@pytest.mark.slow
+def test_interrupted_study_resumes_without_losing_trials(workdir, tiny_gue, tiny_study, monkeypatch):
+    real_fit = TorchArm.fit
+    calls = {"n": 0}
+
+    def interrupt_second_trial(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(TorchArm, "fit", interrupt_second_trial)
+    assert run_cli(tiny_study, tiny_gue) == 130
+    runs = runs_by_stage()
+    assert [r.info.status for r in runs["study"]] == ["KILLED"]
+    assert sorted(r.info.status for r in runs["trial"]) == ["FINISHED", "KILLED"]
+    study = optuna.load_study(study_name="tiny/unet_char/toy/motif_binary", storage="sqlite:///optuna.db")
+    first = study.trials[0]
+    assert first.state == optuna.trial.TrialState.COMPLETE and study.trials[1].state.name == "FAIL"
+
+    monkeypatch.setattr(TorchArm, "fit", real_fit)
+    assert run_cli(tiny_study, tiny_gue) == 0
+    study = optuna.load_study(study_name="tiny/unet_char/toy/motif_binary", storage="sqlite:///optuna.db")
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 3
+    assert complete[0].number == 0 and complete[0].params == first.params and complete[0].value == first.value
+    runs = runs_by_stage()
+    assert len(runs["study"]) == 1 and runs["study"][0].info.status == "FINISHED"  # the same parent, resumed
+    assert len(runs["final"]) == 2
+    # A third run has nothing left to do: no new trials, no duplicate final runs.
+    assert run_cli(tiny_study, tiny_gue) == 0
+    runs = runs_by_stage()
+    assert len(runs["trial"]) == 4 and len(runs["final"]) == 2
+
+
+@pytest.mark.slow
+def test_same_command_same_test_metrics(tmp_path, tiny_gue, tiny_study, monkeypatch):
+    results = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        monkeypatch.chdir(folder)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder}/mlflow.db")
+        mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
+        assert run_cli(tiny_study, tiny_gue, "unet_char", "--tasks", "toy/motif_multiclass") == 0
+        finals = sorted(runs_by_stage()["final"], key=lambda r: r.data.tags["seed"])
+        results.append([(r.data.metrics["test_mcc"], r.data.metrics["test_f1"], r.data.params["lr"]) for r in finals])
+    assert results[0] == results[1]
+
+
+def test_kmer_arm_through_the_cli(workdir, tiny_gue, tiny_study):
+    assert run_cli(tiny_study, tiny_gue, "kmer_logreg", "--seeds", "1") == 0
+    runs = runs_by_stage()
+    assert len(runs["trial"]) == 3 and len(runs["final"]) == 1
+    assert runs["study"][0].data.tags["family"] == "kmer"
+
+
+@pytest.mark.parametrize("csv, expected", [
+    ("seq,label\nACGT,0\n", "train.csv, line 1: missing column(s) sequence"),
+    ("sequence,label\nACGT,0\nACXT,1\n", "train.csv, line 3: character 'X' is not DNA"),
+    ("sequence,label\nACGT,zero\n", "train.csv, line 2: label 'zero' is not an integer"),
+])
+def test_bad_data_gives_clear_error_and_no_run(workdir, tiny_gue, tiny_study, capsys, csv, expected):
+    (tiny_gue / "toy" / "motif_binary" / "train.csv").write_text(csv)
+    assert run_cli(tiny_study, tiny_gue) == 2
+    assert expected in capsys.readouterr().err
+    exp = MlflowClient().get_experiment_by_name("tiny")
+    assert exp is None or not MlflowClient().search_runs([exp.experiment_id])
+
+
+def test_unknown_arm_and_bad_parameters(workdir, tiny_study, capsys):
+    assert main(["run", "--arm", "gpt5", "--study", str(tiny_study)]) == 2
+    assert "unknown arm 'gpt5'; registered: kmer_logreg, unet_bpe, unet_char" in capsys.readouterr().err
+    assert main(["run", "--arm", "unet_char", "--study", str(tiny_study), "--n-trials", "two"]) == 2
+    assert "n_trials must be an integer" in capsys.readouterr().err
+
+
+def test_failure_mid_study_marks_runs_failed(workdir, tiny_gue, tiny_study, monkeypatch):
+    def broken_fit(self, *args, **kwargs):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(TorchArm, "fit", broken_fit)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_cli(tiny_study, tiny_gue)
+    runs = runs_by_stage()
+    assert [r.info.status for r in runs["study"]] == ["FAILED"]
+    assert [r.info.status for r in runs["trial"]] == ["FAILED"]
+    assert mlflow.active_run() is None
+
+
+def test_diverging_trial_is_pruned_with_reason_and_study_goes_on(workdir, tiny_gue, tiny_study, monkeypatch):
+    from harness.train import DivergedError
+
+    real_fit = TorchArm.fit
+    calls = {"n": 0}
+
+    def diverge_first(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise DivergedError("training loss is nan in epoch 1 (lr=10)")
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(TorchArm, "fit", diverge_first)
+    assert run_cli(tiny_study, tiny_gue, "unet_char", "--seeds", "1") == 0
+    study = optuna.load_study(study_name="tiny/unet_char/toy/motif_binary", storage="sqlite:///optuna.db")
+    states = [t.state.name for t in study.trials]
+    assert states == ["PRUNED", "COMPLETE", "COMPLETE"]
+    assert study.trials[0].user_attrs["fail_reason"].startswith("diverged: training loss is nan")
+    trial0 = [r for r in runs_by_stage()["trial"] if r.data.tags["trial_number"] == "0"][0]
+    assert trial0.data.tags["trial_state"] == "PRUNED" and "diverged" in trial0.data.tags["fail_reason"]
+
+
+def test_changed_protocol_is_refused_on_resume(workdir, tiny_gue, tiny_study, capsys):
+    assert run_cli(tiny_study, tiny_gue, "kmer_logreg", "--seeds", "1") == 0
+    tiny_study.write_text(tiny_study.read_text().replace("high: 5}", "high: 7}"))
+    assert run_cli(tiny_study, tiny_gue, "kmer_logreg", "--seeds", "1") == 2
+    assert "different protocol" in capsys.readouterr().err
+
+
+def test_cli_lists_registries():
+    out = subprocess.run([sys.executable, "-m", "harness", "list"], capture_output=True, text=True, cwd=REPO,
+                         check=True).stdout
+    for name in ("unet_char", "unet_bpe", "kmer_logreg", "synthetic/motif_multiclass", "tf/0", "smoke"):
+        assert name in out

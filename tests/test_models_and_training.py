@@ -1,0 +1,108 @@
+"""The U-Net, the training loop and the arms on tiny data."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from harness.arms import ARMS, Budget, RunOptions
+from harness.data import Split
+from harness.models import count_parameters
+from harness.models.unet import UNet1D, UNetConfig
+from harness.tasks import load_task
+from harness.tokenizers import CharTokenizer, tokenize
+from harness.train import DivergedError, TrainConfig, fit, length_bucketed_batches, predict
+
+
+def test_unet_size_and_shapes():
+    model = UNet1D(UNetConfig(vocab_size=10, num_classes=3))
+    assert 1_000_000 <= count_parameters(model) <= 2_000_000
+    ids = torch.randint(5, 10, (4, 37))  # not a multiple of 16: padded inside
+    logits = model(ids, torch.ones_like(ids))
+    assert logits.shape == (4, 3)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_unet_output_does_not_depend_on_padding():
+    torch.manual_seed(0)
+    model = UNet1D(UNetConfig(vocab_size=10, num_classes=2)).eval()
+    seq = torch.randint(5, 10, (1, 45))
+    alone = model(seq, torch.ones_like(seq))
+    padded = torch.cat([seq, torch.full((1, 30), 3)], dim=1)
+    mask = torch.cat([torch.ones(1, 45, dtype=torch.long), torch.zeros(1, 30, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(model(padded, mask), alone, atol=1e-5, rtol=1e-5)
+
+
+def test_length_bucketed_batches_cover_every_index_once():
+    lengths = np.random.default_rng(0).integers(10, 200, 1000)
+    batches = length_bucketed_batches(lengths, 32, np.random.default_rng(1))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    spread = np.mean([np.ptp(lengths[b]) for b in batches])
+    assert spread < 0.2 * np.ptp(lengths)  # bucketing keeps similar lengths together
+
+
+def toy_splits(n=128, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    seqs = ["".join(rng.choice(list("ACGT"), 40)) + ("GGGGGGGG" if y else "AAAAAAAA") for y in labels]
+    tok = CharTokenizer()
+    return tok, tokenize(tok, Split(seqs, labels)), tokenize(tok, Split(seqs[:64], labels[:64]))
+
+
+def test_training_learns_and_keeps_best_dev_checkpoint():
+    tok, train, dev = toy_splits()
+    torch.manual_seed(0)
+    model = UNet1D(UNetConfig(tok.vocab_size, 2))
+    epochs = []
+    result = fit(model, train, dev, tok.pad_id, TrainConfig(lr=3e-3, batch_size=16, max_epochs=4, patience=None),
+                 on_epoch=epochs.append)
+    assert [e.epoch for e in epochs] == [1, 2, 3, 4]
+    assert epochs[-1].train_loss < epochs[0].train_loss
+    assert result.best_dev["mcc"] == max(e.dev["mcc"] for e in epochs) > 0.9
+    # The returned model holds the best epoch's weights: re-scoring dev reproduces its MCC.
+    from harness.metrics import classification_metrics
+    rescored = classification_metrics(dev.labels, predict(model, dev, tok.pad_id, torch.device("cpu")))
+    assert rescored["mcc"] == pytest.approx(result.best_dev["mcc"])
+    assert result.flops > 0 and result.train_seconds > 0
+
+
+def test_early_stopping_patience():
+    tok, train, dev = toy_splits()
+    model = UNet1D(UNetConfig(tok.vocab_size, 2))
+    result = fit(model, train, dev, tok.pad_id, TrainConfig(lr=0.0, batch_size=32, max_epochs=10, patience=2))
+    assert len(result.history) == 3  # no improvement after epoch 1 with lr=0
+
+
+def test_divergence_is_detected():
+    tok, train, dev = toy_splits()
+    model = UNet1D(UNetConfig(tok.vocab_size, 2))
+    with torch.no_grad():
+        model.classifier.weight.fill_(math.inf)
+    with pytest.raises(DivergedError, match="training loss is nan"):
+        fit(model, train, dev, tok.pad_id, TrainConfig(max_epochs=2, grad_clip=0))
+
+
+@pytest.mark.parametrize("arm", ["unet_char", "unet_bpe", "kmer_logreg"])
+def test_every_arm_fits_and_predicts(arm, tiny_gue, monkeypatch, tmp_path):
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    task = load_task("toy/motif_binary", str(tiny_gue))
+    params = {"lr": 2e-3, "batch_size": 32, "dropout": 0.1, "k": 4, "C": 1.0}
+    fitted = ARMS.get(arm).fit(task, params, 0, Budget(2, None), RunOptions(device="cpu", bpe_vocab_size=64))
+    probs = fitted.predict("test")
+    assert probs.shape == (len(task.test), 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert fitted.n_params > 0 and len(fitted.result.history) >= 1
+
+
+def test_same_seed_same_model():
+    task_tok, train, dev = toy_splits()
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        model = UNet1D(UNetConfig(task_tok.vocab_size, 2))
+        fit(model, train, dev, task_tok.pad_id, TrainConfig(lr=2e-3, batch_size=16, max_epochs=2, seed=7))
+        outs.append(predict(model, dev, task_tok.pad_id, torch.device("cpu")))
+    assert np.array_equal(outs[0], outs[1])
