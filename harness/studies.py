@@ -145,6 +145,8 @@ def parse_distribution(d: Any, where: str) -> BaseDistribution:
                                    step=int(d.get("step", 1)))
         if kind == "categorical":
             return CategoricalDistribution(list(d["choices"]))
-    except (KeyError, ValueError, TypeError) as err:
-        raise StudyError(f"{where}: {err!r}") from None
+    except KeyError as err:
+        raise StudyError(f"{where}: missing key {err.args[0]!r}") from None
+    except (ValueError, TypeError) as err:
+        raise StudyError(f"{where}: {err}") from None
     raise StudyError(f"{where}: unknown type {kind!r}; use float, int or categorical")

@@ -1,0 +1,86 @@
+"""Study files, and the MLproject entry point as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO
+from harness.cli import build_parser
+from harness.studies import StudyError, load_study, parse_study
+
+
+def test_shipped_studies_load_and_declare_every_family():
+    from harness.arms import ARMS
+
+    for name in ("smoke", "gue_quick"):
+        spec = load_study(name)
+        for _, arm in ARMS.items():
+            assert spec.space(arm.family)
+        assert spec.seeds == 3 and spec.n_trials >= 4
+    assert all(t.startswith("synthetic/") for t in load_study("smoke").tasks)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda r: r.pop("budget"), "missing key budget"),
+    (lambda r: r["budget"].pop("n_trials"), "missing key budget.n_trials"),
+    (lambda r: r["budget"].update(max_epochs="ten"), "budget.max_epochs must be int"),
+    (lambda r: r["search_spaces"]["cnn"].update(lr={"low": 1}), "search_spaces.cnn.lr: expected a mapping with a 'type'"),
+    (lambda r: r["search_spaces"]["cnn"].update(lr={"type": "gaussian"}), "search_spaces.cnn.lr: unknown type 'gaussian'"),
+    (lambda r: r["search_spaces"]["cnn"].update(lr={"type": "float", "low": 1}), "search_spaces.cnn.lr: missing key 'high'"),
+])
+def test_invalid_study_names_the_key(mutate, message):
+    raw = yaml.safe_load((REPO / "studies" / "smoke.yaml").read_text())
+    mutate(raw)
+    with pytest.raises(StudyError, match="smoke-test.yaml: " + message.replace("(", r"\(").replace(")", r"\)")):
+        parse_study(raw, "smoke-test.yaml")
+
+
+def test_missing_family_is_reported_before_any_training():
+    spec = parse_study({"tasks": ["x"], "budget": {"n_trials": 1, "max_epochs": 1}, "search_spaces": {}}, "s.yaml")
+    with pytest.raises(StudyError, match="no 'cnn' family"):
+        spec.space("cnn")
+
+
+def test_unknown_study_lists_known_ones():
+    with pytest.raises(StudyError, match="unknown study 'nope'; known: .*smoke"):
+        load_study("nope")
+
+
+def test_mlproject_parameters_match_the_cli():
+    project = yaml.safe_load((REPO / "MLproject").read_text())
+    params = project["entry_points"]["main"]["parameters"]
+    cli = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["run"]._actions} - {"help"}
+    assert set(params) == cli
+    assert {"arm", "study", "tasks", "data", "n_trials", "seeds", "storage", "experiment", "device"} <= set(params)
+    assert params["storage"]["default"] == "sqlite:///optuna.db" and params["study"]["default"] == "smoke"
+
+
+@pytest.mark.slow
+def test_mlflow_run_entry_point(tmp_path, tiny_gue, tiny_study):
+    """`mlflow run . -P ... --env-manager local`, as the README says, against a throwaway tracking DB."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "-P", "arm=kmer_logreg",
+           "-P", f"study={tiny_study}", "-P", f"data={tiny_gue}", "-P", "seeds=1", "-P",
+           f"storage=sqlite:///{tmp_path}/optuna.db"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(uri)
+    (launch,) = client.search_runs([client.get_experiment_by_name("Default").experiment_id])
+    assert launch.data.tags["stage"] == "launch" and launch.data.tags["results_experiment"] == "tiny"
+    assert launch.info.status == "FINISHED"
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert sorted(r.data.tags["stage"] for r in runs) == ["final", "study", "trial", "trial", "trial"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    ci_command = (REPO / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert f"```bash\n{ci_command}\n```" in readme
