@@ -77,6 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .arms import ARMS, RunOptions
     from .studies import load_study
     from .tasks import load_task
+    from .train import resolve_device
     from .tuning import open_storage, tune_and_evaluate
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -90,6 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] or spec.tasks
     options = RunOptions(device=args.device, tokenizer_path=args.tokenizer or None,
                          bpe_vocab_size=spec.bpe_vocab_size, max_length=optional_int(args.max_length, "max_length"))
+    resolve_device(args.device)  # fail now if cuda was asked for and is absent
     spec.space(arm.family)  # fail now, not after an hour, if the study lacks this arm's search space
     data = [load_task(t, args.data or None) for t in tasks]  # validate every task before any run starts
     storage = open_storage(args.storage)
@@ -125,11 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     from .data import DataError
     from .studies import StudyError
+    from .train import DeviceError
     from .tuning import StorageError
 
     try:
         return cmd_run(args)
-    except (DataError, StudyError, StorageError, UnknownNameError, ValueError, FileNotFoundError) as err:
+    except (DataError, StudyError, StorageError, UnknownNameError, ValueError, FileNotFoundError,
+            DeviceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -29,6 +29,10 @@ class DivergedError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class DeviceError(RuntimeError):
+    """The requested device is not available."""
+
+
 @dataclass
 class TrainConfig:
     lr: float = 1e-3
@@ -73,7 +77,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} was requested but CUDA is not available; use device=cpu or auto")
+        raise DeviceError(f"device={device!r} was requested but CUDA is not available; use device=cpu or auto")
     return torch.device(device)
 
 

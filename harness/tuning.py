@@ -104,17 +104,20 @@ class Objective:
     """One Optuna trial = one nested MLflow run that trains the arm on train and scores dev."""
 
     def __init__(self, spec: StudySpec, arm: Arm, task: TaskData, budget: Budget, options: RunOptions,
-                 progress: Progress, tags: dict[str, str]) -> None:
+                 n_trials: int, progress: Progress, tags: dict[str, str]) -> None:
         self.spec, self.arm, self.task, self.budget, self.options = spec, arm, task, budget, options
+        self.n_trials = n_trials
         self.progress, self.tags = progress, tags
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = self.spec.suggest(trial, self.arm.family)
-        tags = {**self.tags, "stage": "trial", "trial_number": trial.number}
+        seed = TRIAL_SEED_OFFSET + trial.number
+        tags = {**self.tags, "stage": "trial", "trial_number": trial.number, "train_seed": seed}
         with tracking.run(f"trial-{trial.number}", tags, nested=True, finished_on=(optuna.TrialPruned,)) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             tracking.log_params(params)
-            stage = f"trial {trial.number + 1}/{self.spec.n_trials}"
+            # Trial numbers keep counting across resumes and retries; show the budget position too.
+            stage = f"trial {trial.number} ({counted_trials(trial.study) + 1}/{self.n_trials})"
             best = -math.inf
 
             def on_epoch(record: EpochResult) -> None:
@@ -130,8 +133,7 @@ class Objective:
                                              "below the median of earlier trials")
 
             try:
-                fitted = self.arm.fit(self.task, params, TRIAL_SEED_OFFSET + trial.number, self.budget,
-                                      self.options, on_epoch)
+                fitted = self.arm.fit(self.task, params, seed, self.budget, self.options, on_epoch)
             except optuna.TrialPruned as pruned:
                 self.record_end(trial, "PRUNED", str(pruned))
                 raise
@@ -246,7 +248,7 @@ def tune_and_evaluate(spec: StudySpec, arm: Arm, task: TaskData, storage: RDBSto
         child_tags = {**identity, "family": arm.family}
 
         if remaining:
-            objective = Objective(spec, arm, task, budget, options, progress, child_tags)
+            objective = Objective(spec, arm, task, budget, options, n_trials, progress, child_tags)
             study.optimize(objective, n_trials=remaining, callbacks=[MaxTrialsCallback(n_trials, states=COUNTED)])
         if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             raise RuntimeError(f"{label}: none of the {n_trials} trials completed (all pruned or diverged); "

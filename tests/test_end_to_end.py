@@ -9,15 +9,17 @@ import sys
 import mlflow
 import optuna
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO
 from harness.arms import TorchArm
 from harness.cli import main
+from harness.train import DivergedError
 
 
 def run_cli(study, data, arm="unet_char", *extra):
-    return main(["run", "--arm", arm, "--study", str(study), "--data", str(data), "--device", "cpu", *extra])
+    return main(["run", "--arm", arm, "--study", str(study), "--data", str(data), *extra])
 
 
 def runs_by_stage(experiment="tiny"):
@@ -74,7 +76,7 @@ def test_tiny_study_logs_the_schema(workdir, tiny_gue, tiny_study, caplog):
     assert {"best_params.json", "optuna_history.png", "task_summary.json"} <= {
         a.path for a in client.list_artifacts(parent.info.run_id)}
     # Progress lines: trial, epoch, dev MCC and an ETA.
-    assert "trial 1/3 | epoch 1/2" in caplog.text and "ETA" in caplog.text
+    assert "trial 0 (1/3) | epoch 1/2" in caplog.text and "ETA" in caplog.text
 
 
 @pytest.mark.slow
@@ -167,26 +169,36 @@ def test_failure_mid_study_marks_runs_failed(workdir, tiny_gue, tiny_study, monk
     assert mlflow.active_run() is None
 
 
-def test_diverging_trial_is_pruned_with_reason_and_study_goes_on(workdir, tiny_gue, tiny_study, monkeypatch):
-    from harness.train import DivergedError
-
+@pytest.mark.parametrize("error, reason", [
+    (DivergedError("training loss is nan in epoch 1 (lr=10)"), "diverged: training loss is nan"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "out of memory: CUDA out of memory"),
+])
+def test_diverged_or_oom_trial_is_pruned_with_reason_and_study_goes_on(workdir, tiny_gue, tiny_study, monkeypatch,
+                                                                         error, reason):
     real_fit = TorchArm.fit
     calls = {"n": 0}
 
-    def diverge_first(self, *args, **kwargs):
+    def fail_first(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 1:
-            raise DivergedError("training loss is nan in epoch 1 (lr=10)")
+            raise error
         return real_fit(self, *args, **kwargs)
 
-    monkeypatch.setattr(TorchArm, "fit", diverge_first)
+    monkeypatch.setattr(TorchArm, "fit", fail_first)
     assert run_cli(tiny_study, tiny_gue, "unet_char", "--seeds", "1") == 0
     study = optuna.load_study(study_name="tiny/unet_char/toy/motif_binary", storage="sqlite:///optuna.db")
-    states = [t.state.name for t in study.trials]
-    assert states == ["PRUNED", "COMPLETE", "COMPLETE"]
-    assert study.trials[0].user_attrs["fail_reason"].startswith("diverged: training loss is nan")
+    assert [t.state.name for t in study.trials] == ["PRUNED", "COMPLETE", "COMPLETE"]
+    assert study.trials[0].user_attrs["fail_reason"].startswith(reason)
     trial0 = [r for r in runs_by_stage()["trial"] if r.data.tags["trial_number"] == "0"][0]
-    assert trial0.data.tags["trial_state"] == "PRUNED" and "diverged" in trial0.data.tags["fail_reason"]
+    assert trial0.data.tags["trial_state"] == "PRUNED" and trial0.data.tags["fail_reason"].startswith(reason)
+    assert trial0.info.status == "FINISHED"
+
+
+def test_unavailable_device_is_refused_early(workdir, tiny_gue, tiny_study, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert run_cli(tiny_study, tiny_gue, "unet_char", "--device", "cuda") == 2
+    assert "CUDA is not available" in capsys.readouterr().err
 
 
 def test_changed_protocol_is_refused_on_resume(workdir, tiny_gue, tiny_study, capsys):

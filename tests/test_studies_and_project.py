@@ -65,7 +65,9 @@ def test_mlproject_parameters_match_the_cli():
 def test_mlflow_run_entry_point(tmp_path, tiny_gue, tiny_study):
     """`mlflow run . -P ... --env-manager local`, as the README says, against a throwaway tracking DB."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    # mlflow.set_experiment in earlier in-process tests exported MLFLOW_EXPERIMENT_ID: a new shell has none.
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
+    env.update(MLFLOW_TRACKING_URI=uri, MLFLOW_DISABLE_TELEMETRY="true")
     cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "-P", "arm=kmer_logreg",
            "-P", f"study={tiny_study}", "-P", f"data={tiny_gue}", "-P", "seeds=1", "-P",
            f"storage=sqlite:///{tmp_path}/optuna.db"]
@@ -84,3 +86,12 @@ def test_ci_runs_the_readme_test_command():
     readme = (REPO / "README.md").read_text()
     ci_command = (REPO / ".ci" / "run").read_text().strip().splitlines()[-1]
     assert f"```bash\n{ci_command}\n```" in readme
+
+
+def test_redact_removes_passwords():
+    from harness.tracking import redact
+
+    assert redact("postgresql+psycopg2://alice:s3cret@db.example:5432/optuna") == \
+        "postgresql+psycopg2://alice:***@db.example:5432/optuna"
+    assert "s3cret" not in redact("http://bob:s3cret@tracking:5000")
+    assert redact("sqlite:///optuna.db") == "sqlite:///optuna.db"
