@@ -22,6 +22,21 @@ def run_cli(study, data, arm="unet_char", *extra):
     return main(["run", "--arm", arm, "--study", str(study), "--data", str(data), *extra])
 
 
+def fail_on_call(monkeypatch, n: int, error: BaseException):
+    """Make the n-th fit of a torch arm raise `error`; returns the real fit to restore."""
+    real_fit = TorchArm.fit
+    calls = {"n": 0}
+
+    def fit(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise error
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(TorchArm, "fit", fit)
+    return real_fit
+
+
 def runs_by_stage(experiment="tiny"):
     client = MlflowClient()
     exp = client.get_experiment_by_name(experiment)
@@ -81,16 +96,7 @@ def test_tiny_study_logs_the_schema(workdir, tiny_gue, tiny_study, caplog):
 
 @pytest.mark.slow
 def test_interrupted_study_resumes_without_losing_trials(workdir, tiny_gue, tiny_study, monkeypatch):
-    real_fit = TorchArm.fit
-    calls = {"n": 0}
-
-    def interrupt_second_trial(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_fit(self, *args, **kwargs)
-
-    monkeypatch.setattr(TorchArm, "fit", interrupt_second_trial)
+    real_fit = fail_on_call(monkeypatch, 2, KeyboardInterrupt())
     assert run_cli(tiny_study, tiny_gue) == 130
     runs = runs_by_stage()
     assert [r.info.status for r in runs["study"]] == ["KILLED"]
@@ -157,10 +163,7 @@ def test_unknown_arm_and_bad_parameters(workdir, tiny_study, capsys):
 
 
 def test_failure_mid_study_marks_runs_failed(workdir, tiny_gue, tiny_study, monkeypatch):
-    def broken_fit(self, *args, **kwargs):
-        raise RuntimeError("simulated crash")
-
-    monkeypatch.setattr(TorchArm, "fit", broken_fit)
+    fail_on_call(monkeypatch, 1, RuntimeError("simulated crash"))
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_cli(tiny_study, tiny_gue)
     runs = runs_by_stage()
@@ -175,16 +178,7 @@ def test_failure_mid_study_marks_runs_failed(workdir, tiny_gue, tiny_study, monk
 ])
 def test_diverged_or_oom_trial_is_pruned_with_reason_and_study_goes_on(workdir, tiny_gue, tiny_study, monkeypatch,
                                                                          error, reason):
-    real_fit = TorchArm.fit
-    calls = {"n": 0}
-
-    def fail_first(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise error
-        return real_fit(self, *args, **kwargs)
-
-    monkeypatch.setattr(TorchArm, "fit", fail_first)
+    fail_on_call(monkeypatch, 1, error)
     assert run_cli(tiny_study, tiny_gue, "unet_char", "--seeds", "1") == 0
     study = optuna.load_study(study_name="tiny/unet_char/toy/motif_binary", storage="sqlite:///optuna.db")
     assert [t.state.name for t in study.trials] == ["PRUNED", "COMPLETE", "COMPLETE"]
