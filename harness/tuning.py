@@ -157,12 +157,11 @@ class Objective:
             self.record_end(trial, "COMPLETE", "")
             return result.best_dev["mcc"]
 
-    @staticmethod
-    def record_end(trial: optuna.Trial, state: str, reason: str) -> None:
+    def record_end(self, trial: optuna.Trial, state: str, reason: str) -> None:
         mlflow.set_tags({"trial_state": state, **({"fail_reason": reason[:5000]} if reason else {})})
         if reason:
             trial.set_user_attr("fail_reason", reason)
-            log.warning("trial %d %s: %s", trial.number, state.lower(), reason)
+            log.warning("%s | trial %d %s: %s", self.progress.label, trial.number, state.lower(), reason)
 
 
 def log_epoch(record: EpochResult) -> None:
