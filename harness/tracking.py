@@ -123,19 +123,26 @@ def git_commit() -> str:
 
 # ----------------------------------------------------------------------------------- figures
 def save_confusion_matrix(cm: np.ndarray, path: Path, title: str) -> Path:
-    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(cm), 1.0 + 0.7 * len(cm)))
-    ax.imshow(cm, cmap="Blues")
-    for (i, j), n in np.ndenumerate(cm):
-        ax.text(j, i, str(n), ha="center", va="center", color="white" if n > cm.max() / 2 else "black")
-    ax.set(xlabel="predicted", ylabel="true", title=title, xticks=range(len(cm)), yticks=range(len(cm)))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    size = max(3.6, 0.6 * len(cm) + 1.8)
+    with plt.style.context("default"):
+        fig, ax = plt.subplots(figsize=(size, size))
+        ax.imshow(cm, cmap="Blues")
+        for (i, j), n in np.ndenumerate(cm):
+            ax.text(j, i, str(n), ha="center", va="center", color="white" if n > cm.max() / 2 else "black")
+        ax.set(xlabel="predicted class", ylabel="true class", xticks=range(len(cm)), yticks=range(len(cm)))
+        ax.set_title(title, fontsize=9)
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
     return path
 
 
 def save_learning_curve(history: list, path: Path, title: str) -> Path:
     epochs = [r.epoch for r in history]
+    with plt.style.context("default"):
+        return _plot_learning_curve(history, epochs, path, title)
+
+
+def _plot_learning_curve(history: list, epochs: list[int], path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot(epochs, [r.train_loss for r in history], "o-", color="tab:red", label="train loss")
     ax.set(xlabel="epoch", ylabel="train loss", title=title)
@@ -152,13 +159,14 @@ def save_learning_curve(history: list, path: Path, title: str) -> Path:
 def save_optuna_history(study, path: Path) -> Path:
     from optuna.visualization.matplotlib import plot_optimization_history
 
-    with _quiet_experimental():
+    # Optuna's plots switch matplotlib to its own style; the context restores ours afterwards.
+    with _quiet_experimental(), plt.style.context("default"):
         ax = plot_optimization_history(study)
-    ax.set_ylabel("dev MCC")
-    ax.figure.set_size_inches(6, 3.5)
-    ax.figure.tight_layout()
-    ax.figure.savefig(path, dpi=100)
-    plt.close(ax.figure)
+        ax.set_ylabel("dev MCC")
+        ax.set_title(f"{study.study_name}: optimisation history", fontsize=9)
+        ax.figure.set_size_inches(7, 3.5)
+        ax.figure.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(ax.figure)
     return path
 
 
