@@ -24,7 +24,8 @@ from .data import TaskData
 from .metrics import classification_metrics
 from .models import MODELS, count_parameters
 from .registry import Registry
-from .tokenizers import DNATokenizer, TokenizerRequest, build_tokenizer, tokenize
+from .studies import StudyError, StudySpec
+from .tokenizers import BPETokenizer, DNATokenizer, TokenizerRequest, build_tokenizer, tokenize
 from .train import EpochCallback, EpochResult, FitResult, TrainConfig, fit, predict, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,15 @@ class Fitted(Protocol):
 
     def artifacts(self, folder: Path) -> list[Path]: ...
 
+    def truncated(self) -> dict[str, int]: ...
+
 
 class Arm(Protocol):
     name: str
     family: str
     description: str
+    hyperparameters: tuple[tuple[str, ...], tuple[str, ...]]  # (required, optional) names
+    tokenizer: str
 
     def tags(self, options: RunOptions) -> dict[str, str]: ...
 
@@ -82,10 +87,15 @@ class TorchFitted:
     def n_params(self) -> int:
         return count_parameters(self.model)
 
+    def tokens(self, split: str):
+        return tokenize(self.tokenizer, self.task.split(split), self.options.max_length)
+
     def predict(self, split: str) -> np.ndarray:
-        tokens = tokenize(self.tokenizer, self.task.split(split), self.options.max_length)
         device = resolve_device(self.options.device)
-        return predict(self.model, tokens, self.tokenizer.pad_id, device, self.options.eval_batch_size)
+        return predict(self.model, self.tokens(split), self.tokenizer.pad_id, device, self.options.eval_batch_size)
+
+    def truncated(self) -> dict[str, int]:
+        return {split: self.tokens(split).truncated for split in ("train", "dev", "test")}
 
     def artifacts(self, folder: Path) -> list[Path]:
         path = folder / ("tokenizer.json" if self.tokenizer.name == "bpe" else "tokenizer.txt")
@@ -100,6 +110,8 @@ class TorchArm:
     model: str
     tokenizer: str
     description: str
+    hyperparameters: tuple[tuple[str, ...], tuple[str, ...]] = (
+        ("lr", "batch_size"), ("weight_decay", "warmup_ratio", "dropout"))
 
     def tags(self, options: RunOptions) -> dict[str, str]:
         source = options.tokenizer_path or (f"trained on train split, vocab {options.bpe_vocab_size}"
@@ -146,6 +158,9 @@ class SklearnFitted:
     def artifacts(self, folder: Path) -> list[Path]:
         return []
 
+    def truncated(self) -> dict[str, int]:
+        return {}  # k-mer counts use whole sequences
+
 
 @dataclass(frozen=True)
 class KmerLogRegArm:
@@ -154,6 +169,8 @@ class KmerLogRegArm:
     name: str = "kmer_logreg"
     family: str = "kmer"
     description: str = "k-mer counts + logistic regression (scikit-learn), the cheapest honest baseline"
+    hyperparameters: tuple[tuple[str, ...], tuple[str, ...]] = (("k", "C"), ())
+    tokenizer: str = "kmer"
 
     def tags(self, options: RunOptions) -> dict[str, str]:
         return {"family": self.family, "model": "logistic_regression", "tokenizer": "kmer", "init": "scratch"}
@@ -180,6 +197,24 @@ class KmerLogRegArm:
         if on_epoch is not None:
             on_epoch(record)
         return fitted
+
+
+def check_arm_setup(arm: Arm, spec: StudySpec, options: RunOptions) -> None:
+    """Before anything runs: the study's search space fits the arm, and a tokenizer= file fits it too."""
+    names = set(spec.space(arm.family)) | set(spec.fixed.get(arm.family, {}))
+    required, optional = arm.hyperparameters
+    missing, unknown = set(required) - names, names - set(required) - set(optional)
+    if missing or unknown:
+        raise StudyError(
+            f"{spec.path}: search space {arm.family!r} does not fit arm {arm.name}: "
+            + (f"missing {sorted(missing)}; " if missing else "") + (f"unused {sorted(unknown)}; " if unknown else "")
+            + f"it takes {list(required)} and optionally {list(optional)}"
+        )
+    if options.tokenizer_path:
+        if arm.tokenizer != "bpe":
+            raise ValueError(f"tokenizer={options.tokenizer_path} applies to BPE arms; {arm.name} uses "
+                             f"{arm.tokenizer} tokens. Leave tokenizer empty.")
+        BPETokenizer.from_file(options.tokenizer_path)  # a missing or broken file fails here, not in trial 0
 
 
 ARMS: Registry[Arm] = Registry("arm")

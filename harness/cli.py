@@ -74,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import optuna
 
     from . import tracking
-    from .arms import ARMS, RunOptions
+    from .arms import ARMS, RunOptions, check_arm_setup
     from .studies import load_study
     from .tasks import load_task
     from .train import resolve_device
@@ -91,12 +91,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] or spec.tasks
     options = RunOptions(device=args.device, tokenizer_path=args.tokenizer or None,
                          bpe_vocab_size=spec.bpe_vocab_size, max_length=optional_int(args.max_length, "max_length"))
-    resolve_device(args.device)  # fail now if cuda was asked for and is absent
-    spec.space(arm.family)  # fail now, not after an hour, if the study lacks this arm's search space
+    device = resolve_device(args.device)  # fail now if cuda was asked for and is absent
+    check_arm_setup(arm, spec, options)  # fail now, not after an hour, if the study does not fit the arm
     data = [load_task(t, args.data or None) for t in tasks]  # validate every task before any run starts
     storage = open_storage(args.storage)
     experiment_id = tracking.setup(args.experiment or spec.name)
     provenance = {"git_commit": tracking.git_commit(), "storage": tracking.redact(args.storage),
+                  "device": describe_device(device), "device_requested": args.device,
                   "data": args.data or "synthetic", "command": redacted_command(args.storage)}
     log.info("arm %s on %d task(s) of study %s: %d trials x %d epochs, %d seeds; MLflow %s, Optuna %s",
              arm.name, len(tasks), spec.name, n_trials, spec.max_epochs, seeds,
@@ -104,6 +105,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     for task in data:
         tune_and_evaluate(spec, arm, task, storage, experiment_id, options, n_trials, seeds, provenance)
     return 0
+
+
+def describe_device(device) -> str:
+    import torch
+
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
 
 
 def redacted_command(storage: str) -> str:
@@ -128,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .studies import StudyError
     from .train import DeviceError
-    from .tuning import StorageError
+    from mlflow.exceptions import MlflowException
+
+    from .tuning import NoCompletedTrialError, StorageError
 
     try:
         return cmd_run(args)
@@ -136,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
             DeviceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except (NoCompletedTrialError, MlflowException) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: runs were marked KILLED; run the same command again to resume", file=sys.stderr)
         return 130

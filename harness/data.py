@@ -131,6 +131,8 @@ def read_split(path: Path) -> Split:
         raise DataError(f"{path}: the file is empty; expected the header 'sequence,label'.") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not a readable CSV ({err}).") from None
+    while len(frame) and (frame.iloc[-1] == "").all():  # blank lines at the end of a file are harmless
+        frame = frame.iloc[:-1]
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(

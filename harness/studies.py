@@ -92,44 +92,64 @@ def load_study(name_or_path: str) -> StudySpec:
         path = known[name_or_path]
     if not path.is_file():
         raise StudyError(f"{path}: study file not found")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise StudyError(f"{path}: not valid YAML ({str(err).splitlines()[0]} {getattr(err, 'problem_mark', '')})") from None
     return parse_study(raw, str(path))
 
 
-def parse_study(raw: dict[str, Any], path: str) -> StudySpec:
-    def need(section: dict, key: str, kind: type, where: str):
-        if key not in section:
-            raise StudyError(f"{path}: missing key {where}{key}")
+PRUNER_KEYS = {"n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"}
+
+
+def parse_study(raw: Any, path: str) -> StudySpec:
+    """Validate a study mapping; every problem is a StudyError naming the file and the key."""
+
+    def get(section: Any, key: str, kind: type, where: str, default: Any = ..., minimum: int | None = None):
+        if not isinstance(section, dict):
+            raise StudyError(f"{path}: {where.rstrip('.') or 'the file'} must be a mapping, got {section!r}")
+        if key not in section or section[key] is None:
+            if default is ...:
+                raise StudyError(f"{path}: missing key {where}{key}")
+            return default
         value = section[key]
-        if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
             raise StudyError(f"{path}: {where}{key} must be {kind.__name__}, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise StudyError(f"{path}: {where}{key} must be >= {minimum}, got {value}")
         return value
 
-    budget = need(raw, "budget", dict, "")
-    spaces = need(raw, "search_spaces", dict, "")
-    spec = StudySpec(
+    budget = get(raw, "budget", dict, "")
+    spaces = get(raw, "search_spaces", dict, "")
+    sampler = get(raw, "sampler", dict, "", {})
+    pruner = get(raw, "pruner", dict, "", {})
+    unknown = set(pruner) - PRUNER_KEYS
+    if unknown:
+        raise StudyError(f"{path}: pruner has unknown key(s) {sorted(unknown)}; allowed: {sorted(PRUNER_KEYS)}")
+    for fam, params in spaces.items():
+        if not isinstance(params, dict) or not params:
+            raise StudyError(f"{path}: search_spaces.{fam} must be a mapping of parameter: distribution, got {params!r}")
+    tasks = get(raw, "tasks", list, "")
+    if not tasks:
+        raise StudyError(f"{path}: tasks is empty")
+    return StudySpec(
         name=str(raw.get("name", Path(path).stem)),
         path=path,
         description=str(raw.get("description", "")),
-        tasks=[str(t) for t in need(raw, "tasks", list, "")],
-        n_trials=need(budget, "n_trials", int, "budget."),
-        max_epochs=need(budget, "max_epochs", int, "budget."),
-        patience=budget.get("patience"),
-        seeds=int(budget.get("seeds", 3)),
-        sampler_seed=int((raw.get("sampler") or {}).get("seed", 0)),
-        n_startup_trials=int((raw.get("sampler") or {}).get("n_startup_trials", 10)),
-        pruner={k: int(v) for k, v in (raw.get("pruner") or {}).items()},
-        bpe_vocab_size=int((raw.get("tokenizer") or {}).get("bpe_vocab_size", 4096)),
+        tasks=[str(t) for t in tasks],
+        n_trials=get(budget, "n_trials", int, "budget.", minimum=1),
+        max_epochs=get(budget, "max_epochs", int, "budget.", minimum=1),
+        patience=get(budget, "patience", int, "budget.", None, minimum=1),
+        seeds=get(budget, "seeds", int, "budget.", 3, minimum=1),
+        sampler_seed=get(sampler, "seed", int, "sampler.", 0),
+        n_startup_trials=get(sampler, "n_startup_trials", int, "sampler.", 10, minimum=0),
+        pruner={k: get(pruner, k, int, "pruner.", minimum=0) for k in pruner},
+        bpe_vocab_size=get(get(raw, "tokenizer", dict, "", {}), "bpe_vocab_size", int, "tokenizer.", 4096, minimum=16),
         search_spaces={fam: {name: parse_distribution(d, f"{path}: search_spaces.{fam}.{name}")
                              for name, d in params.items() if name != "fixed"}
                        for fam, params in spaces.items()},
-        fixed={fam: dict(params.get("fixed", {})) for fam, params in spaces.items()},
+        fixed={fam: dict(get(params, "fixed", dict, f"search_spaces.{fam}.", {})) for fam, params in spaces.items()},
     )
-    if spec.n_trials < 1 or spec.max_epochs < 1 or spec.seeds < 1:
-        raise StudyError(f"{path}: budget.n_trials, budget.max_epochs and budget.seeds must be >= 1")
-    if not spec.tasks:
-        raise StudyError(f"{path}: tasks is empty")
-    return spec
 
 
 def parse_distribution(d: Any, where: str) -> BaseDistribution:

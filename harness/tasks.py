@@ -7,7 +7,6 @@ folder in the GUE layout, are read from ``<data>/<family>/<task>/``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 from .data import DataError, TaskData, load_gue_task
 from .registry import Registry
@@ -42,7 +41,6 @@ for _name, _classes in GUE_TASKS.items():
     TASKS.add(_name, TaskInfo(_name, _classes, True, "GUE benchmark (pass data=<GUE root>)"))
 
 
-@lru_cache(maxsize=8)
 def load_task(name: str, data_root: str | None = None) -> TaskData:
     """Load a task by name: synthetic ones need no data; anything else is read under `data_root`."""
     if name in SPECS:

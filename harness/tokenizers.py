@@ -135,7 +135,11 @@ class BPETokenizer:
             path = path / "tokenizer.json"
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer file {path} not found; pass a tokenizer.json")
-        return cls(Tokenizer.from_file(str(path)), str(path))
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as err:  # the Rust library raises a bare Exception on a malformed file
+            raise ValueError(f"{path}: not a `tokenizers` tokenizer.json ({err})") from None
+        return cls(tokenizer, str(path))
 
     @classmethod
     def train(cls, sequences: list[str], vocab_size: int) -> BPETokenizer:
@@ -203,6 +207,7 @@ class TokenizedSplit:
     ids: np.ndarray
     offsets: np.ndarray
     labels: np.ndarray
+    truncated: int = 0  # sequences cut to max_length
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -226,20 +231,21 @@ def tokenize(tokenizer: DNATokenizer, split: Split, max_length: int | None = Non
     path = cache_dir() / "tokenized" / f"{key}.npz"
     if path.is_file():
         with np.load(path) as z:
-            result = TokenizedSplit(z["ids"], z["offsets"], z["labels"])
+            result = TokenizedSplit(z["ids"], z["offsets"], z["labels"], int(z["truncated"]))
     else:
         encoded = tokenizer.encode(split.sequences)
+        truncated = 0
         if max_length is not None:
             truncated = sum(len(e) > max_length for e in encoded)
-            if truncated:
-                log.warning("%d of %d sequences exceed %d tokens and are truncated", truncated,
-                            len(encoded), max_length)
             encoded = [e[:max_length] for e in encoded]
         offsets = np.concatenate(([0], np.cumsum([len(e) for e in encoded]))).astype(np.int64)
-        result = TokenizedSplit(np.concatenate(encoded).astype(np.int32), offsets, split.labels)
+        result = TokenizedSplit(np.concatenate(encoded).astype(np.int32), offsets, split.labels, truncated)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{key}.tmp{os.getpid()}.npz")
-        np.savez(tmp, ids=result.ids, offsets=result.offsets, labels=result.labels)
+        np.savez(tmp, ids=result.ids, offsets=result.offsets, labels=result.labels, truncated=truncated)
         tmp.replace(path)
+    if result.truncated:
+        log.warning("%d of %d sequences exceed max_length=%d tokens and are truncated", result.truncated,
+                    len(result), max_length)
     _memory_cache[key] = result
     return result

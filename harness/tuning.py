@@ -10,10 +10,12 @@ Fairness rules enforced here:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ import sqlalchemy.exc
 import torch
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
+from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from . import tracking
@@ -41,6 +44,10 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)  # the states that use up the
 TRIAL_SEED_OFFSET = 10_000  # trial seeds never coincide with the final seeds 0..K-1
 HEARTBEAT_INTERVAL_S = 30
 HEARTBEAT_GRACE_S = 120
+
+
+class NoCompletedTrialError(RuntimeError):
+    """Every trial of the budget was pruned or diverged: there is no configuration to retrain."""
 
 
 class StorageError(RuntimeError):
@@ -69,7 +76,24 @@ def open_storage(url: str) -> RDBStorage:
                            f"{str(err).splitlines()[0]}") from None
 
 
-def open_study(spec: StudySpec, arm: Arm, task: str, storage: RDBStorage) -> optuna.Study:
+def run_config(spec: StudySpec, arm: Arm, task: TaskData, options: RunOptions, n_trials: int) -> dict[str, Any]:
+    """Everything that makes two runs of (arm, task) the same comparison. A study resumed under a
+    different configuration would mix results, so `open_study` refuses it."""
+    tokenizer_file = None
+    if options.tokenizer_path:
+        tokenizer_file = hashlib.sha256(Path(options.tokenizer_path).read_bytes()).hexdigest()[:16] \
+            if Path(options.tokenizer_path).is_file() else options.tokenizer_path
+    return {
+        **spec.protocol(arm.family), "n_trials": n_trials, "arm": arm.name,
+        "sampler": {"seed": spec.sampler_seed, "n_startup_trials": spec.n_startup_trials},
+        "data_fingerprint": {name: task.split(name).fingerprint for name in ("train", "dev", "test")},
+        "tokenizer_file_sha256": tokenizer_file, "bpe_vocab_size": options.bpe_vocab_size,
+        "max_length": options.max_length,
+    }
+
+
+def open_study(spec: StudySpec, arm: Arm, task: str, storage: RDBStorage, config: dict[str, Any]) -> optuna.Study:
+    """Create or resume the Optuna study of (study, arm, task); refuse a resume with another config."""
     name = f"{spec.name}/{arm.name}/{task}"
     n_existing = 0
     try:
@@ -82,16 +106,16 @@ def open_study(spec: StudySpec, arm: Arm, task: str, storage: RDBStorage) -> opt
     pruner = optuna.pruners.MedianPruner(**spec.pruner)
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
                                 direction="maximize", load_if_exists=True)
-    protocol = spec.protocol_hash(arm.family)
-    recorded = study.user_attrs.get("protocol_hash")
+    recorded = study.user_attrs.get("config")
     if recorded is None:
-        study.set_user_attr("protocol_hash", protocol)
-        study.set_user_attr("protocol", spec.protocol(arm.family))
-    elif recorded != protocol:
+        study.set_user_attr("config", config)
+        study.set_user_attr("study_uid", uuid.uuid4().hex)  # tells this study from a namesake in another DB
+    elif json.loads(json.dumps(config)) != recorded:
+        changed = sorted(k for k in config.keys() | recorded.keys() if recorded.get(k) != json.loads(json.dumps(config.get(k))))
         raise StudyError(
-            f"Optuna study {name!r} in this storage was run with a different protocol "
-            f"({json.dumps(study.user_attrs.get('protocol'))}); its budget or search space differs from "
-            f"{spec.path}. Use another study name, another storage, or restore the original settings."
+            f"Optuna study {name!r} in this storage was run with a different configuration "
+            f"(changed: {', '.join(changed)}); resuming would mix two comparisons. Restore the original "
+            f"settings ({spec.path}, n_trials, data, tokenizer, max_length) or use another study name or storage."
         )
     return study
 
@@ -164,9 +188,11 @@ class Objective:
             log.warning("%s | trial %d %s: %s", self.progress.label, trial.number, state.lower(), reason)
 
 
-def log_epoch(record: EpochResult) -> None:
-    tracking.log_metrics({"train_loss": record.train_loss, "epoch_seconds": record.seconds,
-                          **{f"dev_{k}": v for k, v in record.dev.items()}}, step=record.epoch)
+def log_epoch(record: EpochResult, prefix: str = "") -> None:
+    """Per-epoch curves (step = epoch). Final runs prefix them with `epoch_` because their plain
+    `dev_*` metrics are the selected checkpoint's, and MLflow shows a metric's highest-step value."""
+    tracking.log_metrics({f"{prefix}train_loss": record.train_loss, "epoch_seconds": record.seconds,
+                          **{f"{prefix}dev_{k}": v for k, v in record.dev.items()}}, step=record.epoch)
 
 
 def run_final(arm: Arm, task: TaskData, params: dict[str, Any], seed: int, budget: Budget,
@@ -179,7 +205,7 @@ def run_final(arm: Arm, task: TaskData, params: dict[str, Any], seed: int, budge
         def on_epoch(record: EpochResult) -> None:
             nonlocal best
             best = max(best, record.dev["mcc"])
-            log_epoch(record)
+            log_epoch(record, prefix="epoch_")
             progress.epoch(f"final seed {seed + 1}/{n_seeds}", record.epoch, budget.max_epochs,
                            record.train_loss, record.dev["mcc"], best, record.seconds)
 
@@ -191,7 +217,8 @@ def run_final(arm: Arm, task: TaskData, params: dict[str, Any], seed: int, budge
         result = fitted.result
         tracking.log_metrics({**{f"test_{k}": v for k, v in test.items()}, **{f"dev_{k}": v for k, v in dev.items()},
                               "params": fitted.n_params, "train_seconds": result.train_seconds,
-                              "flops": result.flops, "best_epoch": result.best_epoch})
+                              "flops": result.flops, "best_epoch": result.best_epoch,
+                              **{f"truncated_{k}": v for k, v in fitted.truncated().items()}})
         log_final_artifacts(fitted, task, test_probs, seed)
         log.info("%s | final seed %d | test_mcc %.4f | test_f1 %.4f | test_accuracy %.4f",
                  progress.label, seed, test["mcc"], test["f1"], test["accuracy"])
@@ -216,27 +243,36 @@ def log_final_artifacts(fitted: Fitted, task: TaskData, test_probs: np.ndarray, 
             mlflow.log_artifact(str(path))
 
 
+def close_stale_trial_runs(experiment_id: str, parent_id: str, study: optuna.Study) -> None:
+    """A worker killed with SIGKILL leaves its trial's MLflow run RUNNING; once Optuna has failed
+    that trial (heartbeat), its run is closed as FAILED."""
+    for r in tracking.child_runs(experiment_id, parent_id, "trial", status="RUNNING"):
+        number = int(r.data.tags["trial_number"])
+        if number < len(study.trials) and study.trials[number].state != TrialState.RUNNING:
+            MlflowClient().set_terminated(r.info.run_id, "FAILED")
+            log.info("closed the MLflow run of trial %d (its process died) as FAILED", number)
+
+
 def tune_and_evaluate(spec: StudySpec, arm: Arm, task: TaskData, storage: RDBStorage, experiment_id: str,
                       options: RunOptions, n_trials: int, seeds: int, provenance: dict[str, str]) -> ArmTaskResult:
     """The whole protocol for one (arm, task): tune, pick on dev, retrain with K seeds, test once."""
     budget = Budget(spec.max_epochs, spec.patience)
-    study = open_study(spec, arm, task.name, storage)
+    config = run_config(spec, arm, task, options, n_trials)
+    study = open_study(spec, arm, task.name, storage, config)
     identity = {"study": spec.name, "arm": arm.name, "task": task.name, "stage": "study"}
-    tags = {**identity, **arm.tags(options), **provenance, "optuna_study": study.study_name}
-    parent_id = tracking.find_parent_run(experiment_id, identity)
+    uid = study.user_attrs["study_uid"]
+    tags = {**identity, **arm.tags(options), **provenance, "optuna_study": study.study_name, "study_uid": uid,
+            "task_source": task.source}
+    parent_id = tracking.find_parent_run(experiment_id, {**identity, "study_uid": uid})
     done_before = counted_trials(study)
     label = f"{arm.name} | {task.name}"
     if parent_id:
         log.info("%s | resuming: %d/%d trials already finished", label, done_before, n_trials)
 
     with tracking.run(f"{arm.name} | {task.name}", tags, run_id=parent_id, log_system_metrics=True) as parent:
-        tracking.log_params({"n_trials": n_trials, "max_epochs": spec.max_epochs, "patience": spec.patience,
-                             "sampler_seed": spec.sampler_seed, "pruner": spec.pruner,
-                             "search_space": spec.protocol(arm.family)["search_space"],
-                             "fixed_params": spec.fixed.get(arm.family, {}),
-                             "bpe_vocab_size": options.bpe_vocab_size, "max_length": options.max_length,
-                             "task_source": task.source, "num_classes": task.num_classes})
-        mlflow.set_tags({"seeds": seeds, "device": options.device})
+        tracking.log_params({**config, "num_classes": task.num_classes})  # fixed for this study: see open_study
+        mlflow.set_tags({"seeds": seeds})
+        close_stale_trial_runs(experiment_id, parent.info.run_id, study)
         mlflow.log_dict(task.summary(), "task_summary.json")
         tracking.log_metrics({f"overlap_{k}": v for k, v in task.overlaps.items()})
 
@@ -244,13 +280,13 @@ def tune_and_evaluate(spec: StudySpec, arm: Arm, task: TaskData, storage: RDBSto
         todo_seeds = [s for s in range(seeds) if s not in seeds_done]
         remaining = max(n_trials - done_before, 0)
         progress = Progress(label, (remaining + len(todo_seeds)) * spec.max_epochs)
-        child_tags = {**identity, "family": arm.family}
+        child_tags = {**identity, "family": arm.family, **{k: provenance[k] for k in ("git_commit", "device")}}
 
         if remaining:
             objective = Objective(spec, arm, task, budget, options, n_trials, progress, child_tags)
             study.optimize(objective, n_trials=remaining, callbacks=[MaxTrialsCallback(n_trials, states=COUNTED)])
         if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            raise RuntimeError(f"{label}: none of the {n_trials} trials completed (all pruned or diverged); "
+            raise NoCompletedTrialError(f"{label}: none of the {n_trials} trials completed (all pruned or diverged); "
                                "see the trial runs' fail_reason tags and widen the search space")
         best = study.best_trial
         tracking.log_metrics({"best_dev_mcc": best.value, "best_trial_number": best.number,

@@ -61,6 +61,11 @@ def test_empty_sequence_names_line(tmp_path):
     assert "test.csv, line 3: empty sequence" in msg
 
 
+def test_trailing_blank_lines_are_ignored(tmp_path):
+    root = make_task(tmp_path, raw={"dev": "sequence,label\nACGT,0\nTTTT,1\n\n\n"})
+    assert len(load_gue_task(root, "toy/t").dev) == 2
+
+
 def test_blank_line_counts_as_empty_sequence_at_its_line(tmp_path):
     msg = error_for(tmp_path, raw={"test": "sequence,label\nACGT,0\n\nTTTT,1\n"})
     assert "test.csv, line 3" in msg

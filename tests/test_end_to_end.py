@@ -84,6 +84,9 @@ def test_tiny_study_logs_the_schema(workdir, tiny_gue, tiny_study, caplog):
                 "flops"} <= m.keys()
         assert 1_000_000 < m["params"] < 2_000_000 and m["train_seconds"] > 0
         assert r.data.params["lr"] == best.data.params["lr"]  # finals retrain the best configuration
+        curve = client.get_metric_history(r.info.run_id, "epoch_dev_mcc")
+        assert m["dev_mcc"] == pytest.approx(max(p.value for p in curve))  # the selected checkpoint, not the last
+        assert m["truncated_test"] == 0 and r.data.tags["git_commit"] == parent.data.tags["git_commit"]
         artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
         assert {"confusion_matrix.png", "learning_curve.png", "test_predictions.csv"} <= artifacts
     mean = sum(r.data.metrics["test_mcc"] for r in finals) / 2
@@ -195,11 +198,74 @@ def test_unavailable_device_is_refused_early(workdir, tiny_gue, tiny_study, caps
     assert "CUDA is not available" in capsys.readouterr().err
 
 
-def test_changed_protocol_is_refused_on_resume(workdir, tiny_gue, tiny_study, capsys):
+def change_search_space(study, data):
+    study.write_text(study.read_text().replace("high: 5}", "high: 7}"))
+    return []
+
+
+def change_data(study, data):
+    path = data / "toy" / "motif_binary" / "dev.csv"
+    path.write_text(path.read_text().replace(",1\n", ",0\n", 1))
+    return []
+
+
+@pytest.mark.parametrize("change, args, changed", [
+    (change_search_space, [], "search_space"),
+    (None, ["--n-trials", "4"], "n_trials"),
+    (None, ["--max-length", "50"], "max_length"),
+    (change_data, [], "data_fingerprint"),
+])
+def test_changed_configuration_is_refused_on_resume(workdir, tiny_gue, tiny_study, capsys, change, args, changed):
     assert run_cli(tiny_study, tiny_gue, "kmer_logreg", "--seeds", "1") == 0
-    tiny_study.write_text(tiny_study.read_text().replace("high: 5}", "high: 7}"))
-    assert run_cli(tiny_study, tiny_gue, "kmer_logreg", "--seeds", "1") == 2
-    assert "different protocol" in capsys.readouterr().err
+    if change:
+        change(tiny_study, tiny_gue)
+    assert run_cli(tiny_study, tiny_gue, "kmer_logreg", "--seeds", "1", *args) == 2
+    err = capsys.readouterr().err
+    assert "different configuration" in err and f"changed: {changed}" in err
+    assert [r.info.status for r in runs_by_stage()["study"]] == ["FINISHED"]  # the finished parent is untouched
+
+
+def test_new_storage_starts_a_new_parent_run(workdir, tiny_gue, tiny_study):
+    assert run_cli(tiny_study, tiny_gue, "kmer_logreg", "--seeds", "1") == 0
+    assert run_cli(tiny_study, tiny_gue, "kmer_logreg", "--seeds", "1", "--storage", "sqlite:///other.db") == 0
+    parents = runs_by_stage()["study"]
+    assert len(parents) == 2 and len({p.data.tags["study_uid"] for p in parents}) == 2
+    assert all(len(tracking_children(p)) == 3 for p in parents)
+
+
+def tracking_children(parent):
+    from harness.tracking import child_runs
+
+    return child_runs(parent.info.experiment_id, parent.info.run_id, "trial")
+
+
+def test_run_of_a_killed_trial_is_closed_on_resume(workdir, tiny_gue, tiny_study):
+    """SIGKILL leaves a trial's MLflow run RUNNING; once Optuna has failed the trial, resume closes it."""
+    assert run_cli(tiny_study, tiny_gue, "kmer_logreg", "--seeds", "1") == 0
+    parent = runs_by_stage()["study"][0]
+    client = MlflowClient()
+    study = optuna.load_study(study_name="tiny/kmer_logreg/toy/motif_binary", storage="sqlite:///optuna.db")
+    dead = study.ask()  # a trial whose worker "died": RUNNING in Optuna, then failed by the heartbeat
+    orphan = client.create_run(parent.info.experiment_id, tags={
+        "mlflow.parentRunId": parent.info.run_id, "stage": "trial", "trial_number": str(dead.number)})
+    study.tell(dead, state=optuna.trial.TrialState.FAIL)
+    assert run_cli(tiny_study, tiny_gue, "kmer_logreg", "--seeds", "1") == 0
+    assert client.get_run(orphan.info.run_id).info.status == "FAILED"
+
+
+def test_arm_and_search_space_must_fit(workdir, tiny_gue, tiny_study, capsys):
+    good = tiny_study.read_text()
+    tiny_study.write_text(good.replace("    lr:", "    learning_rate:"))
+    assert run_cli(tiny_study, tiny_gue) == 2
+    err = capsys.readouterr().err
+    assert "does not fit arm unet_char: missing ['lr']; unused ['learning_rate']" in err
+    tiny_study.write_text(good)
+    assert run_cli(tiny_study, tiny_gue, "unet_char", "--tokenizer", "tok.json") == 2
+    assert "applies to BPE arms" in capsys.readouterr().err
+    assert run_cli(tiny_study, tiny_gue, "unet_bpe", "--tokenizer", "missing.json") == 2
+    assert "missing.json not found" in capsys.readouterr().err
+    exp = MlflowClient().get_experiment_by_name("tiny")
+    assert exp is None or not MlflowClient().search_runs([exp.experiment_id])
 
 
 def test_cli_lists_registries():

@@ -35,14 +35,6 @@ def test_metrics_match_definitions_and_sklearn(classes):
         assert m["auroc"] == pytest.approx(roc_auc_score(y, probs[:, 1]))
 
 
-def test_metrics_are_not_the_mean_of_batch_metrics():
-    y, probs = random_probs(400, 2, seed=1)
-    whole = classification_metrics(y, probs)["mcc"]
-    batched = np.mean([classification_metrics(y[i:i + 32], probs[i:i + 32])["mcc"] for i in range(0, 400, 32)])
-    assert whole == pytest.approx(matthews_corrcoef(y, probs.argmax(1)))
-    assert abs(whole - batched) > 1e-6
-
-
 def test_auroc_undefined_with_one_class_and_confusion_shape():
     probs = np.array([[0.9, 0.1], [0.2, 0.8]])
     assert np.isnan(classification_metrics(np.array([0, 0]), probs)["auroc"])

@@ -33,12 +33,25 @@ def test_shipped_studies_load_and_declare_every_family():
     (lambda r: r["search_spaces"]["cnn"].update(lr={"low": 1}), "search_spaces.cnn.lr: expected a mapping with a 'type'"),
     (lambda r: r["search_spaces"]["cnn"].update(lr={"type": "gaussian"}), "search_spaces.cnn.lr: unknown type 'gaussian'"),
     (lambda r: r["search_spaces"]["cnn"].update(lr={"type": "float", "low": 1}), "search_spaces.cnn.lr: missing key 'high'"),
+    (lambda r: r["budget"].update(patience="two"), "budget.patience must be int"),
+    (lambda r: r["budget"].update(patience=-1), "budget.patience must be >= 1"),
+    (lambda r: r["budget"].update(seeds="three"), "budget.seeds must be int"),
+    (lambda r: r["pruner"].update(warmup_steps=2), "pruner has unknown key"),
+    (lambda r: r["search_spaces"].update(cnn=None), "search_spaces.cnn must be a mapping of parameter: distribution"),
+    (lambda r: r.update(sampler=[1, 2]), "sampler must be dict"),
 ])
 def test_invalid_study_names_the_key(mutate, message):
     raw = yaml.safe_load((REPO / "studies" / "smoke.yaml").read_text())
     mutate(raw)
     with pytest.raises(StudyError, match="smoke-test.yaml: " + message.replace("(", r"\(").replace(")", r"\)")):
         parse_study(raw, "smoke-test.yaml")
+
+
+def test_invalid_yaml_is_a_study_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("budget: [unclosed\n")
+    with pytest.raises(StudyError, match="bad.yaml: not valid YAML"):
+        load_study(str(bad))
 
 
 def test_missing_family_is_reported_before_any_training():

@@ -39,9 +39,9 @@ def test_bpe_trained_on_a_split(tmp_path, monkeypatch):
     ids = tok.encode([seqs[0]])[0]
     assert ids[0] == T.CLS and ids[-1] == T.SEP
     assert len(ids) < len(seqs[0]) + 2  # merges shorten the sequence
-    # Cached by (content, vocab size): the second call loads the same file.
-    cached = list((tmp_path / "tokenizers").glob("bpe128-*.json"))
-    assert len(cached) == 1
+    # Cached by (content, vocab size): the second call loads the file instead of training again.
+    assert len(list((tmp_path / "tokenizers").glob("bpe128-*.json"))) == 1
+    monkeypatch.setattr(T.BPETokenizer, "train", lambda *a: pytest.fail("trained again despite the cache"))
     assert T.trained_bpe(split, 128).fingerprint == tok.fingerprint
 
 
@@ -78,7 +78,17 @@ def test_tokenize_caches_by_content(tmp_path, monkeypatch):
     assert calls == [2, 2]
 
 
-def test_truncation_to_max_length(tmp_path, monkeypatch):
+def test_truncation_to_max_length_is_counted(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path))
     out = T.tokenize(T.CharTokenizer(), Split(["ACGTACGT", "AC"], np.array([0, 1])), max_length=5)
-    assert out.lengths.tolist() == [5, 4]
+    assert out.lengths.tolist() == [5, 4] and out.truncated == 1
+    assert "1 of 2 sequences exceed max_length=5" in caplog.text
+    T._memory_cache.clear()
+    assert T.tokenize(T.CharTokenizer(), Split(["ACGTACGT", "AC"], np.array([0, 1])), max_length=5).truncated == 1
+
+
+def test_malformed_tokenizer_file(tmp_path):
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not a `tokenizers` tokenizer.json"):
+        T.BPETokenizer.from_file(bad)
