@@ -221,11 +221,12 @@ class TokenizedSplit:
 
 
 _memory_cache: dict[str, TokenizedSplit] = {}
+CACHE_FORMAT = "tokenized-v2"  # bump when TokenizedSplit's stored fields change
 
 
 def tokenize(tokenizer: DNATokenizer, split: Split, max_length: int | None = None) -> TokenizedSplit:
     """Tokenize a split once per (tokenizer, content, max_length): memory first, then disk."""
-    key = hashlib.sha256(f"{tokenizer.fingerprint}|{split.fingerprint}|{max_length}".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{CACHE_FORMAT}|{tokenizer.fingerprint}|{split.fingerprint}|{max_length}".encode()).hexdigest()[:24]
     if key in _memory_cache:
         return _memory_cache[key]
     path = cache_dir() / "tokenized" / f"{key}.npz"

@@ -15,8 +15,9 @@ Shapes (B batch, L tokens, C_i the width of level i, D = len(widths) - 1 down-sa
     masked mean      -> [B, C_0]
     classifier       -> logits [B, num_classes]
 
-Padding never changes a sequence's output: padded positions are zeroed after every block, so a padded
-batch gives the same logits as the sequence alone (tested), which makes dynamic padding safe.
+Padding never changes a sequence's prediction: padded positions are zeroed after every block, so in
+eval mode a padded batch gives the same logits as the sequence alone (tested), which makes dynamic
+padding safe.
 """
 
 from __future__ import annotations
@@ -38,23 +39,21 @@ class UNetConfig:
     dropout: float = 0.1
 
 
-class ChannelNorm(nn.LayerNorm):
-    """LayerNorm over channels at each position: position-local, so padding cannot leak in."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, C, L]
-        return super().forward(x.transpose(1, 2)).transpose(1, 2)
-
-
 class ConvBlock(nn.Module):
-    """Two (conv -> norm -> GELU) layers with a residual connection; zeroes padded positions."""
+    """Two (conv -> BatchNorm -> GELU) layers with a residual connection; zeroes padded positions.
+
+    In eval mode BatchNorm is a per-channel affine map, so padding cannot leak into valid positions;
+    in training its batch statistics include the (zeroed) padded positions, which length-bucketed
+    batches keep few. BatchNorm trained faster than a per-position LayerNorm here (tf/0: dev MCC
+    0.556 vs 0.528 after 3 epochs on 8k sequences)."""
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int, dropout: float) -> None:
         super().__init__()
         pad = kernel_size // 2
         self.conv1 = nn.Conv1d(c_in, c_out, kernel_size, padding=pad)
-        self.norm1 = ChannelNorm(c_out)
+        self.norm1 = nn.BatchNorm1d(c_out)
         self.conv2 = nn.Conv1d(c_out, c_out, kernel_size, padding=pad)
-        self.norm2 = ChannelNorm(c_out)
+        self.norm2 = nn.BatchNorm1d(c_out)
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
         self.dropout = nn.Dropout(dropout)
 
