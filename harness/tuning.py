@@ -285,17 +285,7 @@ def tune_and_evaluate(spec: StudySpec, arm: Arm, task: TaskData, storage: RDBSto
         if remaining:
             objective = Objective(spec, arm, task, budget, options, n_trials, progress, child_tags)
             study.optimize(objective, n_trials=remaining, callbacks=[MaxTrialsCallback(n_trials, states=COUNTED)])
-        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            raise NoCompletedTrialError(f"{label}: none of the {n_trials} trials completed (all pruned or diverged); "
-                               "see the trial runs' fail_reason tags and widen the search space")
-        best = study.best_trial
-        tracking.log_metrics({"best_dev_mcc": best.value, "best_trial_number": best.number,
-                              **{f"n_trials_{s.name.lower()}": len(study.get_trials(deepcopy=False, states=(s,)))
-                                 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}})
-        mlflow.log_dict(best.params, "best_params.json")
-        with tempfile.TemporaryDirectory() as tmp:
-            mlflow.log_artifact(str(tracking.save_optuna_history(study, Path(tmp) / "optuna_history.png")))
-        log.info("%s | best trial %d: dev_mcc %.4f with %s", label, best.number, best.value, best.params)
+        best = record_best_trial(study, label, n_trials)
 
         params = {**spec.fixed.get(arm.family, {}), **best.params}
         for seed in todo_seeds:
@@ -308,3 +298,19 @@ def tune_and_evaluate(spec: StudySpec, arm: Arm, task: TaskData, storage: RDBSto
         log.info("%s | done in %s: test_mcc %.4f +/- %.4f over %d seeds", label, progress.elapsed(),
                  np.mean(test_mcc), np.std(test_mcc), len(test_mcc))
         return ArmTaskResult(arm.name, task.name, parent.info.run_id, best.value, best.params, test_mcc)
+
+
+def record_best_trial(study: optuna.Study, label: str, n_trials: int) -> optuna.trial.FrozenTrial:
+    """Log the tuning outcome on the parent run (best trial, state counts, history plot)."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise NoCompletedTrialError(f"{label}: none of the {n_trials} trials completed (all pruned or diverged); "
+                                    "see the trial runs' fail_reason tags and widen the search space")
+    best = study.best_trial
+    tracking.log_metrics({"best_dev_mcc": best.value, "best_trial_number": best.number,
+                          **{f"n_trials_{s.name.lower()}": len(study.get_trials(deepcopy=False, states=(s,)))
+                             for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}})
+    mlflow.log_dict(best.params, "best_params.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_artifact(str(tracking.save_optuna_history(study, Path(tmp) / "optuna_history.png")))
+    log.info("%s | best trial %d: dev_mcc %.4f with %s", label, best.number, best.value, best.params)
+    return best
