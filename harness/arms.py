@@ -67,6 +67,7 @@ class Arm(Protocol):
     description: str
     hyperparameters: tuple[tuple[str, ...], tuple[str, ...]]  # (required, optional) names
     tokenizer: str
+    iterative: bool  # trained epoch by epoch (torch) or in one pass (scikit-learn)
 
     def tags(self, options: RunOptions) -> dict[str, str]: ...
 
@@ -112,6 +113,7 @@ class TorchArm:
     description: str
     hyperparameters: tuple[tuple[str, ...], tuple[str, ...]] = (
         ("lr", "batch_size"), ("weight_decay", "warmup_ratio", "dropout"))
+    iterative: bool = True
 
     def tags(self, options: RunOptions) -> dict[str, str]:
         source = options.tokenizer_path or (f"trained on train split, vocab {options.bpe_vocab_size}"
@@ -171,6 +173,7 @@ class KmerLogRegArm:
     description: str = "k-mer counts + logistic regression (scikit-learn), the cheapest honest baseline"
     hyperparameters: tuple[tuple[str, ...], tuple[str, ...]] = (("k", "C"), ())
     tokenizer: str = "kmer"
+    iterative: bool = False
 
     def tags(self, options: RunOptions) -> dict[str, str]:
         return {"family": self.family, "model": "logistic_regression", "tokenizer": "kmer", "init": "scratch"}

@@ -256,7 +256,8 @@ def close_stale_trial_runs(experiment_id: str, parent_id: str, study: optuna.Stu
 def tune_and_evaluate(spec: StudySpec, arm: Arm, task: TaskData, storage: RDBStorage, experiment_id: str,
                       options: RunOptions, n_trials: int, seeds: int, provenance: dict[str, str]) -> ArmTaskResult:
     """The whole protocol for one (arm, task): tune, pick on dev, retrain with K seeds, test once."""
-    budget = Budget(spec.max_epochs, spec.patience)
+    # A single-pass arm (the k-mer baseline) has one "epoch"; its progress and ETA count it as one.
+    budget = Budget(spec.max_epochs if arm.iterative else 1, spec.patience)
     config = run_config(spec, arm, task, options, n_trials)
     study = open_study(spec, arm, task.name, storage, config)
     identity = {"study": spec.name, "arm": arm.name, "task": task.name, "stage": "study"}
@@ -279,7 +280,7 @@ def tune_and_evaluate(spec: StudySpec, arm: Arm, task: TaskData, storage: RDBSto
         seeds_done = {int(r.data.tags["seed"]) for r in tracking.child_runs(experiment_id, parent.info.run_id, "final")}
         todo_seeds = [s for s in range(seeds) if s not in seeds_done]
         remaining = max(n_trials - done_before, 0)
-        progress = Progress(label, (remaining + len(todo_seeds)) * spec.max_epochs)
+        progress = Progress(label, (remaining + len(todo_seeds)) * budget.max_epochs)
         child_tags = {**identity, "family": arm.family, **{k: provenance[k] for k in ("git_commit", "device")}}
 
         if remaining:
