@@ -108,3 +108,13 @@ def test_redact_removes_passwords():
         "postgresql+psycopg2://alice:***@db.example:5432/optuna"
     assert "s3cret" not in redact("http://bob:s3cret@tracking:5000")
     assert redact("sqlite:///optuna.db") == "sqlite:///optuna.db"
+
+
+def test_conda_env_pins_match_pyproject():
+    import tomllib
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    conda = yaml.safe_load((REPO / "conda.yaml").read_text())
+    pip_section = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
+    assert pip_section == deps
+    assert "torch==2.13.0" in deps and "mlflow==3.17.2" in deps
