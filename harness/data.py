@@ -16,6 +16,7 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.sequences)
 
-    @property
+    @cached_property  # hashed once per split, not on every tokenize() call
     def fingerprint(self) -> str:
         """Content hash: equal data gives an equal fingerprint, whatever its origin."""
         h = hashlib.sha256()
