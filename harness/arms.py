@@ -7,6 +7,7 @@ baseline is scikit-learn's. `family` names the search space the study file decla
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +20,14 @@ from sklearn.metrics import log_loss
 from sklearn.pipeline import Pipeline
 from torch import nn
 
+from .checkpoints import Checkpoint, open_checkpoint
 from .data import TaskData
 from .metrics import classification_metrics
-from .models import MODELS, count_parameters
+from .models import DEFAULT_DROPOUT, MODELS, count_parameters
 from .registry import Registry
 from .studies import StudyError, StudySpec
 from .tokenizers import BPETokenizer, DNATokenizer, TokenizerRequest, build_tokenizer, tokenize
+from .tracking import redact
 from .train import EpochCallback, EpochResult, FitResult, TrainConfig, fit, predict, resolve_device, seed_everything
 
 
@@ -45,6 +48,11 @@ class RunOptions:
     bpe_vocab_size: int = 4096  # when a BPE arm trains its own tokenizer
     max_length: int | None = None  # tokens, truncating longer sequences (reported)
     eval_batch_size: int = 256
+    init: str | None = None  # a checkpoint to fine-tune from (folder, MLflow URI or DNABERT-2 hub id)
+
+    @property
+    def checkpoint(self) -> Checkpoint | None:
+        return open_checkpoint(self.init) if self.init else None
 
 
 class Fitted(Protocol):
@@ -68,6 +76,8 @@ class Arm(Protocol):
 
     def tags(self, options: RunOptions) -> dict[str, str]: ...
 
+    def inherited_cost(self, options: RunOptions) -> dict[str, float]: ...
+
     def fit(self, task: TaskData, params: dict[str, Any], seed: int, budget: Budget, options: RunOptions,
             on_epoch: EpochCallback | None = None) -> Fitted: ...
 
@@ -80,6 +90,7 @@ class TorchFitted:
     task: TaskData
     options: RunOptions
     result: FitResult
+    architecture: dict[str, Any]
 
     @property
     def n_params(self) -> int:
@@ -98,7 +109,10 @@ class TorchFitted:
     def artifacts(self, folder: Path) -> list[Path]:
         path = folder / ("tokenizer.json" if self.tokenizer.name == "bpe" else "tokenizer.txt")
         self.tokenizer.save(path)
-        return [path]
+        config = folder / "model_config.json"
+        config.write_text(json.dumps({"model": type(self.model).__name__, "architecture": self.architecture,
+                                      "init": self.options.init or "scratch"}, indent=2, default=str))
+        return [path, config]
 
 
 @dataclass(frozen=True)
@@ -108,19 +122,54 @@ class TorchArm:
     model: str
     tokenizer: str
     description: str
-    hyperparameters: tuple[tuple[str, ...], tuple[str, ...]] = (
-        ("lr", "batch_size"), ("weight_decay", "warmup_ratio", "dropout"))
+    requires_checkpoint: bool = False  # dnabert2_pretrained: checkpoint= is the point of the arm
     iterative: bool = True
+
+    @property
+    def hyperparameters(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return ("lr", "batch_size"), ("weight_decay", "warmup_ratio", "dropout", *MODELS.get(self.model).architecture_keys)
 
     def tags(self, options: RunOptions) -> dict[str, str]:
         source = options.tokenizer_path or (f"trained on train split, vocab {options.bpe_vocab_size}"
                                             if self.tokenizer == "bpe" else "built-in")
-        return {"family": self.family, "model": self.model, "tokenizer": self.tokenizer,
+        tags = {"family": self.family, "model": self.model, "tokenizer": self.tokenizer,
                 "tokenizer_source": source, "init": "scratch"}
+        ckpt = options.checkpoint
+        if ckpt is not None:
+            if ckpt.tokenizer == "bpe" and not options.tokenizer_path:
+                tags["tokenizer_source"] = f"checkpoint {redact(ckpt.source)}"
+            tags.update({"init": "pretrained", "init_source": redact(ckpt.source), "init_weights_sha256": ckpt.fingerprint,
+                         "architecture": "from checkpoint",
+                         "pretrain_run_id": ckpt.pretraining.get("run_id", "not recorded (external checkpoint)")})
+        return tags
+
+    def inherited_cost(self, options: RunOptions) -> dict[str, float]:
+        """The pretraining compute a fine-tuned arm inherits, where the checkpoint recorded it."""
+        ckpt = options.checkpoint
+        if ckpt is None or "seconds" not in ckpt.pretraining:
+            return {}
+        return {"pretrain_seconds": float(ckpt.pretraining["seconds"]), "pretrain_flops": float(ckpt.pretraining["flops"])}
 
     def build_tokenizer(self, task: TaskData, options: RunOptions) -> DNATokenizer:
+        ckpt = options.checkpoint
+        if ckpt is not None and ckpt.tokenizer == "bpe":  # a pretrained model keeps its tokenizer
+            path = options.tokenizer_path or ckpt.tokenizer_file
+            if path is None:
+                raise ValueError(f"checkpoint {ckpt.source} has no tokenizer.json; pass its tokenizer with "
+                                 "tokenizer= (for DNABERT-2, the published tokenizer.json)")
+            return BPETokenizer.from_file(path)
         return build_tokenizer(self.tokenizer, TokenizerRequest(task.train, options.tokenizer_path,
                                                                 options.bpe_vocab_size))
+
+    def build_model(self, tok: DNATokenizer, num_classes: int, params: dict[str, Any],
+                    options: RunOptions) -> tuple[nn.Module, dict[str, Any]]:
+        spec, ckpt = MODELS.get(self.model), options.checkpoint
+        dropout = float(params.get("dropout", DEFAULT_DROPOUT))
+        architecture = ckpt.architecture if ckpt is not None else spec.architecture(tok, params)
+        model = spec.classifier(architecture, tok, num_classes, dropout)
+        if ckpt is not None:
+            model.load_published_state_dict(ckpt.state_dict())
+        return model, architecture
 
     def fit(self, task: TaskData, params: dict[str, Any], seed: int, budget: Budget, options: RunOptions,
             on_epoch: EpochCallback | None = None) -> TorchFitted:
@@ -128,7 +177,7 @@ class TorchArm:
         train = tokenize(tok, task.train, options.max_length)
         dev = tokenize(tok, task.dev, options.max_length)
         seed_everything(seed)  # before the model exists: its initial weights depend on the seed
-        model = MODELS.get(self.model)(tok.vocab_size, task.num_classes, tok.pad_id, params)
+        model, architecture = self.build_model(tok, task.num_classes, params, options)
         cfg = TrainConfig(
             lr=float(params["lr"]), weight_decay=float(params.get("weight_decay", 0.0)),
             batch_size=int(params["batch_size"]), warmup_ratio=float(params.get("warmup_ratio", 0.06)),
@@ -136,7 +185,7 @@ class TorchArm:
             eval_batch_size=options.eval_batch_size,
         )
         result = fit(model, train, dev, tok.pad_id, cfg, on_epoch)
-        return TorchFitted(model, tok, task, options, result)
+        return TorchFitted(model, tok, task, options, result, architecture)
 
 
 # ----------------------------------------------------------------------------------- k-mer baseline
@@ -174,6 +223,9 @@ class KmerLogRegArm:
 
     def tags(self, options: RunOptions) -> dict[str, str]:
         return {"family": self.family, "model": "logistic_regression", "tokenizer": "kmer", "init": "scratch"}
+
+    def inherited_cost(self, options: RunOptions) -> dict[str, float]:
+        return {}
 
     def fit(self, task: TaskData, params: dict[str, Any], seed: int, budget: Budget, options: RunOptions,
             on_epoch: EpochCallback | None = None) -> SklearnFitted:
@@ -215,6 +267,30 @@ def check_arm_setup(arm: Arm, spec: StudySpec, options: RunOptions) -> None:
             raise ValueError(f"tokenizer={options.tokenizer_path} applies to BPE arms; {arm.name} uses "
                              f"{arm.tokenizer} tokens. Leave tokenizer empty.")
         BPETokenizer.from_file(options.tokenizer_path)  # a missing or broken file fails here, not in trial 0
+    check_init(arm, options)
+
+
+def check_init(arm: Arm, options: RunOptions) -> None:
+    """A checkpoint must exist and fit the arm (model, tokenizer, vocabulary) before anything runs."""
+    if getattr(arm, "requires_checkpoint", False) and not options.init:
+        raise ValueError(f"arm {arm.name} fine-tunes a pretrained model: pass checkpoint=<a DNABERT-2 folder "
+                         "(config.json + weights, e.g. from `hf download zhihan1996/DNABERT-2-117M`), a hub id, "
+                         "or runs:/<run_id>/checkpoint from the pretrain entry point>")
+    ckpt = options.checkpoint
+    if ckpt is None:
+        return
+    if not isinstance(arm, TorchArm):
+        raise ValueError(f"init={options.init}: arm {arm.name} is not a neural network; init applies to torch arms")
+    if ckpt.model != arm.model or ckpt.tokenizer != arm.tokenizer:
+        raise ValueError(f"checkpoint {ckpt.source} holds a {ckpt.model} model on {ckpt.tokenizer} tokens; arm "
+                         f"{arm.name} is {arm.model} on {arm.tokenizer} tokens. Pick the matching arm.")
+    if ckpt.tokenizer == "bpe":
+        tok = arm.build_tokenizer(None, options)  # type: ignore[arg-type]  (a checkpoint's never needs data)
+        expected = ckpt.architecture.get("vocab_size", tok.vocab_size)
+        if tok.vocab_size != expected or ckpt.tokenizer_fingerprint not in (None, tok.fingerprint):
+            raise ValueError(f"tokenizer {options.tokenizer_path or ckpt.tokenizer_file} is not the one checkpoint "
+                             f"{ckpt.source} was trained with (vocabulary {tok.vocab_size} vs {expected}); "
+                             "leave tokenizer= empty to use the checkpoint's own")
 
 
 ARMS: Registry[Arm] = Registry("arm")
@@ -222,4 +298,15 @@ ARMS.add("unet_char", TorchArm("unet_char", "cnn", "unet", "char",
                                "1-D U-Net on single-nucleotide tokens, random init"))
 ARMS.add("unet_bpe", TorchArm("unet_bpe", "cnn", "unet", "bpe",
                               "1-D U-Net on BPE tokens (tokenizer= or trained on the task), random init"))
+ARMS.add("convnova_char", TorchArm("convnova_char", "cnn", "convnova", "char",
+                                   "ConvNova gated dilated CNN on one-hot nucleotides, random init (or init=)"))
+ARMS.add("convnova_bpe", TorchArm("convnova_bpe", "cnn", "convnova", "bpe",
+                                  "ConvNova on BPE token embeddings (tokenizer= or trained on the task)"))
+ARMS.add("dnabert2_pretrained", TorchArm("dnabert2_pretrained", "transformer", "dnabert2", "bpe",
+                                         "DNABERT-2 fine-tuned from checkpoint= (e.g. the published 117M)",
+                                         requires_checkpoint=True))
+ARMS.add("dnabert2_scratch", TorchArm("dnabert2_scratch", "transformer", "dnabert2", "bpe",
+                                      "DNABERT-2 architecture on BPE tokens, BERT random init"))
+ARMS.add("dnabert2_char_scratch", TorchArm("dnabert2_char_scratch", "transformer", "dnabert2", "char",
+                                           "DNABERT-2 architecture on single-nucleotide tokens, random init"))
 ARMS.add("kmer_logreg", KmerLogRegArm())

@@ -1,4 +1,4 @@
-"""Command line: ``python -m harness run|list`` (the MLproject's entry point calls `run`)."""
+"""Command line: ``python -m harness run|pretrain|tokenizer|list`` (the MLproject's entry points call them)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,31 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device")
     run.add_argument("--tokenizer", default="", help="tokenizer.json for BPE arms (default: train one on the task)")
     run.add_argument("--max-length", default="", help="truncate tokenized sequences to this many tokens")
+    run.add_argument("--init", default="", help="fine-tune from this checkpoint: a folder or an MLflow URI "
+                                                "(runs:/<run_id>/checkpoint from the pretrain entry point)")
+    run.add_argument("--checkpoint", default="", help="dnabert2_pretrained: a DNABERT-2 folder or hub id")
+
+    pre = sub.add_parser("pretrain", help="masked-LM pretraining of a torch arm on a corpus")
+    pre.add_argument("--arm", required=True, help="a torch arm; its model and tokenizer are pretrained")
+    pre.add_argument("--corpus", required=True, help="FASTA (.gz ok), a CSV, or a GUE-layout folder (train.csv only)")
+    pre.add_argument("--study", default="smoke", help="the study whose fixed architecture the arm takes (default: smoke)")
+    pre.add_argument("--window", default="128", help="window length in nucleotides (default: 128)")
+    pre.add_argument("--steps", default="500", help="optimiser steps (default: 500)")
+    pre.add_argument("--batch-size", default="32", help="windows per step (default: 32)")
+    pre.add_argument("--lr", default="5e-4", help="peak learning rate (default: 5e-4)")
+    pre.add_argument("--mask-prob", default="0.15", help="fraction of tokens masked (default: 0.15)")
+    pre.add_argument("--seed", default="0")
+    pre.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    pre.add_argument("--tokenizer", default="", help="tokenizer.json for BPE arms (default: train one on the corpus)")
+    pre.add_argument("--vocab-size", default="4096", help="BPE vocabulary when training a tokenizer (default: 4096)")
+    pre.add_argument("--experiment", default="pretrain", help="MLflow experiment (default: pretrain)")
+    pre.add_argument("--output", default="", help="also write the checkpoint to this local folder")
+
+    tok = sub.add_parser("tokenizer", help="train a BPE tokenizer on a corpus and log it to MLflow")
+    tok.add_argument("--corpus", required=True, help="FASTA (.gz ok), a CSV, or a GUE-layout folder (train.csv only)")
+    tok.add_argument("--vocab-size", default="4096", help="vocabulary size including 5 special tokens")
+    tok.add_argument("--window", default="512", help="window length in nucleotides (default: 512)")
+    tok.add_argument("--experiment", default="tokenizers", help="MLflow experiment (default: tokenizers)")
 
     lst = sub.add_parser("list", help="list registered arms, tasks and studies")
     lst.add_argument("what", nargs="?", choices=["arms", "tasks", "studies"], help="only this registry")
@@ -46,6 +71,16 @@ def optional_int(value: str, name: str) -> int | None:
         raise ValueError(f"{name} must be an integer, got {value!r}") from None
     if parsed < 1:
         raise ValueError(f"{name} must be >= 1, got {parsed}")
+    return parsed
+
+
+def number(value: str, name: str, kind=int):
+    try:
+        parsed = kind(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a{'n integer' if kind is int else ' number'}, got {value!r}") from None
+    if parsed <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
     return parsed
 
 
@@ -82,15 +117,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    for noisy in ("mlflow", "alembic"):  # after import: MLflow configures its loggers when imported
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_libraries()
     arm = ARMS.get(args.arm)
     spec = load_study(args.study)
     n_trials = optional_int(args.n_trials, "n_trials") or spec.n_trials
     seeds = optional_int(args.seeds, "seeds") or spec.seeds
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] or spec.tasks
-    options = RunOptions(device=args.device, tokenizer_path=args.tokenizer or None,
-                         bpe_vocab_size=spec.bpe_vocab_size, max_length=optional_int(args.max_length, "max_length"))
+    if args.init and args.checkpoint and args.init != args.checkpoint:
+        raise ValueError("pass either init= or checkpoint=, not both")
+    options = RunOptions(device=args.device, tokenizer_path=resolve_tokenizer(args.tokenizer),
+                         bpe_vocab_size=spec.bpe_vocab_size, max_length=optional_int(args.max_length, "max_length"),
+                         init=args.init or args.checkpoint or None)
     device = resolve_device(args.device)  # fail now if cuda was asked for and is absent
     check_arm_setup(arm, spec, options)  # fail now, not after an hour, if the study does not fit the arm
     data = [load_task(t, args.data or None) for t in tasks]  # validate every task before any run starts
@@ -105,6 +142,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     for task in data:
         tune_and_evaluate(spec, arm, task, storage, experiment_id, options, n_trials, seeds, provenance)
     return 0
+
+
+def resolve_tokenizer(source: str) -> str | None:
+    """tokenizer= is a local tokenizer.json or an MLflow artifact URI (from the tokenizer entry point)."""
+    from .checkpoints import local_path
+
+    return str(local_path(source)) if source else None
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .pretrain import PretrainRequest, pretrain
+
+    quiet_libraries()
+    req = PretrainRequest(
+        arm=args.arm, corpus=args.corpus, study=args.study, window=number(args.window, "window"),
+        steps=number(args.steps, "steps"), batch_size=number(args.batch_size, "batch_size"),
+        lr=number(args.lr, "lr", float), mask_prob=number(args.mask_prob, "mask_prob", float),
+        seed=int(args.seed), device=args.device, tokenizer=resolve_tokenizer(args.tokenizer),
+        vocab_size=number(args.vocab_size, "vocab_size"), experiment=args.experiment, output=args.output or None)
+    if req.mask_prob >= 1:
+        raise ValueError(f"mask_prob must be below 1, got {req.mask_prob}")
+    pretrain(req)
+    return 0
+
+
+def cmd_tokenizer(args: argparse.Namespace) -> int:
+    from .pretrain import train_tokenizer
+
+    quiet_libraries()
+    train_tokenizer(args.corpus, number(args.vocab_size, "vocab_size"), number(args.window, "window"), args.experiment)
+    return 0
+
+
+def quiet_libraries() -> None:
+    for noisy in ("mlflow", "alembic"):  # after import: MLflow configures its loggers when imported
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def describe_device(device) -> str:
@@ -134,18 +207,22 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     from .data import DataError
     from .studies import StudyError
-    from .train import DeviceError
+    from .train import DeviceError, DivergedError
     from mlflow.exceptions import MlflowException
 
     from .tuning import NoCompletedTrialError, StorageError
 
+    commands = {"run": cmd_run, "pretrain": cmd_pretrain, "tokenizer": cmd_tokenizer}
     try:
-        return cmd_run(args)
+        return commands[args.command](args)
     except (DataError, StudyError, StorageError, UnknownNameError, ValueError, FileNotFoundError,
             DeviceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (NoCompletedTrialError, MlflowException) as err:
+    except KeyError as err:  # a checkpoint whose weights do not fit the model
+        print(f"error: {err.args[0]}", file=sys.stderr)
+        return 2
+    except (NoCompletedTrialError, MlflowException, DivergedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

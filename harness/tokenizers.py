@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
 from tokenizers import Tokenizer, models, processors, trainers
 
 from .data import Split
@@ -177,6 +178,13 @@ def trained_bpe(train: Split, vocab_size: int) -> BPETokenizer:
     tok.save(tmp)
     tmp.replace(path)  # atomic: a concurrent worker never reads half a file
     return BPETokenizer.from_file(path)
+
+
+def nucleotide_alphabet_map(tokenizer: CharTokenizer) -> torch.Tensor:
+    """Single-nucleotide token ids -> A=0 C=1 G=2 T=3 N=4 (ConvNova's alphabet); special tokens -> N."""
+    table = torch.full((tokenizer.vocab_size,), NUCLEOTIDES.index("N"), dtype=torch.long)
+    table[len(SPECIAL_TOKENS):] = torch.arange(len(NUCLEOTIDES))
+    return table
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .metrics import classification_metrics
-from .tokenizers import TokenizedSplit
+from .models import logits_of
+from .tokenizers import MASK, SPECIAL_TOKENS, TokenizedSplit
 
 
 class DivergedError(RuntimeError):
@@ -114,7 +115,7 @@ def predict(model: nn.Module, split: TokenizedSplit, pad_id: int, device: torch.
     chunks = []
     for start in range(0, len(order), batch_size):
         input_ids, mask, _ = collate(split, order[start:start + batch_size], pad_id, device)
-        chunks.append(torch.softmax(model(input_ids, mask).float(), dim=-1).cpu())
+        chunks.append(torch.softmax(logits_of(model(input_ids, mask)).float(), dim=-1).cpu())
     probs = torch.cat(chunks).numpy()
     out = np.empty_like(probs)
     out[order] = probs
@@ -139,6 +140,22 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
+def train_step(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, optimizer,
+               scheduler, grad_clip: float, count_flops: bool = False) -> tuple[torch.Tensor, float]:
+    """One optimisation step on a batch; labels are [B] (classification) or [B, L] with -100 where no
+    loss is taken (masked LM). Returns the detached loss (no host sync) and, if asked, its FLOPs."""
+    with FlopCounterMode(display=False) if count_flops else nullcontext() as counter:
+        logits = logits_of(model(input_ids, mask))
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return loss.detach(), counter.get_total_flops() if counter is not None else 0.0
+
+
 def fit(model: nn.Module, train: TokenizedSplit, dev: TokenizedSplit, pad_id: int, cfg: TrainConfig,
         on_epoch: EpochCallback | None = None) -> FitResult:
     """Train `model` in place; on return it holds the weights of its best dev-MCC epoch."""
@@ -158,17 +175,10 @@ def fit(model: nn.Module, train: TokenizedSplit, dev: TokenizedSplit, pad_id: in
         for step, idx in enumerate(length_bucketed_batches(train.lengths, cfg.batch_size, rng)):
             input_ids, mask, labels = collate(train, idx, pad_id, device)
             # FLOPs are counted on the first step only and scaled by the tokens trained on.
-            with (nullcontext() if flops_per_token else FlopCounterMode(display=False)) as counter:
-                loss = F.cross_entropy(model(input_ids, mask), labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-            if counter is not None:
-                flops_per_token = counter.get_total_flops() / input_ids.numel()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach()
+            loss, flops = train_step(model, input_ids, mask, labels, optimizer, scheduler, cfg.grad_clip,
+                                     count_flops=not flops_per_token)
+            flops_per_token = flops_per_token or flops / input_ids.numel()
+            loss_sum += loss
             tokens_seen += input_ids.numel()
         train_loss = float(loss_sum) / (step + 1)
         if not math.isfinite(train_loss):
@@ -192,3 +202,89 @@ def fit(model: nn.Module, train: TokenizedSplit, dev: TokenizedSplit, pad_id: in
     result.flops = flops_per_token * tokens_seen
     return result
 
+
+
+# ------------------------------------------------------------------------------ masked-LM pretraining
+N_SPECIAL = len(SPECIAL_TOKENS)
+
+
+def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, vocab_size: int, mask_prob: float,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masking (Devlin et al. 2019): pick `mask_prob` of the valid, non-special positions (at
+    least one per batch); of those 80% become [MASK], 10% a random non-special token, 10% stay. Labels
+    hold the original id at picked positions and -100 (no loss) everywhere else."""
+    maskable = attention_mask.bool() & (input_ids >= N_SPECIAL)
+    picked = (torch.rand(input_ids.shape, generator=generator) < mask_prob) & maskable
+    if not picked.any():  # a batch with nothing to predict would give a NaN loss
+        picked.view(-1)[maskable.view(-1).nonzero()[0]] = True
+    action = torch.rand(input_ids.shape, generator=generator)
+    random_ids = torch.randint(N_SPECIAL, vocab_size, input_ids.shape, generator=generator)
+    inputs = torch.where(picked & (action < 0.8), MASK, input_ids)
+    inputs = torch.where(picked & (action >= 0.8) & (action < 0.9), random_ids, inputs)
+    return inputs, torch.where(picked, input_ids, -100)
+
+
+@dataclass
+class PretrainResult:
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per log interval
+    seconds: float = 0.0
+    flops: float = 0.0
+    tokens: int = 0
+    steps: int = 0
+
+
+@torch.inference_mode()
+def masked_lm_eval(model: nn.Module, split: TokenizedSplit, pad_id: int, vocab_size: int, mask_prob: float,
+                   device: torch.device, batch_size: int) -> dict[str, float]:
+    """Loss and accuracy on masked positions of held-out windows, with a fixed masking pattern."""
+    model.eval()
+    generator = torch.Generator().manual_seed(0)
+    loss_sum, correct, count = 0.0, 0, 0
+    for start in range(0, len(split), batch_size):
+        input_ids, mask, _ = collate(split, np.arange(start, min(start + batch_size, len(split))), pad_id, torch.device("cpu"))
+        inputs, labels = mask_tokens(input_ids, mask, vocab_size, mask_prob, generator)
+        logits = logits_of(model(inputs.to(device), mask.to(device))).float()
+        labels = labels.to(device)
+        loss_sum += float(F.cross_entropy(logits.reshape(-1, vocab_size), labels.reshape(-1), reduction="sum"))
+        picked = labels != -100
+        correct += int((logits.argmax(-1)[picked] == labels[picked]).sum())
+        count += int(picked.sum())
+    model.train()
+    return {"eval_mlm_loss": loss_sum / max(count, 1), "eval_mlm_accuracy": correct / max(count, 1)}
+
+
+def fit_masked_lm(model: nn.Module, windows: TokenizedSplit, held_out: TokenizedSplit, pad_id: int,
+                  vocab_size: int, cfg: TrainConfig, steps: int, mask_prob: float = 0.15, log_every: int = 50,
+                  on_log: Callable[[int, dict[str, float]], None] | None = None) -> PretrainResult:
+    """Masked-LM pretraining for a fixed number of optimiser steps (epochs over the windows as needed)."""
+    device = resolve_device(cfg.device)
+    model.to(device).train()
+    rng, generator = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
+    optimizer, scheduler = make_optimizer(model, cfg, steps)
+    result, flops_per_token = PretrainResult(), 0.0
+    loss_sum, since_log = torch.zeros((), device=device), 0
+    start = time.perf_counter()
+    while result.steps < steps:
+        for idx in length_bucketed_batches(windows.lengths, cfg.batch_size, rng):
+            input_ids, mask, _ = collate(windows, idx, pad_id, torch.device("cpu"))
+            inputs, labels = mask_tokens(input_ids, mask, vocab_size, mask_prob, generator)
+            loss, flops = train_step(model, inputs.to(device), mask.to(device), labels.to(device), optimizer,
+                                     scheduler, cfg.grad_clip, count_flops=not flops_per_token)
+            flops_per_token = flops_per_token or flops / inputs.numel()
+            loss_sum, since_log = loss_sum + loss, since_log + 1
+            result.steps, result.tokens = result.steps + 1, result.tokens + inputs.numel()
+            if result.steps % log_every == 0 or result.steps == steps:
+                row = {"mlm_loss": float(loss_sum) / since_log, "tokens": result.tokens,
+                       "seconds": time.perf_counter() - start}
+                if not math.isfinite(row["mlm_loss"]):
+                    raise DivergedError(f"masked-LM loss is {row['mlm_loss']} at step {result.steps} (lr={cfg.lr:g})")
+                row.update(masked_lm_eval(model, held_out, pad_id, vocab_size, mask_prob, device, cfg.eval_batch_size))
+                result.history.append({"step": result.steps, **row})
+                loss_sum, since_log = torch.zeros((), device=device), 0
+                if on_log is not None:
+                    on_log(result.steps, row)
+            if result.steps == steps:
+                break
+    result.seconds = time.perf_counter() - start
+    result.flops = flops_per_token * result.tokens
+    return result

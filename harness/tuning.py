@@ -89,6 +89,8 @@ def run_config(spec: StudySpec, arm: Arm, task: TaskData, options: RunOptions, n
         "data_fingerprint": {name: task.split(name).fingerprint for name in ("train", "dev", "test")},
         "tokenizer_file_sha256": tokenizer_file, "bpe_vocab_size": options.bpe_vocab_size,
         "max_length": options.max_length,
+        "init": None if options.checkpoint is None else {"source": tracking.redact(options.checkpoint.source),
+                                                         "weights_sha256": options.checkpoint.fingerprint},
     }
 
 
@@ -216,6 +218,7 @@ def run_final(arm: Arm, task: TaskData, params: dict[str, Any], seed: int, budge
         test = classification_metrics(task.test.labels, test_probs)
         result = fitted.result
         tracking.log_metrics({**{f"test_{k}": v for k, v in test.items()}, **{f"dev_{k}": v for k, v in dev.items()},
+                              **arm.inherited_cost(options),
                               "params": fitted.n_params, "train_seconds": result.train_seconds,
                               "flops": result.flops, "best_epoch": result.best_epoch,
                               **{f"truncated_{k}": v for k, v in fitted.truncated().items()}})
@@ -275,13 +278,14 @@ def tune_and_evaluate(spec: StudySpec, arm: Arm, task: TaskData, storage: RDBSto
         mlflow.set_tags({"seeds": seeds})
         close_stale_trial_runs(experiment_id, parent.info.run_id, study)
         mlflow.log_dict(task.summary(), "task_summary.json")
-        tracking.log_metrics({f"overlap_{k}": v for k, v in task.overlaps.items()})
+        tracking.log_metrics({**{f"overlap_{k}": v for k, v in task.overlaps.items()}, **arm.inherited_cost(options)})
 
         seeds_done = {int(r.data.tags["seed"]) for r in tracking.child_runs(experiment_id, parent.info.run_id, "final")}
         todo_seeds = [s for s in range(seeds) if s not in seeds_done]
         remaining = max(n_trials - done_before, 0)
         progress = Progress(label, (remaining + len(todo_seeds)) * budget.max_epochs)
-        child_tags = {**identity, "family": arm.family, **{k: provenance[k] for k in ("git_commit", "device")}}
+        child_tags = {**identity, "family": arm.family, **{k: provenance[k] for k in ("git_commit", "device")},
+                      **{k: v for k, v in tags.items() if k.startswith(("init", "pretrain_run_id"))}}
 
         if remaining:
             objective = Objective(spec, arm, task, budget, options, n_trials, progress, child_tags)

@@ -160,7 +160,7 @@ def test_bad_data_gives_clear_error_and_no_run(workdir, tiny_gue, tiny_study, ca
 
 def test_unknown_arm_and_bad_parameters(workdir, tiny_study, capsys):
     assert main(["run", "--arm", "gpt5", "--study", str(tiny_study)]) == 2
-    assert "unknown arm 'gpt5'; registered: kmer_logreg, unet_bpe, unet_char" in capsys.readouterr().err
+    assert "unknown arm 'gpt5'; registered: convnova_bpe, convnova_char, dnabert2_char_scratch, dnabert2_pretrained, dnabert2_scratch, kmer_logreg, unet_bpe, unet_char" in capsys.readouterr().err
     assert main(["run", "--arm", "unet_char", "--study", str(tiny_study), "--n-trials", "two"]) == 2
     assert "n_trials must be an integer" in capsys.readouterr().err
 

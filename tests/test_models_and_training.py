@@ -11,14 +11,19 @@ import torch
 from harness.arms import ARMS, Budget, RunOptions
 from harness.data import Split
 from harness.models import count_parameters
+from harness.models.heads import SequenceClassifier
 from harness.models.unet import UNet1D, UNetConfig
 from harness.tasks import load_task
 from harness.tokenizers import CharTokenizer, tokenize
 from harness.train import DivergedError, TrainConfig, fit, length_bucketed_batches, predict
 
 
+def unet(vocab_size: int, num_classes: int) -> SequenceClassifier:
+    return SequenceClassifier(UNet1D(UNetConfig(vocab_size)), num_classes)
+
+
 def test_unet_size_and_shapes():
-    model = UNet1D(UNetConfig(vocab_size=10, num_classes=3))
+    model = unet(vocab_size=10, num_classes=3)
     assert 1_000_000 <= count_parameters(model) <= 2_000_000
     ids = torch.randint(5, 10, (4, 37))  # not a multiple of 16: padded inside
     logits = model(ids, torch.ones_like(ids))
@@ -29,7 +34,7 @@ def test_unet_size_and_shapes():
 
 def test_unet_output_does_not_depend_on_padding():
     torch.manual_seed(0)
-    model = UNet1D(UNetConfig(vocab_size=10, num_classes=2)).eval()
+    model = unet(vocab_size=10, num_classes=2).eval()
     seq = torch.randint(5, 10, (1, 45))
     alone = model(seq, torch.ones_like(seq))
     padded = torch.cat([seq, torch.full((1, 30), 3)], dim=1)
@@ -56,7 +61,7 @@ def toy_splits(n=128, seed=0):
 def test_training_learns_and_keeps_best_dev_checkpoint():
     tok, train, dev = toy_splits()
     torch.manual_seed(0)
-    model = UNet1D(UNetConfig(tok.vocab_size, 2))
+    model = unet(tok.vocab_size, 2)
     epochs = []
     result = fit(model, train, dev, tok.pad_id, TrainConfig(lr=3e-3, batch_size=16, max_epochs=4, patience=None),
                  on_epoch=epochs.append)
@@ -72,29 +77,36 @@ def test_training_learns_and_keeps_best_dev_checkpoint():
 
 def test_early_stopping_patience():
     tok, train, dev = toy_splits()
-    model = UNet1D(UNetConfig(tok.vocab_size, 2))
+    model = unet(tok.vocab_size, 2)
     result = fit(model, train, dev, tok.pad_id, TrainConfig(lr=0.0, batch_size=32, max_epochs=10, patience=2))
     assert len(result.history) == 3  # no improvement after epoch 1 with lr=0
 
 
 def test_divergence_is_detected():
     tok, train, dev = toy_splits()
-    model = UNet1D(UNetConfig(tok.vocab_size, 2))
+    model = unet(tok.vocab_size, 2)
     with torch.no_grad():
         model.classifier.weight.fill_(math.inf)
     with pytest.raises(DivergedError, match="training loss is nan"):
         fit(model, train, dev, tok.pad_id, TrainConfig(max_epochs=2, grad_clip=0))
 
 
-@pytest.mark.parametrize("arm", ["unet_char", "unet_bpe", "kmer_logreg"])
+TINY_TRANSFORMER = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
+
+
+@pytest.mark.parametrize("arm", ["unet_char", "unet_bpe", "convnova_char", "convnova_bpe", "dnabert2_scratch",
+                                 "dnabert2_char_scratch", "kmer_logreg"])
 def test_every_arm_fits_and_predicts(arm, tiny_gue, monkeypatch, tmp_path):
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
     task = load_task("toy/motif_binary", str(tiny_gue))
-    params = {"lr": 2e-3, "batch_size": 32, "dropout": 0.1, "k": 4, "C": 1.0}
+    params = {"lr": 2e-3, "batch_size": 32, "dropout": 0.1, "k": 4, "C": 1.0, "hidden_dim": 32,
+              **(TINY_TRANSFORMER if arm.startswith("dnabert2") else {})}
     fitted = ARMS.get(arm).fit(task, params, 0, Budget(2, None), RunOptions(device="cpu", bpe_vocab_size=64))
     probs = fitted.predict("test")
     assert probs.shape == (len(task.test), 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
-    assert fitted.n_params > 0 and len(fitted.result.history) >= 1
+    assert fitted.n_params > 0 and len(fitted.result.history) >= 1 and fitted.result.flops > 0
+    if arm.startswith(("dnabert2", "convnova")):  # the study's architecture keys reached the model
+        assert fitted.n_params < 200_000
 
 
 def test_same_seed_same_model_other_seed_other_model(tiny_gue, tmp_path, monkeypatch):

@@ -65,11 +65,16 @@ def test_unknown_study_lists_known_ones():
         load_study("nope")
 
 
-def test_mlproject_parameters_match_the_cli():
+@pytest.mark.parametrize("entry,command", [("main", "run"), ("pretrain", "pretrain"), ("tokenizer", "tokenizer")])
+def test_mlproject_parameters_match_the_cli(entry, command):
     project = yaml.safe_load((REPO / "MLproject").read_text())
-    params = project["entry_points"]["main"]["parameters"]
-    cli = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["run"]._actions} - {"help"}
+    params = project["entry_points"][entry]["parameters"]
+    cli = {a.dest for a in build_parser()._subparsers._group_actions[0].choices[command]._actions} - {"help"}
     assert set(params) == cli
+    for name in params:  # every parameter reaches the command line
+        assert f"--{name.replace('_', '-')} {{{name}}}" in project["entry_points"][entry]["command"]
+    if entry != "main":
+        return
     assert {"arm", "study", "tasks", "data", "n_trials", "seeds", "storage", "experiment", "device"} <= set(params)
     assert params["storage"]["default"] == "sqlite:///optuna.db" and params["study"]["default"] == "smoke"
 

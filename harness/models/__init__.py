@@ -1,23 +1,104 @@
-"""Model registry: name -> builder(vocab_size, num_classes, pad_id, hyperparameters) -> nn.Module."""
+"""Model registry: name -> ModelSpec, which builds that architecture's classifier and masked-LM.
+
+An architecture is described by a plain dict (saved in checkpoints, logged with every run), made from
+the tokenizer and the hyperparameters named in `architecture_keys` (a study fixes or searches them).
+A checkpoint brings its own architecture; dropout always comes from the run's hyperparameters.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..registry import Registry
+from .convnova import ConvNova, ConvNovaConfig
+from .dnabert2 import DNABERT2Config, DNABERT2ForMaskedLM, DNABERT2ForSequenceClassification
+from .heads import MaskedLM, SequenceClassifier
 from .unet import UNet1D, UNetConfig
 
-ModelBuilder = Callable[[int, int, int, dict[str, Any]], nn.Module]
-MODELS: Registry[ModelBuilder] = Registry("model")
+DEFAULT_DROPOUT = 0.1
 
 
-@MODELS.register("unet")
-def build_unet(vocab_size: int, num_classes: int, pad_id: int, hp: dict[str, Any]) -> nn.Module:
-    return UNet1D(UNetConfig(vocab_size, num_classes, pad_id, dropout=hp.get("dropout", 0.1)))
+@dataclass(frozen=True)
+class ModelSpec:
+    architecture_keys: tuple[str, ...]
+    architecture: Callable[[Any, dict[str, Any]], dict[str, Any]]  # (tokenizer, hyperparameters) -> config
+    classifier: Callable[[dict[str, Any], Any, int, float], nn.Module]  # (config, tokenizer, classes, dropout)
+    masked_lm: Callable[[dict[str, Any], Any, float], nn.Module]  # (config, tokenizer, dropout)
+
+
+MODELS: Registry[ModelSpec] = Registry("model")
+
+
+def pick(hp: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    return {k: type(v)(hp.get(k, v)) for k, v in defaults.items()}
+
+
+# ------------------------------------------------------------------------------------------ U-Net
+def unet_encoder(config: dict[str, Any], tokenizer, dropout: float) -> UNet1D:
+    return UNet1D(UNetConfig(tokenizer.vocab_size, tokenizer.pad_id, dropout=dropout,
+                             widths=tuple(config["widths"]), kernel_size=config["kernel_size"]))
+
+
+MODELS.add("unet", ModelSpec(
+    architecture_keys=(),
+    architecture=lambda tok, hp: {"widths": list(UNetConfig.widths), "kernel_size": UNetConfig.kernel_size},
+    classifier=lambda cfg, tok, n, p: SequenceClassifier(unet_encoder(cfg, tok, p), n, p),
+    masked_lm=lambda cfg, tok, p: MaskedLM(unet_encoder(cfg, tok, p), tok.vocab_size),
+))
+
+
+# --------------------------------------------------------------------------------------- ConvNova
+CONVNOVA_DEFAULTS = {"hidden_dim": 128, "kernel_size": 9, "num_conv1d": 5, "dilation_base": 4}
+
+
+def convnova_encoder(config: dict[str, Any], tokenizer, dropout: float) -> ConvNova:
+    """Single-nucleotide tokens become ConvNova's one-hot alphabet; any other tokenizer (BPE) feeds
+    token embeddings."""
+    from ..tokenizers import nucleotide_alphabet_map
+
+    if tokenizer.name == "char":
+        return ConvNova(ConvNovaConfig(**config, dropout=dropout), input_map=nucleotide_alphabet_map(tokenizer))
+    c = ConvNovaConfig(**config, dropout=dropout, vocab_size=tokenizer.vocab_size, token_embeddings=True)
+    return ConvNova(c)
+
+
+MODELS.add("convnova", ModelSpec(
+    architecture_keys=tuple(CONVNOVA_DEFAULTS),
+    architecture=lambda tok, hp: pick(hp, CONVNOVA_DEFAULTS),
+    classifier=lambda cfg, tok, n, p: SequenceClassifier(convnova_encoder(cfg, tok, p), n, p),
+    masked_lm=lambda cfg, tok, p: MaskedLM(convnova_encoder(cfg, tok, p), tok.vocab_size),
+))
+
+
+# -------------------------------------------------------------------------------------- DNABERT-2
+DNABERT2_DEFAULTS = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                     "intermediate_size": 3072}  # the published 117M model
+
+
+def dnabert2_config(config: dict[str, Any], tokenizer, dropout: float, num_labels: int = 2) -> DNABERT2Config:
+    # A checkpoint's config.json carries other fields (alibi_starting_size, layer_norm_eps ...): kept.
+    known = {k: v for k, v in config.items() if k in DNABERT2Config.__dataclass_fields__}
+    return DNABERT2Config(**{**known, "vocab_size": tokenizer.vocab_size, "hidden_dropout_prob": dropout,
+                             "num_labels": num_labels, "classifier_dropout": None})
+
+
+MODELS.add("dnabert2", ModelSpec(
+    architecture_keys=tuple(DNABERT2_DEFAULTS),
+    architecture=lambda tok, hp: pick(hp, DNABERT2_DEFAULTS),
+    classifier=lambda cfg, tok, n, p: DNABERT2ForSequenceClassification(dnabert2_config(cfg, tok, p, n)),
+    masked_lm=lambda cfg, tok, p: DNABERT2ForMaskedLM(dnabert2_config(cfg, tok, p)),
+))
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def logits_of(output: torch.Tensor | Any) -> torch.Tensor:
+    """Models return a logits tensor, or (the DNABERT-2 classes, like transformers) an object with `.logits`."""
+    return output if isinstance(output, torch.Tensor) else output.logits

@@ -12,8 +12,8 @@ Shapes (B batch, L tokens, C_i the width of level i, D = len(widths) - 1 down-sa
     encoder level i  -> [B, C_i, L / 2**i]     (ConvBlock, then stride-2 max-pool to level i+1)
     bottleneck       -> [B, C_D, L / 2**D]
     decoder level i  -> [B, C_i, L / 2**i]     (upsample x2, concat skip i, ConvBlock)
-    masked mean      -> [B, C_0]
-    classifier       -> logits [B, num_classes]
+    features         -> [B, L, C_0]            (the encoder's output; zero at padded positions)
+    masked mean      -> [B, C_0]  -> classifier -> logits [B, num_classes]   (SequenceClassifier)
 
 Padding never changes a sequence's prediction: padded positions are zeroed after every block, so in
 eval mode a padded batch gives the same logits as the sequence alone (tested), which makes dynamic
@@ -32,7 +32,6 @@ from torch import nn
 @dataclass
 class UNetConfig:
     vocab_size: int
-    num_classes: int
     pad_id: int = 3
     widths: tuple[int, ...] = (32, 64, 96, 128, 192)  # ~1.7M parameters with char tokens
     kernel_size: int = 7
@@ -64,6 +63,8 @@ class ConvBlock(nn.Module):
 
 
 class UNet1D(nn.Module):
+    """The encoder: input_ids, attention_mask [B, L] -> per-position features [B, L, C_0] (zero at padding)."""
+
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
         self.config = config
@@ -76,13 +77,11 @@ class UNet1D(nn.Module):
         self.up = nn.ModuleList(
             ConvBlock(w[i + 1] + w[i], w[i], config.kernel_size, config.dropout) for i in reversed(range(len(w) - 1))
         )
-        self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(w[0], config.num_classes)
+        self.hidden_size = w[0]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        levels = len(self.down)
-        multiple = 2**levels
-        pad = (-input_ids.shape[1]) % multiple
+        length, multiple = input_ids.shape[1], 2 ** len(self.down)
+        pad = (-length) % multiple
         if pad:  # lengths must halve cleanly at every level
             input_ids = F.pad(input_ids, (0, pad), value=self.config.pad_id)
             attention_mask = F.pad(attention_mask, (0, pad), value=0)
@@ -99,6 +98,4 @@ class UNet1D(nn.Module):
             skip, mask = skips.pop()
             x = F.interpolate(x, scale_factor=2, mode="nearest")
             x = block(torch.cat([x, skip], dim=1), mask)
-
-        pooled = x.sum(dim=2) / mask.sum(dim=2).clamp(min=1)  # masked mean: [B, C0]
-        return self.classifier(self.dropout(pooled))
+        return x[:, :, :length].transpose(1, 2)

@@ -1,0 +1,119 @@
+"""Model checkpoints: their folder layout, where they come from, and what they cost to make.
+
+A checkpoint folder (written by `python -m harness pretrain`):
+    harness.json       {"model", "architecture", "tokenizer", "pretraining": {run id, seconds, FLOPs, ...}}
+    model.safetensors  the masked-LM's weights (for DNABERT-2 with config.json: the published layout)
+    tokenizer.json     the BPE tokenizer it was trained with (single-nucleotide models need none)
+
+DNABERT-2's published folders (config.json + pytorch_model.bin or model.safetensors, tokenizer.json)
+are read as well. A source is a local folder, an MLflow artifact URI (`runs:/<run_id>/checkpoint`,
+`models:/<name>/<version>`, `mlflow-artifacts:/...`) or, for DNABERT-2, a Hugging Face hub id.
+Weights are read with safetensors or `torch.load(weights_only=True)`: no pickled code runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .models.dnabert2 import download_from_hub, read_state_dict
+
+MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:", "dbfs:", "s3://", "gs://", "wasbs://", "file://")
+MANIFEST = "harness.json"
+
+
+def is_mlflow_uri(source: str) -> bool:
+    return source.startswith(MLFLOW_SCHEMES)
+
+
+@functools.cache
+def local_path(source: str) -> Path:
+    """A local file or folder for `source`, downloading MLflow artifact URIs (once per process)."""
+    if is_mlflow_uri(source):
+        import mlflow
+
+        try:
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
+        except Exception as err:  # MLflow raises several types for a bad run id, path or server
+            raise FileNotFoundError(f"{source}: MLflow could not provide this artifact "
+                                    f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+    return Path(source).expanduser()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    source: str
+    folder: Path
+    model: str
+    architecture: dict[str, Any]
+    tokenizer: str  # the tokenizer kind it was trained with: char, bpe, ...
+    pretraining: dict[str, Any] = field(default_factory=dict)  # {} for published checkpoints
+    tokenizer_fingerprint: str | None = None  # recorded by the harness, to refuse another tokenizer
+
+    @property
+    def tokenizer_file(self) -> Path | None:
+        path = self.folder / "tokenizer.json"
+        return path if path.is_file() else None
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return read_state_dict(self.folder)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        weights = next(p for p in (self.folder / "model.safetensors", self.folder / "pytorch_model.bin") if p.is_file())
+        digest = hashlib.sha256()
+        with weights.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                digest.update(chunk)
+        return digest.hexdigest()[:16]
+
+
+@functools.cache
+def open_checkpoint(source: str) -> Checkpoint:
+    """Read a checkpoint's manifest (not its weights). Errors name the source and what to pass."""
+    folder = local_path(source)
+    if not folder.exists() and source.count("/") == 1 and not source.startswith((".", "/", "~")):
+        folder = download_from_hub(source)  # a hub id such as zhihan1996/DNABERT-2-117M
+    if not folder.is_dir():
+        raise FileNotFoundError(f"checkpoint {source}: no such folder. Pass a folder written by "
+                                "`python -m harness pretrain`, an MLflow URI such as runs:/<run_id>/checkpoint, "
+                                "or a DNABERT-2 folder (config.json + weights)")
+    if (folder / MANIFEST).is_file():
+        meta = json.loads((folder / MANIFEST).read_text())
+        return Checkpoint(source, folder, meta["model"], meta["architecture"], meta["tokenizer"],
+                          meta.get("pretraining", {}), meta.get("tokenizer_fingerprint"))
+    if (folder / "config.json").is_file():  # DNABERT-2's published layout
+        read_state_dict_exists(folder)
+        return Checkpoint(source, folder, "dnabert2", json.loads((folder / "config.json").read_text()), "bpe")
+    raise FileNotFoundError(f"checkpoint {folder}: neither {MANIFEST} (a harness checkpoint) nor config.json "
+                            "(a DNABERT-2 checkpoint) is in it")
+
+
+def read_state_dict_exists(folder: Path) -> None:
+    if not any((folder / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
+        raise FileNotFoundError(f"checkpoint {folder}: config.json but neither model.safetensors nor pytorch_model.bin")
+
+
+def save_checkpoint(folder: Path, model_name: str, architecture: dict[str, Any], module: nn.Module,
+                    tokenizer, pretraining: dict[str, Any]) -> Path:
+    """Write `module` (a masked-LM) and its manifest; DNABERT-2 also in its published layout."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if hasattr(module, "save_pretrained"):
+        module.save_pretrained(folder)
+    else:
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(folder / "model.safetensors"))
+    if tokenizer.name == "bpe":
+        tokenizer.save(folder / "tokenizer.json")
+    manifest = {"model": model_name, "architecture": architecture, "tokenizer": tokenizer.name,
+                "tokenizer_fingerprint": tokenizer.fingerprint, "pretraining": pretraining}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return folder

@@ -1,0 +1,217 @@
+"""Masked-LM pretraining of any torch arm, and BPE tokenizer training, on a DNA corpus.
+
+A corpus is a FASTA file (.fa/.fasta/.fna, optionally gzipped), a GUE-layout folder (only its
+train.csv files are read, so no dev or test sequence is ever pretrained on), or one CSV with a
+`sequence` column. Sequences are cut into windows of `window` nucleotides (a last piece shorter than
+half a window is dropped, as are windows that are mostly N); 2% of the windows (at least one) are held
+out to report the masked-token loss and accuracy.
+
+`pretrain` logs the loss curves, the checkpoint (artifact `checkpoint/`, in the layout of
+`checkpoints.py`) and its cost (seconds, FLOPs), which the checkpoint also carries: a fine-tuning run
+started with `init=runs:/<run_id>/checkpoint` records where its weights came from and what they cost.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+from . import tracking
+from .arms import ARMS, RunOptions, TorchArm
+from .checkpoints import save_checkpoint
+from .data import IUPAC_TO_N, DataError, Split, read_split
+from .models import DEFAULT_DROPOUT, MODELS, count_parameters
+from .progress import format_seconds
+from .studies import load_study
+from .tokenizers import BPETokenizer, DNATokenizer, TokenizerRequest, build_tokenizer, tokenize
+from .train import TrainConfig, fit_masked_lm, resolve_device, seed_everything
+
+log = logging.getLogger("harness")
+FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".fa.gz", ".fasta.gz", ".fna.gz")
+HELD_OUT_FRACTION = 0.02
+
+
+def read_fasta(path: Path) -> list[str]:
+    """Records of a (gzipped) FASTA file, upper-cased, IUPAC codes read as N; other characters are an
+    error naming the line."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    records, current = [], []
+    with opener(path, "rt") as handle:
+        for number, line in enumerate(handle, start=1):
+            line = line.strip()
+            if line.startswith(">"):
+                if current:
+                    records.append("".join(current))
+                current = []
+            elif line:
+                seq = line.upper().translate(IUPAC_TO_N)
+                bad = set(seq) - set("ACGTN")
+                if bad:
+                    raise DataError(f"{path}, line {number}: character {sorted(bad)[0]!r} is not DNA. Allowed: A C G "
+                                    "T N in any case; IUPAC codes are read as N.")
+                current.append(seq)
+    if current:
+        records.append("".join(current))
+    if not records:
+        raise DataError(f"{path}: no FASTA records (lines starting with '>' followed by sequence lines)")
+    return records
+
+
+def read_corpus(path: str | Path) -> list[str]:
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.rglob("train.csv"))
+        if not files:
+            raise DataError(f"{path}: no train.csv under this folder; a corpus folder is in the GUE layout "
+                            "(<family>/<task>/train.csv). Pass a FASTA file otherwise.")
+        return [s for f in files for s in read_split(f).sequences]
+    if not path.is_file():
+        raise DataError(f"corpus {path}: no such file or folder")
+    if path.name.lower().endswith(FASTA_SUFFIXES):
+        return read_fasta(path)
+    if path.suffix.lower() == ".csv":
+        return read_split(path).sequences
+    raise DataError(f"corpus {path}: unknown format; use FASTA ({', '.join(FASTA_SUFFIXES)}), a CSV with "
+                    "sequence,label columns, or a GUE-layout folder")
+
+
+def cut_windows(sequences: list[str], window: int) -> list[str]:
+    """Non-overlapping windows of `window` nt; a tail shorter than half a window and windows that are
+    more than half N are dropped."""
+    out = []
+    for seq in sequences:
+        for start in range(0, len(seq), window):
+            piece = seq[start:start + window]
+            if len(piece) * 2 >= window and piece.count("N") * 2 <= len(piece):
+                out.append(piece)
+    return out
+
+
+@dataclass(frozen=True)
+class Corpus:
+    source: str
+    train: Split
+    held_out: Split
+    fingerprint: str
+
+    @classmethod
+    def load(cls, source: str, window: int, seed: int = 0) -> Corpus:
+        windows = cut_windows(read_corpus(source), window)
+        if len(windows) < 2:
+            raise DataError(f"corpus {source}: {len(windows)} window(s) of {window} nt; it needs at least 2. "
+                            "Use a smaller window= or a larger corpus.")
+        order = np.random.default_rng(seed).permutation(len(windows))
+        n_held = max(1, int(HELD_OUT_FRACTION * len(windows)))
+        pick = lambda idx: Split([windows[i] for i in idx], np.zeros(len(idx), dtype=np.int64))  # noqa: E731
+        digest = hashlib.sha256("\n".join(windows).encode()).hexdigest()[:16]
+        return cls(source, pick(order[n_held:]), pick(order[:n_held]), digest)
+
+
+def pretraining_tokenizer(arm: TorchArm, corpus: Corpus, options: RunOptions) -> DNATokenizer:
+    """The arm's tokenizer; a BPE arm without tokenizer= trains one on the corpus's training windows."""
+    return build_tokenizer(arm.tokenizer, TokenizerRequest(corpus.train, options.tokenizer_path, options.bpe_vocab_size))
+
+
+@dataclass(frozen=True)
+class PretrainRequest:
+    arm: str
+    corpus: str
+    study: str = "smoke"  # the architecture the study fixes for the arm's family
+    window: int = 128
+    steps: int = 500
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    mask_prob: float = 0.15
+    seed: int = 0
+    device: str = "auto"
+    tokenizer: str | None = None
+    vocab_size: int = 4096
+    experiment: str = "pretrain"
+    output: str | None = None  # also keep the checkpoint in this local folder
+
+
+def pretrain(req: PretrainRequest) -> tuple[str, Path | None]:
+    """Run masked-LM pretraining; returns the MLflow run id and the local checkpoint folder (if asked)."""
+    arm = ARMS.get(req.arm)
+    if not isinstance(arm, TorchArm):
+        raise ValueError(f"arm {req.arm} is not a neural network; pretraining applies to torch arms")
+    spec = load_study(req.study)
+    params = {**spec.fixed.get(arm.family, {})}
+    options = RunOptions(device=req.device, tokenizer_path=req.tokenizer, bpe_vocab_size=req.vocab_size)
+    corpus = Corpus.load(req.corpus, req.window, req.seed)
+    tok = pretraining_tokenizer(arm, corpus, options)
+    windows, held_out = tokenize(tok, corpus.train), tokenize(tok, corpus.held_out)
+    seed_everything(req.seed)
+    model_spec = MODELS.get(arm.model)
+    architecture = model_spec.architecture(tok, params)
+    model = model_spec.masked_lm(architecture, tok, float(params.get("dropout", DEFAULT_DROPOUT)))
+    cfg = TrainConfig(lr=req.lr, weight_decay=req.weight_decay, batch_size=req.batch_size, seed=req.seed,
+                      device=req.device)
+    device = resolve_device(req.device)
+    experiment_id = tracking.setup(req.experiment)
+    tags = {"stage": "pretrain", "arm": arm.name, "model": arm.model, "tokenizer": tok.name,
+            "corpus": req.corpus, "corpus_fingerprint": corpus.fingerprint, "git_commit": tracking.git_commit(),
+            "device": str(device)}
+    with tracking.run(f"pretrain {arm.name}", tags, log_system_metrics=True) as run:
+        n_params = count_parameters(model)
+        tracking.log_params({**{k: v for k, v in vars(req).items() if k not in ("arm", "corpus")},
+                             "architecture": architecture, "params": n_params, "vocab_size": tok.vocab_size,
+                             "train_windows": len(windows), "held_out_windows": len(held_out)})
+        log.info("pretraining %s (%d parameters, %s tokens) on %d windows of %d nt from %s: %d steps of %d",
+                 arm.name, n_params, tok.name, len(windows), req.window, req.corpus, req.steps, req.batch_size)
+
+        def on_log(step: int, row: dict[str, float]) -> None:
+            tracking.log_metrics({k: v for k, v in row.items() if k != "seconds"}, step=step)
+            eta = row["seconds"] / step * (req.steps - step)
+            log.info("pretrain %s | step %d/%d | mlm_loss %.4f | held-out loss %.4f acc %.3f | %s elapsed, ETA %s",
+                     arm.name, step, req.steps, row["mlm_loss"], row["eval_mlm_loss"], row["eval_mlm_accuracy"],
+                     format_seconds(row["seconds"]), format_seconds(eta))
+
+        result = fit_masked_lm(model, windows, held_out, tok.pad_id, tok.vocab_size, cfg, req.steps, req.mask_prob,
+                               log_every=max(1, min(50, req.steps // 10)), on_log=on_log)
+        cost = {"run_id": run.info.run_id, "experiment_id": experiment_id, "seconds": result.seconds,
+                "flops": result.flops, "steps": result.steps, "tokens": result.tokens, "corpus": req.corpus,
+                "corpus_fingerprint": corpus.fingerprint, "window": req.window, "device": str(device),
+                "final_eval_mlm_loss": result.history[-1]["eval_mlm_loss"]}
+        tracking.log_metrics({"pretrain_seconds": result.seconds, "pretrain_flops": result.flops,
+                              "pretrain_tokens": result.tokens})
+        model.cpu()
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = save_checkpoint(Path(tmp) / "checkpoint", arm.model, architecture, model, tok, cost)
+            mlflow.log_artifacts(str(folder), "checkpoint")
+            local = None
+            if req.output:
+                local = save_checkpoint(Path(req.output), arm.model, architecture, model, tok, cost)
+        log.info("pretrained in %s (%.3g FLOPs). Fine-tune with: init=runs:/%s/checkpoint",
+                 format_seconds(result.seconds), result.flops, run.info.run_id)
+        return run.info.run_id, local
+
+
+def train_tokenizer(corpus: str, vocab_size: int, window: int = 512, experiment: str = "tokenizers") -> str:
+    """Train a BPE tokenizer on a corpus's windows; log it (artifact tokenizer.json) with its statistics."""
+    data = Corpus.load(corpus, window)
+    tracking.setup(experiment)
+    tags = {"stage": "tokenizer", "corpus": corpus, "corpus_fingerprint": data.fingerprint,
+            "git_commit": tracking.git_commit()}
+    with tracking.run(f"bpe{vocab_size}", tags) as run:
+        tok = BPETokenizer.train(data.train.sequences, vocab_size)
+        tracking.log_params({"vocab_size": vocab_size, "window": window, "windows": len(data.train)})
+        held_out = tokenize(tok, data.held_out)
+        nucleotides = sum(len(s) for s in data.held_out.sequences)
+        tokens = int(held_out.lengths.sum()) - 2 * len(held_out)  # without [CLS] and [SEP]
+        tracking.log_metrics({"vocab_size_trained": tok.vocab_size, "nt_per_token": nucleotides / max(tokens, 1),
+                              "tokens_per_window": tokens / len(held_out)})
+        with tempfile.TemporaryDirectory() as tmp:
+            tok.save(Path(tmp) / "tokenizer.json")
+            mlflow.log_artifact(str(Path(tmp) / "tokenizer.json"))
+        log.info("BPE tokenizer (vocab %d, %.2f nt per token on held-out windows). Use it with: "
+                 "tokenizer=runs:/%s/tokenizer.json", tok.vocab_size, nucleotides / max(tokens, 1), run.info.run_id)
+        return run.info.run_id
