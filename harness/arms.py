@@ -255,7 +255,9 @@ def check_arm_setup(arm: Arm, spec: StudySpec, options: RunOptions) -> None:
     """Before anything runs: the study's search space fits the arm, and a tokenizer= file fits it too."""
     names = set(spec.space(arm.family)) | set(spec.fixed.get(arm.family, {}))
     required, optional = arm.hyperparameters
-    missing, unknown = set(required) - names, names - set(required) - set(optional)
+    # A family's fixed architecture of one model (ConvNova's hidden_dim) does not concern another (U-Net).
+    other_architectures = {k for _, m in MODELS.items() for k in m.architecture_keys} & set(spec.fixed.get(arm.family, {}))
+    missing, unknown = set(required) - names, names - set(required) - set(optional) - other_architectures
     if missing or unknown:
         raise StudyError(
             f"{spec.path}: search space {arm.family!r} does not fit arm {arm.name}: "

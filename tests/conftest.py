@@ -61,10 +61,15 @@ sampler: {seed: 0, n_startup_trials: 2}
 pruner: {n_startup_trials: 5, n_warmup_steps: 1}
 tokenizer: {bpe_vocab_size: 64}
 search_spaces:
+  transformer:
+    lr: {type: float, low: 1.0e-3, high: 3.0e-3, log: true}
+    batch_size: {type: categorical, choices: [16]}
+    fixed: {hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 64}
   cnn:
     lr: {type: float, low: 2.0e-3, high: 5.0e-3, log: true}
     dropout: {type: float, low: 0.0, high: 0.2}
     batch_size: {type: categorical, choices: [16]}
+    fixed: {hidden_dim: 32}   # ConvNova's width (the U-Net has a fixed size)
   kmer:
     k: {type: int, low: 3, high: 5}
     C: {type: float, low: 0.1, high: 10.0, log: true}
