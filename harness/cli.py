@@ -62,26 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def optional_int(value: str, name: str) -> int | None:
-    if value in ("", None):
-        return None
-    try:
-        parsed = int(value)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
-    if parsed < 1:
-        raise ValueError(f"{name} must be >= 1, got {parsed}")
-    return parsed
-
-
-def number(value: str, name: str, kind=int):
+def number(value: str, name: str, kind: type = int) -> int | float:
+    """A positive number from a command-line string; the error names the parameter."""
     try:
         parsed = kind(value)
     except ValueError:
         raise ValueError(f"{name} must be a{'n integer' if kind is int else ' number'}, got {value!r}") from None
     if parsed <= 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
+        raise ValueError(f"{name} must be >= 1, got {parsed}" if kind is int else f"{name} must be > 0, got {parsed}")
     return parsed
+
+
+def optional_int(value: str, name: str) -> int | None:
+    return None if value in ("", None) else int(number(value, name))
 
 
 def cmd_list(what: str | None) -> None:
