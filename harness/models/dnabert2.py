@@ -69,13 +69,25 @@ def alibi_slopes(n_heads: int) -> list[float]:
     return power_of_2(closest) + alibi_slopes(2 * closest)[0::2][: n_heads - closest]
 
 
+class Dropout(nn.Dropout):
+    """Inverted dropout. On CPU, `F.dropout` draws its mask with `bernoulli_`, several times slower than
+    a uniform draw compared with p; DNABERT-2 drops out its 3072-wide MLP activations in every layer,
+    which made a CPU train step ~10% slower than BERT's. On CUDA the fused kernel is used."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or x.is_cuda:
+            return super().forward(x)
+        keep = torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))  # in place: no bool mask, no cast
+        return x * keep
+
+
 class Embeddings(nn.Module):
     def __init__(self, c: DNABERT2Config) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(c.vocab_size, c.hidden_size)
         self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden_size)
         self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.dropout = Dropout(c.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.word_embeddings(input_ids) + self.token_type_embeddings.weight[0]  # token type 0 only
@@ -101,7 +113,7 @@ class SelfOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(c.hidden_size, c.hidden_size)
         self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.dropout = Dropout(c.hidden_dropout_prob)
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.dropout(self.dense(h)) + residual)
@@ -124,7 +136,7 @@ class GatedMLP(nn.Module):
         self.gated_layers = nn.Linear(c.hidden_size, 2 * c.intermediate_size, bias=False)
         self.wo = nn.Linear(c.intermediate_size, c.hidden_size)
         self.layernorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.dropout = Dropout(c.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, value = self.gated_layers(x).split(self.intermediate_size, dim=-1)
@@ -317,7 +329,7 @@ class DNABERT2ForSequenceClassification(PreTrainedMixin, nn.Module):
         self.config = config
         self.bert = BertBody(config, pooler=True)
         p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(p)
+        self.dropout = Dropout(p)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self._init_weights()
 
