@@ -1,2 +1,2 @@
 """Statistics, plots and reports over the harness's MLflow runs: paired tests of the pretraining, BPE
-and architecture effects, with cost (being built; it will read the final runs tagged stage=final)."""
+and architecture effects, with cost. ``python -m analysis --experiment NAME``; see analysis/cli.py."""

@@ -272,6 +272,15 @@ def check_arm_setup(arm: Arm, spec: StudySpec, options: RunOptions) -> None:
     check_init(arm, options)
 
 
+def variant_name(arm: Arm, options: RunOptions) -> str:
+    """The label results are filed under: an arm fine-tuned from `init=` is its own variant
+    (`convnova_char@1a2b3c4d`, the checkpoint's weight fingerprint), so that it has its own Optuna study and
+    sits beside its scratch twin in one experiment. dnabert2_pretrained is pretrained by definition."""
+    if options.init and not getattr(arm, "requires_checkpoint", False):
+        return f"{arm.name}@{options.checkpoint.fingerprint[:8]}"
+    return arm.name
+
+
 def check_init(arm: Arm, options: RunOptions) -> None:
     """A checkpoint must exist and fit the arm (model, tokenizer, vocabulary) before anything runs."""
     if getattr(arm, "requires_checkpoint", False) and not options.init:

@@ -37,6 +37,7 @@ class StudySpec:
     bpe_vocab_size: int
     search_spaces: dict[str, dict[str, BaseDistribution]]
     fixed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    contrasts: list[dict[str, str]] = field(default_factory=list)  # the analysis's own, besides the defaults
 
     def space(self, family: str) -> dict[str, BaseDistribution]:
         if family not in self.search_spaces:
@@ -129,6 +130,11 @@ def parse_study(raw: Any, path: str) -> StudySpec:
     for fam, params in spaces.items():
         if not isinstance(params, dict) or not params:
             raise StudyError(f"{path}: search_spaces.{fam} must be a mapping of parameter: distribution, got {params!r}")
+    contrasts = get(get(raw, "analysis", dict, "", {}), "contrasts", list, "analysis.", [])
+    for i, c in enumerate(contrasts):
+        if not isinstance(c, dict) or not {"a", "b"} <= set(c) or set(c) - {"a", "b", "name"}:
+            raise StudyError(f"{path}: analysis.contrasts[{i}] must be a mapping with keys a, b (arm names) and "
+                             f"an optional name, got {c!r}")
     tasks = get(raw, "tasks", list, "")
     if not tasks:
         raise StudyError(f"{path}: tasks is empty")
@@ -149,6 +155,7 @@ def parse_study(raw: Any, path: str) -> StudySpec:
                              for name, d in params.items() if name != "fixed"}
                        for fam, params in spaces.items()},
         fixed={fam: dict(get(params, "fixed", dict, f"search_spaces.{fam}.", {})) for fam, params in spaces.items()},
+        contrasts=[{k: str(v) for k, v in c.items()} for c in contrasts],
     )
 
 

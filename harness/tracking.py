@@ -1,7 +1,8 @@
 """Everything MLflow: where runs go, how they start and end, what is logged, and the figures.
 
 Schema (one experiment per study):
-  parent run  (arm, task)  tags arm, task, study, stage=study, optuna_study, git_commit
+  parent run  (arm, task)  tags arm, variant (arm, or arm@<init sha> when fine-tuned from init=), task, study,
+                           stage=study, family, model, tokenizer, init, optuna_study, git_commit
                            params budget and search space; metrics best_dev_mcc, test_mcc_mean/std
     trial run              tags stage=trial, trial_number, trial_state (COMPLETE/PRUNED), fail_reason
                            params the sampled hyperparameters; per-epoch train_loss, dev_mcc (step=epoch)

@@ -32,7 +32,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from . import tracking
-from .arms import Arm, Budget, Fitted, RunOptions
+from .arms import Arm, Budget, Fitted, RunOptions, variant_name
 from .data import TaskData
 from .metrics import classification_metrics, confusion
 from .progress import Progress
@@ -94,9 +94,9 @@ def run_config(spec: StudySpec, arm: Arm, task: TaskData, options: RunOptions, n
     }
 
 
-def open_study(spec: StudySpec, arm: Arm, task: str, storage: RDBStorage, config: dict[str, Any]) -> optuna.Study:
-    """Create or resume the Optuna study of (study, arm, task); refuse a resume with another config."""
-    name = f"{spec.name}/{arm.name}/{task}"
+def open_study(spec: StudySpec, variant: str, task: str, storage: RDBStorage, config: dict[str, Any]) -> optuna.Study:
+    """Create or resume the Optuna study of (study, arm variant, task); refuse a resume with another config."""
+    name = f"{spec.name}/{variant}/{task}"
     n_existing = 0
     try:
         n_existing = len(optuna.load_study(study_name=name, storage=storage).trials)
@@ -262,30 +262,31 @@ def tune_and_evaluate(spec: StudySpec, arm: Arm, task: TaskData, storage: RDBSto
     # A single-pass arm (the k-mer baseline) has one "epoch"; its progress and ETA count it as one.
     budget = Budget(spec.max_epochs if arm.iterative else 1, spec.patience)
     config = run_config(spec, arm, task, options, n_trials)
-    study = open_study(spec, arm, task.name, storage, config)
-    identity = {"study": spec.name, "arm": arm.name, "task": task.name, "stage": "study"}
+    variant = variant_name(arm, options)
+    study = open_study(spec, variant, task.name, storage, config)
+    identity = {"study": spec.name, "arm": arm.name, "variant": variant, "task": task.name, "stage": "study"}
     uid = study.user_attrs["study_uid"]
     tags = {**identity, **arm.tags(options), **provenance, "optuna_study": study.study_name, "study_uid": uid,
             "task_source": task.source}
     parent_id = tracking.find_parent_run(experiment_id, {**identity, "study_uid": uid})
     done_before = counted_trials(study)
-    label = f"{arm.name} | {task.name}"
+    label = f"{variant} | {task.name}"
     if parent_id:
         log.info("%s | resuming: %d/%d trials already finished", label, done_before, n_trials)
 
-    with tracking.run(f"{arm.name} | {task.name}", tags, run_id=parent_id, log_system_metrics=True) as parent:
+    with tracking.run(f"{variant} | {task.name}", tags, run_id=parent_id, log_system_metrics=True) as parent:
         tracking.log_params({**config, "num_classes": task.num_classes})  # fixed for this study: see open_study
         mlflow.set_tags({"seeds": seeds})
         close_stale_trial_runs(experiment_id, parent.info.run_id, study)
         mlflow.log_dict(task.summary(), "task_summary.json")
+        mlflow.log_text(Path(spec.path).read_text(), "study.yaml")  # the analysis reads its contrasts here
         tracking.log_metrics({**{f"overlap_{k}": v for k, v in task.overlaps.items()}, **arm.inherited_cost(options)})
 
         seeds_done = {int(r.data.tags["seed"]) for r in tracking.child_runs(experiment_id, parent.info.run_id, "final")}
         todo_seeds = [s for s in range(seeds) if s not in seeds_done]
         remaining = max(n_trials - done_before, 0)
         progress = Progress(label, (remaining + len(todo_seeds)) * budget.max_epochs)
-        child_tags = {**identity, "family": arm.family, **{k: provenance[k] for k in ("git_commit", "device")},
-                      **{k: v for k, v in tags.items() if k.startswith(("init", "pretrain_run_id"))}}
+        child_tags = {**identity, **arm.tags(options), **{k: provenance[k] for k in ("git_commit", "device")}}
 
         if remaining:
             objective = Objective(spec, arm, task, budget, options, n_trials, progress, child_tags)

@@ -237,9 +237,14 @@ def test_pretrain_then_fine_tune_records_source_and_cost(arm, workdir, tiny_gue,
         if r.data.tags["stage"] in ("study", "final"):
             assert r.data.metrics["pretrain_seconds"] == pytest.approx(pre.data.metrics["pretrain_seconds"])
             assert r.data.metrics["pretrain_flops"] == pytest.approx(pre.data.metrics["pretrain_flops"])
-    # A resume from another checkpoint would mix two comparisons: refused.
+    variant = {r.data.tags["variant"] for r in runs}
+    assert len(variant) == 1 and variant.pop().startswith(f"{arm}@")
+    # The scratch twin is another variant: its own Optuna study, beside the fine-tuned one in one experiment.
     assert main(["run", "--arm", arm, "--study", str(tiny_study), "--data", str(tiny_gue), "--n-trials", "1",
-                 "--seeds", "1"]) == 2
+                 "--seeds", "1"]) == 0
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.stage = 'final'")
+    assert sorted(r.data.tags["init"] for r in runs) == ["pretrained", "scratch"]
+    assert {r.data.tags["variant"] for r in runs if r.data.tags["init"] == "scratch"} == {arm}
 
 
 def test_tokenizer_entry_point_logs_a_usable_tokenizer(workdir, tiny_gue):

@@ -1,0 +1,102 @@
+"""Command line: ``python -m analysis --experiment NAME`` (the MLproject's `analyze` entry point).
+
+Reads the final runs of an MLflow experiment (any tracking URI: MLFLOW_TRACKING_URI, --tracking-uri, or
+the harness's default sqlite:///mlflow.db), writes the report folder and logs it as an MLflow run tagged
+stage=analysis in the same experiment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+log = logging.getLogger("analysis")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split("\n\n")[0])
+    p.add_argument("--experiment", required=True, help="the MLflow experiment of a study (default name: the study's)")
+    p.add_argument("--study", default="", help="analyse only this study's runs (needed when an experiment holds several)")
+    p.add_argument("--metric", default="test_mcc", help="test metric to compare (default: test_mcc)")
+    p.add_argument("--alpha", default="0.05", help="significance level (default: 0.05)")
+    p.add_argument("--rope", default="0.01", help="half-width of the region of practical equivalence (default: 0.01)")
+    p.add_argument("--seed", default="0", help="seed of the bootstrap and the posterior sampling (default: 0)")
+    p.add_argument("--out", default="", help="report folder (default: reports/<experiment>)")
+    p.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--no-log", action="store_true", help="write the folder only; do not log an MLflow run")
+    return p
+
+
+def number(value: str, name: str, kind: type, low: float, high: float | None = None):
+    try:
+        x = kind(value)
+    except ValueError:
+        raise ValueError(f"--{name} must be a {kind.__name__}, got {value!r}") from None
+    if x < low or (high is not None and x >= high):
+        raise ValueError(f"--{name} must be in [{low}, {high if high is not None else 'inf'}), got {value!r}")
+    return x
+
+
+def run(args: argparse.Namespace) -> Path:
+    import mlflow
+
+    from harness import tracking
+    import yaml
+
+    from harness.studies import StudyError, load_study, parse_study
+
+    from .collect import collect
+    from .contrasts import default_contrasts, user_contrasts
+    from .report import Settings, build_report
+
+    settings = Settings(alpha=number(args.alpha, "alpha", float, 1e-9, 1.0), rope=number(args.rope, "rope", float, 0.0),
+                        seed=number(args.seed, "seed", int, 0))
+    mlflow.set_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.DEFAULT_TRACKING_URI)
+    results = collect(args.experiment, args.metric, args.study or None)
+    contrasts, notes = default_contrasts(results.arms), []
+    try:
+        if results.study_file:
+            where, text = results.study_file
+            spec = parse_study(yaml.safe_load(text), where)
+        else:
+            spec = load_study(results.studies[0])
+        contrasts += user_contrasts(spec.contrasts)
+        if spec.contrasts:
+            notes.append(f"{len(spec.contrasts)} contrast(s) declared in {spec.path}")
+    except StudyError as err:
+        notes.append(f"no study file ({err}): only the default contrasts")
+    out = Path(args.out or Path("reports") / args.experiment)
+    log.info("analysing %d final runs of %d arms on %d tasks (%d contrasts)", len(results.runs),
+             results.runs["arm"].nunique(), results.runs["task"].nunique(), len(contrasts))
+    if args.no_log:
+        return build_report(results, contrasts, out, settings, notes)
+    tracking.setup(args.experiment)
+    tags = {"stage": "analysis", "analysed_experiment": args.experiment, "study": results.studies[0],
+            "git_commit": tracking.git_commit()}
+    with tracking.run(f"analysis | {results.metric}", tags):
+        tracking.log_params({"metric": results.metric, "alpha": settings.alpha, "rope": settings.rope,
+                             "seed": settings.seed, "study": results.studies[0], "n_final_runs": len(results.runs),
+                             "contrasts": [c.label for c in contrasts]})
+        report = build_report(results, contrasts, out, settings, notes)
+        mlflow.log_artifacts(str(out), "report")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from .collect import AnalysisError
+
+    try:
+        report = run(args)
+    except (AnalysisError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"report: {report}")
+    return 0

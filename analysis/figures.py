@@ -1,0 +1,301 @@
+"""Figures of a report (PNG): critical-difference diagram, scores per task, paired differences, cost.
+
+Each function draws one figure, saves it at 150 dpi with a tight bounding box, closes it and returns the
+path, so a report can build many figures without holding them in memory. Arms keep one colour across
+figures: `arm_colors` hands out the default colour cycle in sorted-name order.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # reports are built headless (CI, remote machines): never ask for a display
+
+# pyplot must be imported after the backend is chosen; the other imports join it here.
+import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+DPI = 150
+MAX_WIDTH_IN = 30.0  # wider PNGs are unreadable in a report and huge on disk
+# Sign colours of the paired-differences plot; kept apart from the arm colours on purpose, since a
+# difference belongs to a pair of arms, not to one.
+POSITIVE, NEGATIVE, ZERO = "tab:blue", "tab:red", "tab:gray"
+
+
+def arm_colors(arms: Iterable[str]) -> dict[str, str]:
+    """One colour per arm from the default cycle, handed out in sorted-name order (stable across figures)."""
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {arm: cycle[i % len(cycle)] for i, arm in enumerate(sorted(set(arms)))}
+
+
+@contextmanager
+def _new_figure(figsize: tuple[float, float]) -> Iterator[tuple[Figure, Axes]]:
+    fig, ax = plt.subplots(figsize=figsize)
+    try:
+        yield fig, ax
+    finally:
+        plt.close(fig)  # also on errors, so a failing report does not leak figures
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def _require(frame: pd.DataFrame, columns: Iterable[str], what: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} lacks column(s) {missing}; it has {list(frame.columns)}")
+
+
+# ------------------------------------------------------------------------ critical-difference diagram
+def _rank_order(avg_ranks: dict[str, float]) -> list[tuple[str, float]]:
+    ranks = [(str(arm), float(r)) for arm, r in avg_ranks.items()]
+    bad = [arm for arm, r in ranks if not math.isfinite(r)]
+    if bad:
+        raise ValueError(f"average ranks must be finite; not so for {bad}")
+    # Name breaks ties so that the drawing does not depend on the dict's order.
+    return sorted(ranks, key=lambda item: (item[1], item[0]))
+
+
+def cliques(avg_ranks: dict[str, float], cd: float) -> list[list[str]]:
+    """Groups of arms whose average ranks lie within `cd` of each other (Demšar 2006), best rank first.
+
+    A clique is a maximal run of consecutive arms in rank order with max - min rank < cd; single arms
+    and runs contained in another clique are left out. A NaN or infinite `cd` gives no cliques.
+    """
+    if not math.isfinite(cd):
+        return []
+    order = _rank_order(avg_ranks)
+    runs: list[list[str]] = []
+    for i, (_, start) in enumerate(order):
+        j = i
+        while j + 1 < len(order) and order[j + 1][1] - start < cd:
+            j += 1
+        runs.append([arm for arm, _ in order[i:j + 1]])
+    # Runs are contiguous in rank order, so containment is a subset test on their members.
+    found: list[list[str]] = []
+    for run in runs:
+        if len(run) < 2 or run in found:
+            continue
+        if any(set(run) < set(other) for other in runs):
+            continue
+        found.append(run)
+    return found
+
+
+def _stack_rows(spans: list[tuple[float, float]], gap: float) -> list[int]:
+    """Row of each span such that spans sharing a row do not overlap (greedy, in the given order)."""
+    row_ends: list[float] = []
+    rows = []
+    for lo, hi in spans:
+        for row, end in enumerate(row_ends):
+            if lo > end + gap:
+                row_ends[row] = hi
+                rows.append(row)
+                break
+        else:
+            row_ends.append(hi)
+            rows.append(len(row_ends) - 1)
+    return rows
+
+
+def critical_difference_diagram(avg_ranks: dict[str, float], cd: float, path: Path, title: str = "") -> Path:
+    """Demšar's CD diagram: arms on an average-rank axis (rank 1, the best, on the left), the critical
+    difference as a bar above the axis and thick lines joining arms that are not significantly different.
+    """
+    order = _rank_order(avg_ranks)
+    if not order:
+        raise ValueError("no arms to draw")
+    k = len(order)
+    has_cd = math.isfinite(cd)
+    groups = cliques(avg_ranks, cd) if has_cd else []
+    rank_of = dict(order)
+    colors = arm_colors(rank_of)
+
+    lo, hi = 1.0, float(max(k, 2))  # a single arm still gets an axis to sit on
+    lo, hi = min(lo, order[0][1]), max(hi, order[-1][1])
+    span = hi - lo
+    # Vertical layout in data units; one unit is drawn as `unit_in` inches, so rows of text keep
+    # their spacing whatever k is.
+    unit_in = 0.5
+    clique_step, name_step = 0.18, 0.45
+    pad = 0.015 * span
+    clique_rows = _stack_rows([(rank_of[g[0]] - pad, rank_of[g[-1]] + pad) for g in groups], gap=2 * pad)
+    clique_depth = 0.25 + clique_step * (max(clique_rows) if clique_rows else -1)
+    first_name = -(clique_depth + 0.35)
+    n_left = math.ceil(k / 2)  # the better half is named on the left, where its ranks are
+    bottom = first_name - name_step * (max(n_left, k - n_left) - 1) - 0.3
+    top = 1.75 if has_cd else 1.0
+    width = min(MAX_WIDTH_IN, max(6.0, 0.9 * k + 3))
+
+    with _new_figure((width, (top - bottom) * unit_in)) as (fig, ax):
+        ax.set_axis_off()
+        x_left, x_right = lo - 0.08 * span - 0.1, hi + 0.08 * span + 0.1
+        ax.set_xlim(x_left, x_right)
+        ax.set_ylim(bottom, top)
+
+        ax.plot([lo, hi], [0, 0], color="black", lw=1.2, clip_on=False)
+        for t in np.arange(lo, hi + 1e-9, 0.5):
+            whole = float(t).is_integer()
+            ax.plot([t, t], [0, 0.1 if whole else 0.05], color="black", lw=1, clip_on=False)
+            if whole:
+                ax.text(t, 0.15, f"{int(t)}", ha="center", va="bottom", fontsize=10)
+        ax.text((lo + hi) / 2, 0.6, "average rank (1 = best)", ha="center", va="bottom", fontsize=10)
+
+        if has_cd:
+            y_cd = 1.2
+            ax.plot([lo, lo + cd], [y_cd, y_cd], color="black", lw=1.5, clip_on=False)
+            for end in (lo, lo + cd):
+                ax.plot([end, end], [y_cd - 0.07, y_cd + 0.07], color="black", lw=1.5, clip_on=False)
+            ax.text(lo + cd / 2, y_cd + 0.12, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=10)
+
+        for i, (arm, r) in enumerate(order):
+            # Left names: the best arm drops least; right names: the worst drops least. Either way no
+            # horizontal leader crosses another arm's vertical line.
+            if i < n_left:
+                y, x_end, ha = first_name - name_step * i, x_left, "right"
+            else:
+                y, x_end, ha = first_name - name_step * (k - 1 - i), x_right, "left"
+            ax.plot([r, r, x_end], [0, y, y], color=colors[arm], lw=1.2, clip_on=False)
+            ax.text(x_end + (-0.02 if ha == "right" else 0.02) * span, y, f"{arm} ({r:.2f})",
+                    ha=ha, va="center", fontsize=10, color=colors[arm])
+
+        for group, row in zip(groups, clique_rows):
+            y = -(0.25 + clique_step * row)
+            ax.plot([rank_of[group[0]] - pad, rank_of[group[-1]] + pad], [y, y], color="black", lw=4,
+                    solid_capstyle="round", clip_on=False)
+
+        if not has_cd:
+            title = f"{title} (CD not available)" if title else "CD not available"
+        if title:
+            ax.set_title(title)
+        return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------ scores per task
+def scores_by_task(finals: pd.DataFrame, metric: str, path: Path, title: str = "") -> Path:
+    """Every seed's score (small dots) and the mean ± 1 SD (ddof=1) of each arm, task by task."""
+    _require(finals, ["arm", "task", "seed", metric], "finals")
+    data = finals[["arm", "task", "seed", metric]].copy()
+    data[metric] = pd.to_numeric(data[metric], errors="coerce")
+    data = data[np.isfinite(data[metric])]
+    if data.empty:
+        raise ValueError(f"no finite {metric} values to plot")
+    tasks = sorted(data["task"].astype(str).unique())
+    arms = sorted(data["arm"].astype(str).unique())
+    data["task"], data["arm"] = data["task"].astype(str), data["arm"].astype(str)
+    colors = arm_colors(arms)
+    n_tasks, n_arms = len(tasks), len(arms)
+    width = min(MAX_WIDTH_IN, max(6.0, 0.9 * n_tasks * max(1.0, n_arms / 4)))
+    slot = 0.8 / n_arms  # the arms of one task share 80% of the gap between tasks
+    x_of_task = {t: i for i, t in enumerate(tasks)}
+
+    with _new_figure((width, 4.5)) as (fig, ax):
+        for j, arm in enumerate(arms):
+            offset = (j - (n_arms - 1) / 2) * slot
+            rows = data[data["arm"] == arm]
+            ax.scatter(rows["task"].map(x_of_task) + offset, rows[metric], s=12, alpha=0.35,
+                       color=colors[arm], linewidths=0, zorder=2)
+            per_task = rows.groupby("task")[metric].agg(["mean", "std", "count"])
+            x = per_task.index.map(x_of_task).to_numpy(float) + offset
+            ax.plot(x, per_task["mean"], "o", ms=7, color=colors[arm], label=arm, zorder=3)
+            # A single seed has no spread: drawing a zero-length (or NaN) bar would suggest one.
+            spread = per_task["std"].notna().to_numpy() & (per_task["count"] > 1).to_numpy()
+            if spread.any():
+                ax.errorbar(x[spread], per_task["mean"][spread], yerr=per_task["std"][spread], fmt="none",
+                            ecolor=colors[arm], elinewidth=1.2, capsize=3, zorder=3)
+        ax.set_xticks(range(n_tasks))
+        if n_tasks > 4:
+            ax.set_xticklabels(tasks, rotation=45, ha="right")
+        else:
+            ax.set_xticklabels(tasks)
+        ax.set_xlim(-0.6, n_tasks - 0.4)
+        ax.set_ylabel(metric)
+        ax.grid(axis="y", alpha=0.3)
+        # Outside the axes: with many tasks any inside spot would hide some points.
+        ax.legend(title="arm", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+        if title:
+            ax.set_title(title)
+        return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------- paired differences
+def paired_differences(diffs: pd.Series, a: str, b: str, metric: str, median: float,
+                       ci: tuple[float, float], rope: float, path: Path, title: str = "") -> Path:
+    """Per-task difference a − b (tasks sorted by it), with zero, the ROPE, the median and its CI."""
+    d = pd.to_numeric(pd.Series(diffs), errors="coerce")
+    d.index = d.index.astype(str)
+    missing = sorted(d.index[d.isna()])
+    d = d.dropna().sort_values(kind="stable")
+    height = min(MAX_WIDTH_IN, max(3.0, 0.3 * len(d) + 1.5))
+
+    with _new_figure((7.0, height)) as (fig, ax):
+        if rope > 0:
+            ax.axvspan(-rope, rope, color="0.85", alpha=0.6, lw=0, label=f"ROPE ±{rope:g}", zorder=0)
+        lo, hi = ci
+        if math.isfinite(median) and math.isfinite(lo) and math.isfinite(hi):
+            ax.axvspan(lo, hi, color="tab:orange", alpha=0.2, lw=0, label="CI of median", zorder=1)
+        ax.axvline(0, color="black", lw=1, zorder=1)
+        if math.isfinite(median):
+            ax.axvline(median, color="tab:orange", lw=1.5, ls="--", label=f"median {median:+.3g}", zorder=2)
+
+        y = np.arange(len(d))
+        values = d.to_numpy(float)
+        for mask, color, label in ((values > 0, POSITIVE, f"{a} higher"), (values < 0, NEGATIVE, f"{b} higher"),
+                                   (values == 0, ZERO, "tie")):
+            if mask.any():
+                ax.scatter(values[mask], y[mask], color=color, s=30, label=label, zorder=3)
+        ax.set_yticks(y)
+        ax.set_yticklabels(d.index)
+        ax.set_ylim(-0.7, max(len(d), 1) - 0.3)
+        ax.set_xlabel(f"{metric}: {a} − {b}")
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=9)
+        if missing:
+            ax.annotate(f"no difference recorded: {', '.join(missing)}", xy=(0.5, 0), xycoords=ax.xaxis.label,
+                        xytext=(0, -6), textcoords="offset points", ha="center", va="top", fontsize=8)
+        if title:
+            ax.set_title(title)
+        return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------- cost/benefit
+def cost_benefit(summary: pd.DataFrame, metric: str, cost_label: str, path: Path, title: str = "") -> Path:
+    """Mean score (± SD) against cost on a log axis, one annotated point per arm."""
+    _require(summary, ["arm", "score_mean", "score_sd", "cost"], "summary")
+    data = summary.copy()
+    data["arm"] = data["arm"].astype(str)
+    for column in ("score_mean", "score_sd", "cost"):
+        data[column] = pd.to_numeric(data[column], errors="coerce")
+    colors = arm_colors(data["arm"])  # every arm, so colours match the figures that do show the others
+    has_cost = np.isfinite(data["cost"]) & (data["cost"] > 0)  # a log axis cannot place the rest
+    shown, left_out = data[has_cost], sorted(data.loc[~has_cost, "arm"])
+
+    with _new_figure((6.5, 4.5)) as (fig, ax):
+        for row in shown.sort_values("arm").itertuples(index=False):
+            sd = row.score_sd if math.isfinite(row.score_sd) else None
+            ax.errorbar([row.cost], [row.score_mean], yerr=None if sd is None else [sd], fmt="o", ms=7,
+                        color=colors[row.arm], capsize=3, elinewidth=1.2)
+            ax.annotate(row.arm, (row.cost, row.score_mean), xytext=(5, 5), textcoords="offset points",
+                        fontsize=9, color=colors[row.arm])
+        ax.set_xscale("log")
+        ax.set_xlabel(cost_label)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3, which="both")
+        if left_out:
+            ax.annotate(f"no cost recorded: {', '.join(left_out)}", xy=(0.5, 0), xycoords=ax.xaxis.label,
+                        xytext=(0, -6), textcoords="offset points", ha="center", va="top", fontsize=8)
+        if title:
+            ax.set_title(title)
+        return _save(fig, path)

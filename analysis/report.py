@@ -1,0 +1,259 @@
+"""Build the report folder: tidy CSVs, the tests, the figures and `report.md`.
+
+The folder is written beside its destination and moved into place at the end, so a failure never
+leaves a half-written report.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from . import figures, stats
+from .collect import Results
+from .contrasts import Contrast, Evaluation, adjust, duration, evaluate, sentence
+
+
+@dataclass(frozen=True)
+class Settings:
+    alpha: float = 0.05
+    rope: float = 0.01
+    seed: int = 0  # bootstrap and posterior sampling
+
+
+def build_report(results: Results, contrasts: list[Contrast], out: Path, settings: Settings,
+                 notes: list[str] = ()) -> Path:
+    """Evaluate `contrasts` on `results` and write the report folder `out`; returns report.md."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "figures").mkdir(parents=True)
+    try:
+        write_report(results, contrasts, tmp, settings, list(notes))
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out / "report.md"
+
+
+def write_report(results: Results, contrasts: list[Contrast], folder: Path, s: Settings, notes: list[str]) -> None:
+    exclusions = results.exclusions.copy()
+    present = set(results.cells["arm"])
+    evaluations: list[Evaluation] = []
+    for c in contrasts:
+        missing = [arm for arm in (c.a, c.b) if arm not in present]
+        if missing:
+            exclusions.loc[len(exclusions)] = [f"contrast {c.label}", f"no results for {', '.join(missing)} in "
+                                               "this experiment"]
+        else:
+            evaluations.append(evaluate(c, results, s.alpha, s.rope, s.seed))
+    adjust(evaluations)
+    contrast_table = pd.DataFrame([e.row for e in evaluations])
+    per_task = pd.concat([e.per_task for e in evaluations], ignore_index=True) if evaluations else pd.DataFrame()
+    rank_block, friedman, block_note = friedman_block(results, s.alpha)
+    if block_note:
+        exclusions.loc[len(exclusions)] = ["Friedman / Nemenyi", block_note]
+    cost = cost_table(results, rank_block)
+
+    fig = folder / "figures"
+    figures.scores_by_task(results.runs, results.metric, fig / "scores_by_task.png",
+                           f"{results.metric} per task (dots: seeds; bars: mean ± sd)")
+    figures.cost_benefit(cost.rename(columns={"cost_seconds": "cost"}), results.metric,
+                         "compute per task incl. pretraining (s)", fig / "cost_benefit.png",
+                         f"{results.metric} vs compute")
+    for e in evaluations:
+        figures.paired_differences(e.diffs, e.contrast.a, e.contrast.b, results.metric, e.row["median_difference"],
+                                   (e.row["ci_low"], e.row["ci_high"]), s.rope, fig / difference_png(e.contrast),
+                                   e.contrast.label)
+    if friedman is not None:
+        figures.critical_difference_diagram(friedman.avg_ranks.to_dict(), friedman.cd, fig / "critical_difference.png",
+                                            f"Nemenyi, alpha = {s.alpha:g}, {friedman.n} tasks")
+
+    results.runs.to_csv(folder / "runs.csv", index=False)
+    results.cells.drop(columns=["score_mean", "score_sd"]).to_csv(folder / "cells.csv", index=False)
+    results.arms.to_csv(folder / "arms.csv")
+    contrast_table.to_csv(folder / "contrasts.csv", index=False)
+    per_task.to_csv(folder / "per_task_tests.csv", index=False)
+    cost.to_csv(folder / "cost.csv", index=False)
+    exclusions.to_csv(folder / "exclusions.csv", index=False)
+    if friedman is not None:
+        friedman.avg_ranks.rename("average_rank").rename_axis("arm").to_csv(folder / "ranks.csv")
+        pd.DataFrame([friedman_row(friedman)]).to_csv(folder / "friedman.csv", index=False)
+        stats.nemenyi_pairs(friedman).to_csv(folder / "nemenyi.csv", index=False)
+    (folder / "report.md").write_text(markdown(results, evaluations, per_task, friedman, cost, exclusions, s, notes))
+
+
+def difference_png(c: Contrast) -> str:
+    return "difference_" + re.sub(r"[^A-Za-z0-9]+", "_", f"{c.a}_vs_{c.b}").strip("_") + ".png"
+
+
+def friedman_block(results: Results, alpha: float) -> tuple[pd.DataFrame, stats.Friedman | None, str]:
+    """Tasks × arms, complete (the Friedman test ranks every arm on every task). An arm that lacks tasks
+    is left out when that keeps more tasks; otherwise the tasks it lacks are. Both are stated."""
+    table = results.cells.pivot(index="task", columns="arm", values="score_mean")
+    arms, dropped = list(table.columns), []
+    while len(arms) > 3:
+        missing = {a: int(table[a].isna().sum()) for a in arms if table[a].isna().any()}
+        if not missing:
+            break
+        worst = max(missing, key=missing.get)
+        keep = [a for a in arms if a != worst]
+        if len(table[keep].dropna()) <= len(table[arms].dropna()):
+            break
+        arms, dropped = keep, dropped + [worst]
+    complete = table[arms].dropna()
+    notes = [f"{a} left out of the ranking: it lacks {', '.join(table.index[table[a].isna()])}" for a in dropped]
+    if len(complete) < len(table):
+        notes += [f"{a} lacks {', '.join(table.index[table[a].isna()])}, so the ranking leaves those tasks out"
+                  for a in arms if table[a].isna().any()]
+    if complete.shape[1] < 3 or len(complete) < 2:
+        notes.append(f"not computed: it needs >= 3 arms on >= 2 common tasks, there are {complete.shape[1]} "
+                     f"arms on {len(complete)} common tasks")
+        return complete, None, "; ".join(notes)
+    return complete, stats.friedman(complete, alpha), "; ".join(notes)
+
+
+def friedman_row(f: stats.Friedman) -> dict:
+    return {"n_tasks": f.n, "k_arms": f.k, "chi2": f.chi2, "chi2_p": f.chi2_p,
+            "chi2_tie_corrected": f.chi2_tie_corrected, "chi2_tie_corrected_p": f.chi2_tie_corrected_p,
+            "iman_davenport_f": f.f, "f_df1": f.f_df[0], "f_df2": f.f_df[1], "f_p": f.f_p,
+            "permutation_p": f.permutation_p, "permutation_exact": f.permutation_exact,
+            "alpha": f.alpha, "nemenyi_q": f.q_alpha, "critical_difference": f.cd}
+
+
+def cost_table(results: Results, block: pd.DataFrame) -> pd.DataFrame:
+    """Per arm: mean score over the common tasks (all its tasks where there is no common block) and the
+    compute one task costs, tuning and final seeds included, plus pretraining where it was recorded."""
+    rows = []
+    for arm, cells in results.cells.groupby("arm"):
+        common = cells[cells["task"].isin(block.index)] if arm in block.columns and len(block) else cells
+        pre_s, pre_f = cells["pretrain_seconds"].dropna(), cells["pretrain_flops"].dropna()
+        pretrain_s = float(pre_s.iloc[0]) if len(pre_s) else 0.0
+        rows.append({"arm": arm, "n_tasks": len(common), "score_mean": common["score_mean"].mean(),
+                     "score_sd": common["score_mean"].std() if len(common) > 1 else math.nan,
+                     "compute_seconds_per_task": common["compute_seconds"].mean(),
+                     "compute_flops_per_task": common["compute_flops"].mean(),
+                     "pretrain_seconds": pretrain_s, "pretrain_flops": float(pre_f.iloc[0]) if len(pre_f) else 0.0,
+                     "cost_seconds": common["compute_seconds"].mean() + pretrain_s,
+                     "params": cells["params"].iloc[0]})
+    return pd.DataFrame(rows)
+
+
+# -------------------------------------------------------------------------------------------- Markdown
+def md_table(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return "–" if math.isnan(v) else format(v, floatfmt)
+        return str(v).replace("|", "\\|")
+    head = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
+
+
+def fmt_p(p: float) -> str:
+    return "–" if not math.isfinite(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def markdown(results: Results, evaluations: list[Evaluation], per_task: pd.DataFrame,
+             friedman: stats.Friedman | None, cost: pd.DataFrame, exclusions: pd.DataFrame,
+             s: Settings, notes: list[str]) -> str:
+    m = results.metric
+    lines = [f"# Analysis of experiment `{results.experiment}`", "",
+             f"Tracking URI `{results.tracking_uri}`; study {', '.join(results.studies)}; metric `{m}` on test; "
+             f"alpha = {s.alpha:g}; region of practical equivalence ±{s.rope:g}; "
+             f"{len(results.runs)} final runs of {results.runs['arm'].nunique()} arms on "
+             f"{results.runs['task'].nunique()} tasks; harness commit(s) {', '.join(c[:10] for c in results.commits) or 'not recorded'}; "
+             f"built {datetime.datetime.now().isoformat(timespec='seconds')}.", ""]
+    lines += [f"- {n}" for n in notes] + ([""] if notes else [])
+
+    table = results.cells.assign(
+        value=lambda c: [f"{mu:.3f} ± {sd:.3f} ({n})" if n > 1 else f"{mu:.3f} (1)"
+                         for mu, sd, n in zip(c["score_mean"], c["score_sd"], c["n_seeds"])])
+    wide = table.pivot(index="task", columns="arm", values="value").fillna("–").reset_index()
+    lines += ["## Results", "", f"`{m}`: mean ± standard deviation over final seeds (number of seeds).", "",
+              md_table(wide), "", "![scores by task](figures/scores_by_task.png)", ""]
+
+    lines += ["## Contrasts", ""]
+    if not evaluations:
+        lines += ["No contrast could be evaluated: none of the named pairs of arms has results here.", ""]
+    lines += [f"- {sentence(e.row, s.alpha)}" for e in evaluations] + [""]
+    if evaluations:
+        rows = pd.DataFrame([{
+            "contrast": e.row["contrast"], "n": e.row["n_tasks"], "T": e.row["wilcoxon_T"],
+            "R+": e.row["r_plus"], "R−": e.row["r_minus"], "p": fmt_p(e.row["p"]), "Holm p": fmt_p(e.row["p_holm"]),
+            "median [95% CI]": (f"{e.row['median_difference']:+.3f} [{e.row['ci_low']:+.3f}, {e.row['ci_high']:+.3f}]"
+                                if math.isfinite(e.row["ci_low"]) else f"{e.row['median_difference']:+.3f}"),
+            "W/T/L": f"{e.row['wins']}/{e.row['ties']}/{e.row['losses']}",
+            "P(A) / P(=) / P(B)": (f"{e.row['p_a_better']:.2f} / {e.row['p_equivalent']:.2f} / {e.row['p_b_better']:.2f}"
+                                   if math.isfinite(e.row["p_a_better"]) else "–"),
+            "compute A/B": e.row["compute_ratio"], "p method": e.row["p_method"]} for e in evaluations])
+        lines += [md_table(rows, ".2f"), "",
+                  f"Each contrast is A − B over the tasks both arms completed, on per-task means of {m} over "
+                  "seeds. Wilcoxon signed-rank test, two-sided: zero differences are split evenly between R+ and "
+                  "R− (Demšar 2006), equal |differences| share their average rank, T = min(R+, R−). The p-value is "
+                  "exact when there are no ties or zeros (n ≤ 50), an exact permutation over all 2^n sign "
+                  f"assignments when there are (n ≤ {stats.EXACT_PERMUTATION_MAX_N}), else the normal approximation "
+                  f"with tie correction. With fewer than {stats.tasks_needed(s.alpha)} tasks no p below {s.alpha:g} is "
+                  "possible, so none is printed. The median's 95% interval is a percentile bootstrap (9,999 "
+                  f"resamples, seed {s.seed}). Holm's adjustment runs over the contrasts above that have a p-value. "
+                  "P(A) / P(=) / P(B): Bayesian signed-rank test (Benavoli et al. 2017; Dirichlet process, prior "
+                  f"strength 0.5 at zero, 50,000 samples), equivalence within ±{s.rope:g}. compute A/B: mean "
+                  "compute per task (tuning trials and final seeds, seconds), pretraining apart.", ""]
+        lines += [f"![{e.contrast.label}](figures/{difference_png(e.contrast)})" for e in evaluations] + [""]
+        lines += ["### Per task, over seeds", "",
+                  "Paired t-test of the final runs paired by seed, Holm-adjusted over the tasks of a contrast. "
+                  "With a study's few seeds these tests have little power: they flag tasks, the across-task test "
+                  "decides.", "",
+                  md_table(per_task.assign(p=per_task["p"].map(fmt_p), p_holm=per_task["p_holm"].map(fmt_p))), ""]
+
+    lines += ["## All arms: Friedman test and Nemenyi critical difference", ""]
+    if friedman is None:
+        lines += ["Not computed: " + exclusions.loc[exclusions["what"] == "Friedman / Nemenyi", "reason"].iloc[-1], ""]
+    else:
+        ranks = friedman.avg_ranks.rename("average rank (1 = best)").rename_axis("arm").reset_index()
+        lines += [md_table(ranks), "",
+                  f"Friedman χ²_F = {friedman.chi2:.3f} (k = {friedman.k} arms, N = {friedman.n} tasks): permutation "
+                  f"p = {fmt_p(friedman.permutation_p)} ("
+                  + ("exact, all within-task orders of the arms" if friedman.permutation_exact else
+                     f"{stats.PERMUTATIONS:,} random within-task permutations of the arms") + "). "
+                  f"Approximations, for comparison with published tables: χ² with {friedman.k - 1} df p = "
+                  f"{fmt_p(friedman.chi2_p)} (with tie correction χ² = {friedman.chi2_tie_corrected:.3f}, p = "
+                  f"{fmt_p(friedman.chi2_tie_corrected_p)}); Iman–Davenport "
+                  + (f"F_F = {friedman.f:.3f} (df {friedman.f_df[0]}, {friedman.f_df[1]}), p = {fmt_p(friedman.f_p)}. "
+                     if math.isfinite(friedman.f) else "F_F undefined (the arms are ranked alike on every task). ")
+                  + f"Nemenyi: q_{friedman.alpha:g} = {friedman.q_alpha:.3f}, critical difference CD = "
+                  f"{friedman.cd:.3f}; arms joined by a bar in the diagram are not significantly different.",
+                  "", "![critical difference](figures/critical_difference.png)", ""]
+        pairs = stats.nemenyi_pairs(friedman)
+        sig = pairs[pairs["significant"]]
+        lines += [("Significantly different pairs: " + "; ".join(
+            f"{r.arm_a} vs {r.arm_b} (rank difference {r.rank_difference:.2f}, p = {fmt_p(r.nemenyi_p)})"
+            for r in sig.itertuples()) if len(sig) else "No pair of arms differs by more than the critical difference.")
+                  + " All pairs: nemenyi.csv.", ""]
+
+    lines += ["## Cost", "",
+              f"Mean {m} over the tasks in the rank block, and the compute one task costs (all tuning trials and "
+              "final seeds); pretraining is what a checkpoint's run recorded, counted once.", "",
+              md_table(cost.assign(pretrain=[duration(x) if x else "–" for x in cost["pretrain_seconds"]])
+                       [["arm", "n_tasks", "score_mean", "score_sd", "compute_seconds_per_task",
+                         "compute_flops_per_task", "pretrain", "params"]], ".3g"),
+              "", "![cost-benefit](figures/cost_benefit.png)", ""]
+
+    lines += ["## Exclusions", ""]
+    lines += [md_table(exclusions) if len(exclusions) else "Nothing was excluded.", ""]
+    lines += ["Files: runs.csv (one row per arm, task, seed), cells.csv (per arm and task), contrasts.csv, "
+              "per_task_tests.csv, ranks.csv, friedman.csv, nemenyi.csv, cost.csv, exclusions.csv, figures/.", ""]
+    return "\n".join(lines)

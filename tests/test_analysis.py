@@ -1,0 +1,348 @@
+"""The analysis: every statistic against published values (Demšar 2006) or an independent computation,
+the default contrasts, and a report built from a harness experiment alone, exclusions stated."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import baycomp
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from scipy import stats as sps
+
+from analysis import stats
+from analysis.cli import build_parser as analysis_parser
+from analysis.cli import main as analyze
+from analysis.contrasts import Contrast, default_contrasts
+from conftest import REPO, TINY_STUDY
+from harness.cli import main as harness
+
+# Demšar (2006), JMLR 7, Tables 2 and 6: AUC of C4.5 with and without tuned m (minimal examples in a
+# leaf) and cf (confidence interval for pruning) on 14 UCI data sets. The published table rounds to 3
+# decimals; voting's C4.5+cf is 0.976 here so that its published rank (2, not a tie) is reproduced.
+C45 = [.763, .599, .954, .628, .882, .936, .661, .583, .775, 1.000, .940, .619, .972, .957]
+C45_M = [.768, .591, .971, .661, .888, .931, .668, .583, .838, 1.000, .962, .666, .981, .978]
+C45_CF = [.771, .590, .968, .654, .886, .916, .609, .563, .866, 1.000, .965, .614, .976, .946]
+C45_M_CF = [.798, .569, .967, .657, .898, .931, .685, .625, .875, 1.000, .962, .669, .975, .970]
+DEMSAR = pd.DataFrame({"C4.5": C45, "C4.5+m": C45_M, "C4.5+cf": C45_CF, "C4.5+m+cf": C45_M_CF})
+
+
+# ------------------------------------------------------------------------------------ two arms
+def exact_signed_rank_p(d: np.ndarray) -> float:
+    """Independent of scipy: enumerate every sign assignment of the (zsplit) ranks."""
+    ranks = sps.rankdata(np.abs(d))
+    nonzero = ranks[d != 0]
+    half_zero = ranks[d == 0].sum() / 2
+    observed = min(nonzero[d[d != 0] > 0].sum(), nonzero[d[d != 0] < 0].sum()) + half_zero
+    total = ranks.sum()
+    count = 0
+    signs = list(itertools.product((0, 1), repeat=len(nonzero)))
+    for s in signs:
+        r_plus = float(np.dot(s, nonzero)) + half_zero
+        count += min(r_plus, total - r_plus) <= observed + 1e-9
+    return count / len(signs)
+
+
+def test_wilcoxon_reproduces_demsar_table_2():
+    d = np.round(np.array(C45_M) - np.array(C45), 3)
+    result = stats.signed_rank(d)
+    # Published: R+ = 93, R- = 12 (the two zero differences split), T = 12 < 21, the critical value for
+    # N = 14 at alpha 0.05: C4.5+m is significantly better.
+    assert (result.r_plus, result.r_minus, result.statistic, result.n_zero) == (93.0, 12.0, 12.0, 2)
+    assert result.p == pytest.approx(exact_signed_rank_p(d)) and result.p < 0.05
+    assert "permutation" in result.method  # zeros and ties: the plain exact distribution would be wrong
+
+
+def test_wilcoxon_without_ties_is_scipys_exact_test():
+    d = np.array([0.031, -0.012, 0.044, 0.005, 0.027, 0.019, -0.003, 0.038])
+    result = stats.signed_rank(d)
+    assert result.method == "exact"
+    assert result.p == pytest.approx(sps.wilcoxon(d, method="exact").pvalue)
+    assert result.p == pytest.approx(exact_signed_rank_p(d))
+    assert stats.signed_rank(np.full(6, 0.02) + np.arange(6) * 1e-3).p == pytest.approx(2 / 2**6)
+
+
+def test_wilcoxon_refuses_a_meaningless_p():
+    result = stats.signed_rank(np.array([0.01, 0.02, 0.03, 0.04, 0.05]))
+    assert math.isnan(result.p)
+    assert "5 tasks cannot reach p < 0.05" in result.note and "at least 6" in result.note
+    assert stats.tasks_needed(0.05) == 6 and stats.tasks_needed(0.01) == 8
+    assert math.isnan(stats.signed_rank(np.array([0.1])).p)
+
+
+def test_holm_against_a_worked_example():
+    adjusted = stats.holm([0.01, 0.04, 0.03, 0.005])
+    np.testing.assert_allclose(adjusted, [0.03, 0.06, 0.06, 0.02])
+    with_gap = stats.holm([0.01, math.nan, 0.04])
+    assert math.isnan(with_gap[1]) and with_gap[0] == pytest.approx(0.02) and with_gap[2] == pytest.approx(0.04)
+    assert stats.holm([0.6, 0.7]).max() == 1.0
+
+
+def test_median_interval_brackets_the_median():
+    d = np.array([0.01, 0.03, -0.02, 0.05, 0.02, 0.04, 0.00, 0.06, 0.01])
+    lo, hi = stats.median_ci(d)
+    assert lo <= np.median(d) <= hi and d.min() <= lo < hi <= d.max()
+    assert all(math.isnan(x) for x in stats.median_ci(d[:2]))
+    assert stats.median_ci(np.full(5, 0.02)) == (0.02, 0.02)
+
+
+def test_bayesian_signed_rank_is_baycomps_with_a_stated_orientation():
+    rng = np.random.default_rng(0)
+    b = rng.uniform(0.4, 0.8, 12)
+    a = b + 0.05 + rng.normal(0, 0.01, 12)
+    p_a, p_equal, p_b = stats.bayesian_signed_rank(a, b, rope=0.01)
+    assert (p_a, p_equal, p_b) == pytest.approx(baycomp.SignedRankTest.probs(a, b, rope=0.01, random_state=0))
+    assert p_a > 0.95 and p_a + p_equal + p_b == pytest.approx(1)
+    assert stats.bayesian_signed_rank(b, a, rope=0.01)[2] > 0.95  # swapped arms, swapped answer
+    assert stats.bayesian_signed_rank(b + 0.001, b, rope=0.01)[1] > 0.9  # within the ROPE: equivalent
+
+
+def test_paired_t_over_seeds_pairs_by_seed():
+    a = pd.Series([0.70, 0.72, 0.69], index=[0, 1, 2])
+    b = pd.Series([0.66, 0.60, 0.65, 0.99], index=[2, 1, 0, 7])  # other order, an unpaired extra seed
+    n, diff, t, p, note = stats.paired_t_over_seeds(a, b)
+    ref = sps.ttest_rel([0.70, 0.72, 0.69], [0.65, 0.60, 0.66])
+    assert (n, note) == (3, "") and diff == pytest.approx(np.mean([0.05, 0.12, 0.03]))
+    assert (t, p) == pytest.approx((ref.statistic, ref.pvalue))
+    assert "at least 2" in stats.paired_t_over_seeds(a.iloc[:1], b)[4]
+
+
+# ------------------------------------------------------------------------------------ many arms
+def test_friedman_and_nemenyi_reproduce_demsar_section_3_2_4():
+    result = stats.friedman(DEMSAR)
+    assert result.avg_ranks.round(3).to_dict() == {"C4.5+m+cf": 1.964, "C4.5+m": 2.0, "C4.5+cf": 2.893, "C4.5": 3.143}
+    assert round(result.chi2, 2) == 9.28 and round(result.f, 2) == 3.69 and result.f_df == (3, 39)
+    assert round(result.q_alpha, 3) == 2.569 and round(result.cd, 2) == 1.25
+    scipy_result = sps.friedmanchisquare(*(DEMSAR[c] for c in DEMSAR))
+    assert (result.chi2_tie_corrected, result.chi2_tie_corrected_p) == pytest.approx(tuple(scipy_result))
+    assert result.f_p == pytest.approx(sps.f.sf(result.f, 3, 39)) and result.f_p < 0.05
+    assert 0.005 < result.permutation_p < 0.02 and not result.permutation_exact  # ~0.011, between chi2 and F
+
+
+def test_friedman_permutation_p_is_exact_for_few_tasks():
+    perfect = pd.DataFrame({"a": [0.9, 0.8], "b": [0.7, 0.6], "c": [0.5, 0.4], "d": [0.3, 0.2]})
+    result = stats.friedman(perfect)
+    # Every task ranks the arms alike: 1 of the 4! orders of the second task matches the first.
+    assert result.permutation_exact and result.permutation_p == pytest.approx(1 / 24)
+    assert math.isinf(result.f)  # the F approximation breaks down here; the permutation p does not
+    # Demšar: at alpha 0.05 (CD 1.25) no pair differs; at 0.10 (CD 1.12) C4.5 is worse than C4.5+m and C4.5+m+cf.
+    assert not stats.nemenyi_pairs(result)["significant"].any()
+    loose = stats.friedman(DEMSAR, alpha=0.10)
+    assert round(loose.cd, 2) == 1.12
+    pairs = stats.nemenyi_pairs(loose)
+    assert {frozenset(p) for p in pairs.loc[pairs["significant"], ["arm_a", "arm_b"]].itertuples(index=False)} == \
+        {frozenset({"C4.5", "C4.5+m"}), frozenset({"C4.5", "C4.5+m+cf"})}
+
+
+def test_nemenyi_critical_values_match_the_published_table():
+    published = [1.960, 2.343, 2.569, 2.728, 2.850, 2.949, 3.031, 3.102, 3.164]  # Demšar Table 5(a), k = 2..10
+    # The printed table is rounded to 3 decimals (2.343 for 2.3437): agree to within its last digit.
+    assert [stats.nemenyi_q(k) for k in range(2, 11)] == pytest.approx(published, abs=1e-3)
+    assert stats.nemenyi_q(4, alpha=0.10) == pytest.approx(2.291, abs=1e-3)
+
+
+def test_friedman_needs_three_arms():
+    with pytest.raises(ValueError, match="at least 3 arms and 2 tasks"):
+        stats.friedman(DEMSAR[["C4.5", "C4.5+m"]])
+
+
+# ------------------------------------------------------------------------------------ contrasts
+def test_default_contrasts_ask_the_three_questions():
+    arms = pd.DataFrame([
+        ("dnabert2_pretrained", "transformer", "dnabert2", "bpe", "pretrained"),
+        ("dnabert2_scratch", "transformer", "dnabert2", "bpe", "scratch"),
+        ("dnabert2_char_scratch", "transformer", "dnabert2", "char", "scratch"),
+        ("convnova_char", "cnn", "convnova", "char", "scratch"),
+        ("convnova_bpe", "cnn", "convnova", "bpe", "scratch"),
+        ("unet_char", "cnn", "unet", "char", "scratch"),
+        ("kmer_logreg", "kmer", "logistic_regression", "kmer", "scratch"),
+        ("convnova_char", "cnn", "convnova", "char", "pretrained"),
+    ], columns=["arm", "family", "model", "tokenizer", "init"],
+        index=["dnabert2_pretrained", "dnabert2_scratch", "dnabert2_char_scratch", "convnova_char", "convnova_bpe",
+               "unet_char", "kmer_logreg", "convnova_char@1a2b3c4d"])
+    found = {(c.effect, c.a, c.b) for c in default_contrasts(arms)}
+    assert found == {
+        ("pretraining", "dnabert2_pretrained", "dnabert2_scratch"),
+        ("pretraining", "convnova_char@1a2b3c4d", "convnova_char"),
+        ("bpe", "dnabert2_scratch", "dnabert2_char_scratch"),
+        ("bpe", "convnova_bpe", "convnova_char"),  # unet has no BPE arm here: no U-Net BPE contrast
+        ("architecture", "dnabert2_scratch", "convnova_bpe"),
+        ("architecture", "dnabert2_char_scratch", "convnova_char"),
+        ("architecture", "dnabert2_char_scratch", "unet_char"),
+    }
+
+
+# ------------------------------------------------------------------ a report from a harness experiment
+ARMS_RUN = [("kmer_logreg", 2), ("unet_char", 2), ("unet_bpe", 2), ("dnabert2_scratch", 2)]
+STUDY_WITH_CONTRASTS = TINY_STUDY.replace("name: tiny", "name: tiny_analysis") + """
+analysis:
+  contrasts:
+    - {name: "k-mer vs U-Net", a: kmer_logreg, b: unet_char}
+    - {a: convnova_char, b: unet_char}
+"""
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """A small harness experiment: 4 arms on 2 tasks, a fifth on one task, one final run FAILED."""
+    from conftest import tiny_gue
+
+    root = tmp_path_factory.mktemp("analysis")
+    uri = f"sqlite:///{root}/mlflow.db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        data = tiny_gue.__wrapped__(root)
+        study = root / "tiny_analysis.yaml"
+        study.write_text(STUDY_WITH_CONTRASTS)
+        both = "toy/motif_binary,toy/motif_multiclass"
+        for arm, seeds in ARMS_RUN:
+            assert harness(["run", "--arm", arm, "--study", str(study), "--data", str(data), "--tasks", both,
+                            "--n-trials", "1", "--seeds", str(seeds)]) == 0
+        assert harness(["run", "--arm", "dnabert2_char_scratch", "--study", str(study), "--data", str(data),
+                        "--tasks", "toy/motif_binary", "--n-trials", "1", "--seeds", "2"]) == 0
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("tiny_analysis").experiment_id
+        failed = client.search_runs([exp], "tags.stage = 'final' and tags.arm = 'unet_bpe' and "
+                                    "tags.task = 'toy/motif_multiclass' and tags.seed = '1'")[0]
+        client.set_terminated(failed.info.run_id, "FAILED")
+    return root, uri, failed.info.run_id
+
+
+@pytest.fixture
+def at_experiment(experiment, monkeypatch):
+    root, uri, failed = experiment
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    return root, uri, failed
+
+
+def final_means(uri: str) -> pd.DataFrame:
+    """Per (arm, task) mean test MCC straight from MLflow, FINISHED final runs only."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tiny_analysis").experiment_id
+    runs = client.search_runs([exp], "tags.stage = 'final' and attributes.status = 'FINISHED'")
+    frame = pd.DataFrame([(r.data.tags["arm"], r.data.tags["task"], r.data.metrics["test_mcc"]) for r in runs],
+                         columns=["arm", "task", "mcc"])
+    return frame.groupby(["arm", "task"])["mcc"].mean().unstack("task")
+
+
+@pytest.mark.slow
+def test_report_builds_from_the_mlflow_runs_alone(at_experiment):
+    root, uri, failed = at_experiment
+    assert analyze(["--experiment", "tiny_analysis", "--out", "report"]) == 0
+    out = root / "report"
+    assert {"report.md", "runs.csv", "cells.csv", "contrasts.csv", "per_task_tests.csv", "ranks.csv", "friedman.csv",
+            "nemenyi.csv", "cost.csv", "exclusions.csv"} <= {p.name for p in out.iterdir()}
+
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 2 * 2 * 4 + 2 - 1 and failed not in set(runs["run_id"])
+    assert not runs.duplicated(["arm", "task", "seed"]).any()
+    cells = pd.read_csv(out / "cells.csv").set_index(["arm", "task"])
+    means = final_means(uri)
+    for (arm, task), row in cells.iterrows():
+        assert row["test_mcc_mean"] == pytest.approx(means.loc[arm, task])
+    assert cells.loc[("unet_bpe", "toy/motif_multiclass"), "n_seeds"] == 1
+    assert (cells["tuning_seconds"] > 0).all() and (cells["n_trials"] == 1).all()
+
+    contrasts = pd.read_csv(out / "contrasts.csv").set_index("contrast")
+    assert set(contrasts.index) == {"bpe: unet_bpe − unet_char", "bpe: dnabert2_scratch − dnabert2_char_scratch",
+                                    "architecture: dnabert2_scratch − unet_bpe",
+                                    "architecture: dnabert2_char_scratch − unet_char", "k-mer vs U-Net"}
+    unet = contrasts.loc["bpe: unet_bpe − unet_char"]
+    d = means.loc["unet_bpe"] - means.loc["unet_char"]
+    assert unet["n_tasks"] == 2 and unet["median_difference"] == pytest.approx(d.median())
+    assert math.isnan(unet["p"]) and "cannot reach p < 0.05" in unet["note"]  # 2 tasks: no p printed
+    one_task = contrasts.loc["bpe: dnabert2_scratch − dnabert2_char_scratch"]
+    assert one_task["n_tasks"] == 1 and one_task["tasks_left_out"] == "toy/motif_multiclass (no dnabert2_char_scratch)"
+
+    ranks = pd.read_csv(out / "ranks.csv").set_index("arm")["average_rank"]
+    block = means.drop(index="dnabert2_char_scratch")[["toy/motif_binary", "toy/motif_multiclass"]]
+    expected = block.rank(ascending=False).mean(axis=1)  # arms ranked within each task, averaged
+    assert ranks.to_dict() == pytest.approx(expected.to_dict())
+
+    exclusions = pd.read_csv(out / "exclusions.csv")
+    reasons = " | ".join(exclusions["what"] + ": " + exclusions["reason"])
+    assert f"final run {failed} is FAILED" in reasons
+    assert "unet_bpe | toy/motif_multiclass: one seed only" in reasons
+    assert "Friedman / Nemenyi: dnabert2_char_scratch left out of the ranking: it lacks toy/motif_multiclass" in reasons
+    assert "contrast convnova_char − unet_char" not in reasons and "no results for convnova_char" in reasons
+
+    report = (out / "report.md").read_text()
+    for text in ("## Contrasts", "Friedman χ²_F", "critical difference CD", "## Cost", "## Exclusions",
+                 "k-mer vs U-Net (kmer_logreg vs unet_char) ", "2 contrast(s) declared in study.yaml of run"):
+        assert text in report
+    for png in ["scores_by_task", "cost_benefit", "critical_difference",
+                "difference_unet_bpe_vs_unet_char", "difference_kmer_logreg_vs_unet_char"]:
+        assert (out / "figures" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+        assert f"figures/{png}.png" in report
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tiny_analysis").experiment_id
+    (run,) = client.search_runs([exp], "tags.stage = 'analysis'")
+    assert run.info.status == "FINISHED" and run.data.params["metric"] == "test_mcc"
+    assert "report/report.md" in {a.path for a in client.list_artifacts(run.info.run_id, "report")}
+
+
+@pytest.mark.slow
+def test_a_failed_report_leaves_the_previous_one_and_marks_the_run_failed(at_experiment, monkeypatch):
+    root, uri, _ = at_experiment
+    assert analyze(["--experiment", "tiny_analysis", "--out", "kept", "--no-log"]) == 0
+    before = (root / "kept" / "report.md").read_text()
+    from analysis import figures
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(figures, "cost_benefit", broken)
+    with pytest.raises(OSError, match="disk full"):
+        analyze(["--experiment", "tiny_analysis", "--out", "kept"])
+    assert (root / "kept" / "report.md").read_text() == before
+    assert not [p for p in root.iterdir() if p.name.startswith(".kept")]  # no half-written folder left
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tiny_analysis").experiment_id
+    statuses = [r.info.status for r in client.search_runs([exp], "tags.stage = 'analysis'")]
+    assert "FAILED" in statuses and "RUNNING" not in statuses
+
+
+@pytest.mark.slow
+def test_bad_requests_get_clear_errors(at_experiment, capsys):
+    assert analyze(["--experiment", "nope", "--no-log"]) == 2
+    assert "no MLflow experiment named 'nope'" in capsys.readouterr().err
+    assert analyze(["--experiment", "tiny_analysis", "--metric", "dev_loss", "--no-log"]) == 2
+    assert "metric='dev_loss'" in capsys.readouterr().err
+    assert analyze(["--experiment", "tiny_analysis", "--rope", "-1", "--no-log"]) == 2
+    assert "--rope must be" in capsys.readouterr().err
+    assert analyze(["--experiment", "tiny_analysis", "--study", "other", "--no-log"]) == 2
+    assert "no harness runs" in capsys.readouterr().err
+
+
+def test_mlproject_analyze_parameters_match_the_cli():
+    entry = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["analyze"]
+    cli = {a.dest for a in analysis_parser()._actions} - {"help", "tracking_uri", "no_log"}
+    assert set(entry["parameters"]) == cli
+    for name in entry["parameters"]:
+        assert f"--{name.replace('_', '-')} {{{name}}}" in entry["command"]
+
+
+@pytest.mark.slow
+def test_mlflow_run_analyze_entry_point(experiment):
+    root, uri, _ = experiment
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
+    env.update(MLFLOW_TRACKING_URI=uri, MLFLOW_DISABLE_TELEMETRY="true")
+    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "analyze", "--env-manager", "local",
+           "-P", "experiment=tiny_analysis", "-P", f"out={root}/via_mlflow"]
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (root / "via_mlflow" / "report.md").is_file()
