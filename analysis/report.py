@@ -72,7 +72,7 @@ def write_report(results: Results, contrasts: list[Contrast], folder: Path, s: S
                            f"{results.metric} per task (dots: seeds; bars: mean ± sd)")
     figures.cost_benefit(cost.rename(columns={"cost_seconds": "cost"}), results.metric,
                          "compute per task incl. pretraining (s)", fig / "cost_benefit.png",
-                         f"{results.metric} vs compute")
+                         f"{results.metric} (mean over tasks ± sd across tasks) vs compute")
     for e in evaluations:
         figures.paired_differences(e.diffs, e.contrast.a, e.contrast.b, results.metric, e.row["median_difference"],
                                    (e.row["ci_low"], e.row["ci_high"]), s.rope, fig / difference_png(e.contrast),

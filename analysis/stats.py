@@ -171,7 +171,8 @@ def friedman_chi2(ranks: np.ndarray) -> float:
     return 12 * n / (k * (k + 1)) * (float(np.sum(ranks.mean(axis=0) ** 2)) - k * (k + 1) ** 2 / 4)
 
 
-PERMUTATIONS = 9999
+PERMUTATIONS = 9999  # random within-task permutations when there are more than EXACT_PERMUTATIONS orders
+EXACT_PERMUTATIONS = 50_000
 
 
 def friedman(scores: pd.DataFrame, alpha: float = 0.05, seed: int = 0) -> Friedman:
@@ -182,12 +183,14 @@ def friedman(scores: pd.DataFrame, alpha: float = 0.05, seed: int = 0) -> Friedm
     ranks = average_ranks(scores)
     chi2 = friedman_chi2(scores.rank(axis=1, ascending=False).to_numpy())
     # The chi2 and F approximations are poor for few tasks; the permutation distribution is not.
+    orders = math.factorial(k) ** n
+    exact = orders <= EXACT_PERMUTATIONS
     within_task = stats.permutation_test(
         [scores[c].to_numpy(float) for c in scores.columns],
         lambda *arms: friedman_chi2(stats.rankdata(-np.column_stack(arms), axis=1)),
-        permutation_type="samples", n_resamples=PERMUTATIONS, alternative="greater", vectorized=False,
+        permutation_type="samples", n_resamples=orders if exact else PERMUTATIONS, alternative="greater",
+        vectorized=False,
         rng=np.random.default_rng(seed))
-    exact = math.factorial(k) ** n <= PERMUTATIONS
     corrected = stats.friedmanchisquare(*(scores[c].to_numpy(float) for c in scores.columns))
     df1, df2 = k - 1, (k - 1) * (n - 1)
     denominator = n * (k - 1) - chi2

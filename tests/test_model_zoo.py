@@ -3,6 +3,7 @@ pretrain -> fine-tune round trip through the command line."""
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from analysis.cli import main as analyze
 from conftest import shared_path
 from harness.arms import ARMS, Budget, RunOptions, check_arm_setup
 from harness.checkpoints import open_checkpoint, save_checkpoint
@@ -245,6 +247,11 @@ def test_pretrain_then_fine_tune_records_source_and_cost(arm, workdir, tiny_gue,
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.stage = 'final'")
     assert sorted(r.data.tags["init"] for r in runs) == ["pretrained", "scratch"]
     assert {r.data.tags["variant"] for r in runs if r.data.tags["init"] == "scratch"} == {arm}
+    # The analysis pairs the two as a pretraining contrast and charges the pretraining cost to the variant.
+    assert analyze(["--experiment", "tiny", "--out", "report", "--no-log"]) == 0
+    (pretraining,) = [r for r in csv.DictReader(open(workdir / "report" / "contrasts.csv")) if r["effect"] == "pretraining"]
+    assert pretraining["a"].startswith(f"{arm}@") and pretraining["b"] == arm and pretraining["n_tasks"] == "1"
+    assert float(pretraining["a_pretrain_seconds"]) == pytest.approx(pre.data.metrics["pretrain_seconds"])
 
 
 def test_tokenizer_entry_point_logs_a_usable_tokenizer(workdir, tiny_gue):
