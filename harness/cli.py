@@ -108,7 +108,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .train import resolve_device
     from .tuning import open_storage, tune_and_evaluate
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna's own warnings repeat, with a traceback, what the harness logs of every failed or skipped trial.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     quiet_libraries()
     arm = ARMS.get(args.arm)
@@ -217,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (NoCompletedTrialError, MlflowException, DivergedError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a full disk or a read-only artifact folder
+        print(f"error: cannot write {err.filename or 'results'}: {err.strerror or err}. Runs in progress were "
+              "marked FAILED; completed trials and final runs are kept: fix it and run the same command again",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: runs were marked KILLED; run the same command again to resume", file=sys.stderr)

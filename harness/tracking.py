@@ -96,10 +96,24 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
 
 
 def find_parent_run(experiment_id: str, tags: dict[str, str]) -> str | None:
-    """The latest parent run with these tags (to resume it), or None."""
+    """The parent run with these tags (to resume it), or None. Should workers starting together have
+    created several, every worker picks the same one: the earliest."""
     query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
-    runs = MlflowClient().search_runs([experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0].info.run_id if runs else None
+    runs = MlflowClient().search_runs([experiment_id], query, max_results=1000)
+    return min(runs, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if runs else None
+
+
+def claim_parent_run(experiment_id: str, identity: dict[str, str], tags: dict[str, Any], name: str) -> str:
+    """The parent run of `identity`, created if there is none. Workers that created one at the same
+    moment all keep the earliest and delete their own, so a cell has one parent however many workers."""
+    found = find_parent_run(experiment_id, identity)
+    if found:
+        return found
+    mine = MlflowClient().create_run(experiment_id, tags={k: str(v) for k, v in tags.items()}, run_name=name)
+    chosen = find_parent_run(experiment_id, identity)
+    if chosen != mine.info.run_id:
+        MlflowClient().delete_run(mine.info.run_id)
+    return chosen
 
 
 def child_runs(experiment_id: str, parent_id: str, stage: str, status: str | None = "FINISHED") -> list[Run]:

@@ -27,31 +27,24 @@ import pandas as pd
 import sqlalchemy.exc
 import torch
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.study import MaxTrialsCallback
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from . import tracking
+from . import tracking, workers
 from .arms import Arm, Budget, Fitted, RunOptions, variant_name
 from .data import TaskData
 from .metrics import classification_metrics, confusion
 from .progress import Progress
 from .studies import StudyError, StudySpec
 from .train import DivergedError, EpochResult
+from .workers import StorageError  # noqa: F401  (re-exported: the CLI reports it)
 
 log = logging.getLogger("harness")
-COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)  # the states that use up the trial budget
 TRIAL_SEED_OFFSET = 10_000  # trial seeds never coincide with the final seeds 0..K-1
-HEARTBEAT_INTERVAL_S = 30
-HEARTBEAT_GRACE_S = 120
 
 
 class NoCompletedTrialError(RuntimeError):
     """Every trial of the budget was pruned or diverged: there is no configuration to retrain."""
-
-
-class StorageError(RuntimeError):
-    """The Optuna storage cannot be reached; the message names the URL without its password."""
 
 
 @dataclass
@@ -66,10 +59,12 @@ class ArmTaskResult:
 
 def open_storage(url: str) -> RDBStorage:
     """An RDB storage with heartbeats: a trial whose process died is marked failed and re-queued."""
+    # A database server may drop idle connections between trials: test each before use.
+    engine = {} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
         return RDBStorage(
-            url, heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=HEARTBEAT_GRACE_S,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+            url, heartbeat_interval=int(workers.HEARTBEAT_INTERVAL_S), grace_period=int(workers.HEARTBEAT_GRACE_S),
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3), engine_kwargs=engine,
         )
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as err:
         raise StorageError(f"cannot open Optuna storage {tracking.redact(url)}: {type(err).__name__}: "
@@ -97,13 +92,7 @@ def run_config(spec: StudySpec, arm: Arm, task: TaskData, options: RunOptions, n
 def open_study(spec: StudySpec, variant: str, task: str, storage: RDBStorage, config: dict[str, Any]) -> optuna.Study:
     """Create or resume the Optuna study of (study, arm variant, task); refuse a resume with another config."""
     name = f"{spec.name}/{variant}/{task}"
-    n_existing = 0
-    try:
-        n_existing = len(optuna.load_study(study_name=name, storage=storage).trials)
-    except KeyError:
-        pass
-    # A resumed process must not replay the sampler's first draws: offset its seed by the trials so far.
-    sampler = optuna.samplers.TPESampler(seed=spec.sampler_seed + n_existing,
+    sampler = optuna.samplers.TPESampler(seed=workers.sampler_seed(spec.sampler_seed, name, storage),
                                          n_startup_trials=spec.n_startup_trials)
     pruner = optuna.pruners.MedianPruner(**spec.pruner)
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
@@ -123,7 +112,7 @@ def open_study(spec: StudySpec, variant: str, task: str, storage: RDBStorage, co
 
 
 def counted_trials(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=COUNTED))
+    return len(study.get_trials(deepcopy=False, states=workers.COUNTED))
 
 
 class Objective:
@@ -134,9 +123,18 @@ class Objective:
         self.spec, self.arm, self.task, self.budget, self.options = spec, arm, task, budget, options
         self.n_trials = n_trials
         self.progress, self.tags = progress, tags
+        self.recent_duplicates: list[int] = []
 
     def __call__(self, trial: optuna.Trial) -> float:
-        params = self.spec.suggest(trial, self.arm.family)
+        trial.set_user_attr("worker", workers.WORKER)
+        try:
+            workers.check_trial_slot(trial, self.n_trials)
+            params = self.spec.suggest(trial, self.arm.family)
+            workers.check_not_duplicate(trial, trial.params, self.recent_duplicates)
+        except workers.SkippedTrial as skipped:
+            trial.set_user_attr("skip_reason", str(skipped))
+            log.info("%s | trial %d skipped (not counted): %s", self.progress.label, trial.number, skipped)
+            raise
         seed = TRIAL_SEED_OFFSET + trial.number
         tags = {**self.tags, "stage": "trial", "trial_number": trial.number, "train_seed": seed}
         with tracking.run(f"trial-{trial.number}", tags, nested=True, finished_on=(optuna.TrialPruned,)) as run:
@@ -198,9 +196,13 @@ def log_epoch(record: EpochResult, prefix: str = "") -> None:
 
 
 def run_final(arm: Arm, task: TaskData, params: dict[str, Any], seed: int, budget: Budget,
-              options: RunOptions, progress: Progress, tags: dict[str, str], n_seeds: int) -> float:
-    """Retrain the chosen configuration with one seed; score dev and, once, test."""
-    with tracking.run(f"final-seed{seed}", {**tags, "stage": "final", "seed": seed}, nested=True):
+              options: RunOptions, progress: Progress, tags: dict[str, str], n_seeds: int,
+              claim: optuna.Trial) -> float:
+    """Retrain the chosen configuration with one seed; score dev and, once, test. Returns dev MCC (the
+    value of the seed's claim trial: test never reaches Optuna)."""
+    tags = {**tags, "stage": "final", "seed": seed, "claim_trial": claim.number}
+    with tracking.run(f"final-seed{seed}", tags, nested=True) as run:
+        claim.set_user_attr("mlflow_run_id", run.info.run_id)
         tracking.log_params(params)
         best = -math.inf
 
@@ -225,7 +227,7 @@ def run_final(arm: Arm, task: TaskData, params: dict[str, Any], seed: int, budge
         log_final_artifacts(fitted, task, test_probs, seed)
         log.info("%s | final seed %d | test_mcc %.4f | test_f1 %.4f | test_accuracy %.4f",
                  progress.label, seed, test["mcc"], test["f1"], test["accuracy"])
-        return test["mcc"]
+        return dev["mcc"]
 
 
 def log_final_artifacts(fitted: Fitted, task: TaskData, test_probs: np.ndarray, seed: int) -> None:
@@ -246,14 +248,15 @@ def log_final_artifacts(fitted: Fitted, task: TaskData, test_probs: np.ndarray, 
             mlflow.log_artifact(str(path))
 
 
-def close_stale_trial_runs(experiment_id: str, parent_id: str, study: optuna.Study) -> None:
-    """A worker killed with SIGKILL leaves its trial's MLflow run RUNNING; once Optuna has failed
-    that trial (heartbeat), its run is closed as FAILED."""
-    for r in tracking.child_runs(experiment_id, parent_id, "trial", status="RUNNING"):
-        number = int(r.data.tags["trial_number"])
-        if number < len(study.trials) and study.trials[number].state != TrialState.RUNNING:
+def close_stale_runs(experiment_id: str, parent_id: str, stage: str, number_tag: str, study: optuna.Study) -> None:
+    """A worker killed with SIGKILL leaves its trial's (or final seed's) MLflow run RUNNING; once Optuna
+    has failed that trial (heartbeat), its run is closed as FAILED."""
+    trials = study.get_trials(deepcopy=False)
+    for r in tracking.child_runs(experiment_id, parent_id, stage, status="RUNNING"):
+        number = int(r.data.tags.get(number_tag, -1))
+        if 0 <= number < len(trials) and trials[number].state != TrialState.RUNNING:
             MlflowClient().set_terminated(r.info.run_id, "FAILED")
-            log.info("closed the MLflow run of trial %d (its process died) as FAILED", number)
+            log.info("closed the MLflow run of %s %d (its process died) as FAILED", stage, number)
 
 
 def tune_and_evaluate(spec: StudySpec, arm: Arm, task: TaskData, storage: RDBStorage, experiment_id: str,
@@ -268,34 +271,37 @@ def tune_and_evaluate(spec: StudySpec, arm: Arm, task: TaskData, storage: RDBSto
     uid = study.user_attrs["study_uid"]
     tags = {**identity, **arm.tags(options), **provenance, "optuna_study": study.study_name, "study_uid": uid,
             "task_source": task.source}
-    parent_id = tracking.find_parent_run(experiment_id, {**identity, "study_uid": uid})
+    parent_id = tracking.claim_parent_run(experiment_id, {**identity, "study_uid": uid}, tags, f"{variant} | {task.name}")
     done_before = counted_trials(study)
     label = f"{variant} | {task.name}"
-    if parent_id:
+    if done_before:
         log.info("%s | resuming: %d/%d trials already finished", label, done_before, n_trials)
 
     with tracking.run(f"{variant} | {task.name}", tags, run_id=parent_id, log_system_metrics=True) as parent:
         tracking.log_params({**config, "num_classes": task.num_classes})  # fixed for this study: see open_study
         mlflow.set_tags({"seeds": seeds})
-        close_stale_trial_runs(experiment_id, parent.info.run_id, study)
         mlflow.log_dict(task.summary(), "task_summary.json")
         mlflow.log_text(Path(spec.path).read_text(), "study.yaml")  # the analysis reads its contrasts here
         tracking.log_metrics({**{f"overlap_{k}": v for k, v in task.overlaps.items()}, **arm.inherited_cost(options)})
 
         seeds_done = {int(r.data.tags["seed"]) for r in tracking.child_runs(experiment_id, parent.info.run_id, "final")}
-        todo_seeds = [s for s in range(seeds) if s not in seeds_done]
+        final_seeds = workers.FinalSeeds(storage, study.study_name, seeds, seeds_done)
         remaining = max(n_trials - done_before, 0)
-        progress = Progress(label, (remaining + len(todo_seeds)) * budget.max_epochs)
+        progress = Progress(label, (remaining + seeds - len(seeds_done)) * budget.max_epochs)
         child_tags = {**identity, **arm.tags(options), **{k: provenance[k] for k in ("git_commit", "device")}}
 
-        if remaining:
-            objective = Objective(spec, arm, task, budget, options, n_trials, progress, child_tags)
-            study.optimize(objective, n_trials=remaining, callbacks=[MaxTrialsCallback(n_trials, states=COUNTED)])
+        def close_dead_workers_runs() -> None:
+            close_stale_runs(experiment_id, parent.info.run_id, "trial", "trial_number", study)
+            close_stale_runs(experiment_id, parent.info.run_id, "final", "claim_trial", final_seeds.study)
+
+        objective = Objective(spec, arm, task, budget, options, n_trials, progress, child_tags)
+        workers.run_trials(study, objective, n_trials, label, between=close_dead_workers_runs)
         best = record_best_trial(study, label, n_trials)
 
         params = {**spec.fixed.get(arm.family, {}), **best.params}
-        for seed in todo_seeds:
-            run_final(arm, task, params, seed, budget, options, progress, child_tags, seeds)
+        final_seeds.run_all(lambda seed, claim: run_final(arm, task, params, seed, budget, options, progress,
+                                                          child_tags, seeds, claim), label,
+                            between=close_dead_workers_runs)
 
         finals = tracking.child_runs(experiment_id, parent.info.run_id, "final")
         test_mcc = [r.data.metrics["test_mcc"] for r in finals if int(r.data.tags["seed"]) < seeds]

@@ -89,3 +89,60 @@ def random_probs(n: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.nd
     logits = rng.normal(size=(n, classes)) + 1.5 * np.eye(classes)[labels]
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     return labels, probs
+
+
+# ---------------------------------------------------------------------------------- a real PostgreSQL
+class PostgresServer:
+    """A throwaway PostgreSQL on a loopback port (trust auth), run as the `postgres` user when we are root
+    (initdb refuses root). `url` carries a password, so tests can check it never leaks (trust ignores it)."""
+
+    def __init__(self) -> None:
+        import shutil
+        import socket
+        import subprocess
+        import tempfile
+
+        if not shutil.which("pg_config"):
+            pytest.skip("PostgreSQL is not installed (.ci/run installs postgresql-15)")
+        self.bindir = Path(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True,
+                                          check=True).stdout.strip())
+        if not (self.bindir / "pg_ctl").exists():
+            pytest.skip(f"no pg_ctl in {self.bindir} (.ci/run installs postgresql-15)")
+        self.folder = Path(tempfile.mkdtemp(prefix="harness-pg-"))
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_user:
+            shutil.chown(self.folder, "postgres")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.run("initdb", "-D", str(self.folder / "data"), "-U", "harness", "--auth=trust", "-E", "UTF8")
+        self.start()
+        self.run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "harness", "studies")
+        self.url = f"postgresql+psycopg2://harness:s3cret-pw@127.0.0.1:{self.port}/studies"
+
+    def run(self, tool: str, *args: str) -> None:
+        import subprocess
+
+        subprocess.run([*self.as_user, str(self.bindir / tool), *args], check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        self.run("pg_ctl", "-D", str(self.folder / "data"), "-l", str(self.folder / "log"), "-w", "-o",
+                 f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1", "start")
+
+    def stop(self) -> None:
+        self.run("pg_ctl", "-D", str(self.folder / "data"), "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        import shutil
+
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    server = PostgresServer()
+    yield server
+    server.remove()

@@ -1,0 +1,238 @@
+"""Many workers on one study: the trial budget exact, final seeds claimed once, dead workers' work redone.
+
+Any number of processes, on any machines, run the same command against one Optuna storage (sqlite for
+one machine, PostgreSQL for a cluster). What they share lives in that storage, and every decision that
+two workers could race on goes through an operation the storage makes atomic:
+
+  - **Trial budget.** A worker only starts a trial while `finished + running < n_trials`; a trial that
+    still finds itself beyond the budget once created (two workers asked at the same moment) is skipped:
+    a trial may run only if the finished trials plus the running trials numbered before it leave room.
+    Trial numbers are unique and ordered by the storage, so exactly `n_trials` finish.
+  - **Dead workers.** Trials send heartbeats; one whose worker died (SIGKILL, preemption, OOM killer)
+    goes stale after the grace period, is failed and re-queued with its parameters, and a surviving or
+    restarted worker runs it. A worker whose remaining slots are held by running trials of other workers
+    waits for them rather than leaving, so a stale trial always finds someone to rerun it.
+  - **Final seeds** are trials of a second study `<study>/final`, enqueued once per seed. A worker claims
+    one by popping its WAITING trial (atomic in the storage) and runs it under a heartbeat like a tuning
+    trial, so a seed whose worker died is re-queued, and each seed is run once.
+  - **Storage faults.** Storage calls between trials are retried with exponential backoff; past the
+    last retry the worker stops with an error naming the URL (never its password). Completed trials
+    are in the storage already: rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import optuna
+import sqlalchemy
+from optuna.storages import fail_stale_trials
+from optuna.trial import TrialState
+
+from . import tracking
+
+log = logging.getLogger("harness")
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)  # the states that use up the trial budget
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+T = TypeVar("T")
+
+
+def env_seconds(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+HEARTBEAT_INTERVAL_S = env_seconds("HARNESS_HEARTBEAT_S", 30)
+HEARTBEAT_GRACE_S = env_seconds("HARNESS_HEARTBEAT_GRACE_S", 120)
+POLL_S = env_seconds("HARNESS_POLL_S", 10)  # how often a waiting worker looks again
+STORAGE_RETRIES = int(os.environ.get("HARNESS_STORAGE_RETRIES", 5))
+STORAGE_BACKOFF_S = env_seconds("HARNESS_STORAGE_BACKOFF_S", 2)  # 2, 4, 8, 16, 32 s: about a minute in all
+STORAGE_ERRORS = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                  sqlalchemy.exc.DisconnectionError, optuna.exceptions.StorageInternalError)
+
+
+class StorageError(RuntimeError):
+    """The Optuna storage cannot be reached; the message names the URL without its password."""
+
+
+class SkippedTrial(Exception):
+    """A trial that must not run (beyond the budget, or a configuration another trial already has).
+    Optuna records it as FAIL, which the budget does not count."""
+
+
+def with_storage_retries(call: Callable[[], T], what: str, url: str) -> T:
+    """`call()`, retried with exponential backoff while the storage is unreachable."""
+    for attempt in range(STORAGE_RETRIES + 1):
+        try:
+            return call()
+        except STORAGE_ERRORS as err:
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            if attempt == STORAGE_RETRIES:
+                raise StorageError(
+                    f"lost the Optuna storage {tracking.redact(url)} while {what} ({reason}); gave up after "
+                    f"{STORAGE_RETRIES} retries. Completed trials and final runs are kept in the storage and "
+                    "MLflow: run the same command again when the database is back") from None
+            delay = STORAGE_BACKOFF_S * 2**attempt
+            log.warning("storage %s unreachable while %s (%s); retry %d/%d in %.0fs", tracking.redact(url), what,
+                        reason, attempt + 1, STORAGE_RETRIES, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Fail the trials whose worker stopped sending heartbeats (their retries are queued as WAITING)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        fail_stale_trials(study)
+
+
+def storage_url(study: optuna.Study) -> str:
+    return getattr(study._storage, "url", "the Optuna storage")
+
+
+def counts(study: optuna.Study) -> dict[TrialState, int]:
+    out = dict.fromkeys(TrialState, 0)
+    for t in study.get_trials(deepcopy=False):
+        out[t.state] += 1
+    return out
+
+
+def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int, label: str,
+               between: Callable[[], None] = lambda: None) -> None:
+    """Run trials of `study` until exactly `n_trials` have finished (complete or pruned), sharing the
+    study with any other workers. `between` runs before each trial (e.g. closing dead workers' runs)."""
+    url, waiting_logged = storage_url(study), False
+
+    def state() -> dict[TrialState, int]:
+        fail_stale(study)
+        between()
+        return counts(study)
+
+    while True:
+        n = with_storage_retries(state, "counting trials", url)
+        finished = n[TrialState.COMPLETE] + n[TrialState.PRUNED]
+        if finished >= n_trials:
+            return
+        if finished + n[TrialState.RUNNING] >= n_trials and not n[TrialState.WAITING]:
+            if not waiting_logged:
+                log.info("%s | %d/%d trials finished, %d running in other workers: waiting for them (a dead "
+                         "worker's trial is rerun here after %.0fs)", label, finished, n_trials,
+                         n[TrialState.RUNNING], HEARTBEAT_GRACE_S)
+                waiting_logged = True
+            time.sleep(POLL_S)
+            continue
+        waiting_logged = False
+        with_storage_retries(lambda: study.optimize(objective, n_trials=1, catch=(SkippedTrial,)),
+                             "running a trial", url)
+
+
+def check_trial_slot(trial: optuna.Trial, n_trials: int) -> None:
+    """Raise SkippedTrial if this new trial is beyond the budget: the finished trials and the running
+    ones numbered before it already fill it (another worker asked at the same moment)."""
+    ahead = 0
+    finished = 0
+    for t in trial.study.get_trials(deepcopy=False):
+        finished += t.state in COUNTED
+        ahead += t.state == TrialState.RUNNING and t.number < trial.number
+    if finished + ahead >= n_trials:
+        raise SkippedTrial(f"beyond the budget: {finished} finished and {ahead} running before it")
+
+
+def check_not_duplicate(trial: optuna.Trial, params: dict[str, Any], recent_duplicates: list[int]) -> None:
+    """Raise SkippedTrial if another live trial has exactly these parameters (two workers' samplers
+    drew alike). After 3 such draws in a row the space is taken to be exhausted and duplicates run."""
+    for t in trial.study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING)):
+        if t.number != trial.number and t.params == params:
+            if len(recent_duplicates) >= 3:
+                return
+            recent_duplicates.append(t.number)
+            trial.study.sampler.reseed_rng()  # draw elsewhere next time
+            raise SkippedTrial(f"same configuration as trial {t.number}")
+    recent_duplicates.clear()
+
+
+def sampler_seed(base: int, study_name: str, storage: optuna.storages.BaseStorage) -> int:
+    """A worker's sampler seed: the study's seed offset by the trials so far (a resumed process must not
+    replay the first draws) and, when other workers are running trials, by how many (two workers must
+    not draw alike). One worker alone gets the same seed on every run: results stay reproducible."""
+    try:
+        trials = optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
+    except KeyError:
+        return base
+    return base + len(trials) + 7919 * sum(t.state == TrialState.RUNNING for t in trials)
+
+
+# --------------------------------------------------------------------------------------- final seeds
+def seed_of(trial: optuna.trial.FrozenTrial) -> int | None:
+    fixed = trial.system_attrs.get("fixed_params", {})
+    seed = trial.params.get("seed", fixed.get("seed"))
+    return None if seed is None else int(seed)
+
+
+class FinalSeeds:
+    """The K final seeds of one (arm, task) as trials of the study `<name>/final`, one per seed."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, name: str, seeds: int, done: set[int]) -> None:
+        self.seeds, self.url, self.done_before = seeds, getattr(storage, "url", "the Optuna storage"), done
+        self.study = with_storage_retries(
+            lambda: optuna.create_study(study_name=f"{name}/final", storage=storage, load_if_exists=True,
+                                        direction="maximize"), "opening the final-seed study", self.url)
+        with_storage_retries(self.enqueue_missing, "queueing final seeds", self.url)
+
+    def enqueue_missing(self) -> None:
+        """Queue every seed that is neither done (here, or in MLflow before this study existed) nor
+        queued or running."""
+        live = {seed_of(t) for t in self.study.get_trials(deepcopy=False) if t.state != TrialState.FAIL}
+        for seed in range(self.seeds):
+            if seed not in live and seed not in self.done_before:
+                self.study.enqueue_trial({"seed": seed})
+
+    def completed(self) -> set[int]:
+        return {seed_of(t) for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+
+    def run_all(self, run_seed: Callable[[int, optuna.Trial], float], label: str,
+                between: Callable[[], None] = lambda: None) -> None:
+        """Claim and run queued seeds until none is queued or running anywhere."""
+        waiting_logged = False
+
+        def objective(trial: optuna.Trial) -> float:
+            trial.set_user_attr("worker", WORKER)
+            trials = trial.study.get_trials(deepcopy=False)
+            me = next(t for t in trials if t.number == trial.number)
+            if "fixed_params" not in me.system_attrs:  # another worker took the last queued seed
+                raise SkippedTrial("no final seed left to claim")
+            seed = trial.suggest_int("seed", 0, self.seeds - 1)
+            earlier = [t for t in trials if t.number < trial.number and t.state != TrialState.FAIL and seed_of(t) == seed]
+            if earlier:  # queued twice by workers racing to enqueue: the earliest claim runs it
+                raise SkippedTrial(f"seed {seed} is claimed by final trial {earlier[0].number}")
+            return run_seed(seed, trial)
+
+        def state() -> dict[TrialState, int]:
+            fail_stale(self.study)
+            between()
+            self.enqueue_missing()  # a seed whose worker was interrupted, or died past Optuna's retries
+            return counts(self.study)
+
+        while True:
+            n = with_storage_retries(state, "counting final seeds", self.url)
+            if n[TrialState.WAITING]:
+                waiting_logged = False
+                try:
+                    with_storage_retries(lambda: self.study.optimize(objective, n_trials=1, catch=(SkippedTrial,)),
+                                         "running a final seed", self.url)
+                except KeyboardInterrupt:
+                    with_storage_retries(self.enqueue_missing, "re-queueing a seed", self.url)
+                    raise
+            elif n[TrialState.RUNNING]:
+                if not waiting_logged:
+                    log.info("%s | %d final seed(s) running in other workers: waiting for them", label,
+                             n[TrialState.RUNNING])
+                    waiting_logged = True
+                time.sleep(POLL_S)
+            else:
+                return
