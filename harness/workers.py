@@ -52,12 +52,19 @@ HEARTBEAT_GRACE_S = env_seconds("HARNESS_HEARTBEAT_GRACE_S", 120)
 POLL_S = env_seconds("HARNESS_POLL_S", 10)  # how often a waiting worker looks again
 STORAGE_RETRIES = int(os.environ.get("HARNESS_STORAGE_RETRIES", 5))
 STORAGE_BACKOFF_S = env_seconds("HARNESS_STORAGE_BACKOFF_S", 2)  # 2, 4, 8, 16, 32 s: about a minute in all
-STORAGE_ERRORS = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
-                  sqlalchemy.exc.DisconnectionError, optuna.exceptions.StorageInternalError)
 
 
 class StorageError(RuntimeError):
     """The Optuna storage cannot be reached; the message names the URL without its password."""
+
+
+class StorageLost(RuntimeError):
+    """A trial ended in an error while the storage was unreachable (Optuna's own bookkeeping of the
+    failure then fails too, with whatever error that gives)."""
+
+
+STORAGE_ERRORS = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                  sqlalchemy.exc.DisconnectionError, optuna.exceptions.StorageInternalError, StorageLost)
 
 
 class SkippedTrial(Exception):
@@ -89,6 +96,20 @@ def fail_stale(study: optuna.Study) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         fail_stale_trials(study)
+
+
+def optimize_one(study: optuna.Study, objective: Callable[[optuna.Trial], float]) -> None:
+    """One trial; an error that comes with an unreachable storage is reported as StorageLost."""
+    try:
+        study.optimize(objective, n_trials=1, catch=(SkippedTrial,))
+    except STORAGE_ERRORS:
+        raise
+    except Exception as err:
+        try:
+            study._storage.get_all_studies()  # is the storage there?
+        except STORAGE_ERRORS:
+            raise StorageLost(f"{type(err).__name__} during a trial, storage unreachable") from err
+        raise
 
 
 def storage_url(study: optuna.Study) -> str:
@@ -127,8 +148,7 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
             time.sleep(POLL_S)
             continue
         waiting_logged = False
-        with_storage_retries(lambda: study.optimize(objective, n_trials=1, catch=(SkippedTrial,)),
-                             "running a trial", url)
+        with_storage_retries(lambda: optimize_one(study, objective), "running a trial", url)
 
 
 def check_trial_slot(trial: optuna.Trial, n_trials: int) -> None:
@@ -223,8 +243,8 @@ class FinalSeeds:
             if n[TrialState.WAITING]:
                 waiting_logged = False
                 try:
-                    with_storage_retries(lambda: self.study.optimize(objective, n_trials=1, catch=(SkippedTrial,)),
-                                         "running a final seed", self.url)
+                    with_storage_retries(lambda: optimize_one(self.study, objective), "running a final seed",
+                                         self.url)
                 except KeyboardInterrupt:
                     with_storage_retries(self.enqueue_missing, "re-queueing a seed", self.url)
                     raise

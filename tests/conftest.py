@@ -117,8 +117,12 @@ class PostgresServer:
             self.port = s.getsockname()[1]
         self.run("initdb", "-D", str(self.folder / "data"), "-U", "harness", "--auth=trust", "-E", "UTF8")
         self.start()
-        self.run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "harness", "studies")
-        self.url = f"postgresql+psycopg2://harness:s3cret-pw@127.0.0.1:{self.port}/studies"
+        self.url = self.database("studies")
+
+    def database(self, name: str) -> str:
+        """A new, empty database on this server; its URL (with a password that trust auth ignores)."""
+        self.run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "harness", name)
+        return f"postgresql+psycopg2://harness:s3cret-pw@127.0.0.1:{self.port}/{name}"
 
     def run(self, tool: str, *args: str) -> None:
         import subprocess

@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from conftest import TINY_STUDY
 from harness import workers
+from harness.cli import main as harness
 
 FAST_HEARTBEAT = {"HARNESS_HEARTBEAT_S": "1", "HARNESS_HEARTBEAT_GRACE_S": "4", "HARNESS_POLL_S": "0.5",
                   "HARNESS_STORAGE_BACKOFF_S": "1"}
@@ -181,3 +182,79 @@ def test_three_workers_on_postgres_one_killed(shared_root, postgres):
     client = MlflowClient(tracking_uri)
     for run in client.search_runs([client.get_experiment_by_name("shared").experiment_id], max_results=1000):
         assert "s3cret-pw" not in repr(run.data.params) + repr(run.data.tags)
+
+
+# ------------------------------------------------------------------------------------ fault injection
+def run_args(root: Path, storage: str, n_trials: int = 3, seeds: int = 2) -> list[str]:
+    return ["run", "--arm", "unet_char", "--study", str(root / "shared.yaml"), "--data", str(root / "gue"),
+            "--n-trials", str(n_trials), "--seeds", str(seeds), "--storage", storage]
+
+
+def test_database_down_at_start_is_a_clear_error(shared_root, workdir, capsys):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql+psycopg2://harness:s3cret-pw@127.0.0.1:{port}/studies"
+    assert harness(run_args(shared_root, url)) == 2
+    err = capsys.readouterr().err
+    assert f"cannot open Optuna storage postgresql+psycopg2://harness:***@127.0.0.1:{port}/studies" in err
+    assert "s3cret-pw" not in err
+    assert not MlflowClient().search_experiments(filter_string="name = 'shared'")  # nothing was started
+
+
+@pytest.mark.slow
+def test_database_restarted_mid_study_loses_nothing(shared_root, postgres):
+    url = postgres.database("restarted")
+    tracking_uri = f"sqlite:///{shared_root}/mlflow.db"
+    proc = start_worker(shared_root, url, tracking_uri, 6, 2, "worker0")
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            done = len(optuna.load_study(study_name=CELL, storage=url).get_trials(states=workers.COUNTED))
+        except KeyError:
+            done = 0
+        if done >= 2:
+            break
+        time.sleep(0.2)
+    postgres.stop()  # the database goes away mid-study ...
+    time.sleep(4)
+    postgres.start()  # ... and comes back within the worker's retries
+    assert proc.wait(timeout=400) == 0, (shared_root / "worker0.log").read_text()[-3000:]
+    log = (shared_root / "worker0.log").read_text()
+    assert "unreachable" in log and "retry 1/" in log and "s3cret-pw" not in log
+    study = optuna.load_study(study_name=CELL, storage=url)
+    assert len(study.get_trials(states=workers.COUNTED)) == 6
+    finals = optuna.load_study(study_name=f"{CELL}/final", storage=url)
+    assert sorted(workers.seed_of(t) for t in finals.get_trials(states=(TrialState.COMPLETE,))) == [0, 1]
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("shared").experiment_id], max_results=1000)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("errno,message", [(28, "No space left on device"), (30, "Read-only file system")])
+def test_full_or_read_only_artifact_store_loses_nothing(shared_root, workdir, monkeypatch, capsys, errno, message):
+    storage = f"sqlite:///{workdir}/optuna.db"
+    real = mlflow.log_artifact
+
+    def failing(path, *args, **kwargs):
+        if Path(path).name == "test_predictions.csv":
+            raise OSError(errno, message, str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_artifact", failing)
+    assert harness(run_args(shared_root, storage)) == 1
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "test_predictions.csv" in err and message in err and "run the same command again" in err
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("shared").experiment_id
+    runs = client.search_runs([exp], max_results=1000)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert [r.info.status for r in runs if r.data.tags["stage"] == "final"] == ["FAILED"]
+
+    monkeypatch.setattr(mlflow, "log_artifact", real)  # space freed: the same command resumes
+    assert harness(run_args(shared_root, storage)) == 0
+    study = optuna.load_study(study_name=CELL, storage=storage)
+    assert len(study.get_trials(states=workers.COUNTED)) == 3  # trials kept, not redone
+    runs = client.search_runs([exp], "tags.stage = 'final' and attributes.status = 'FINISHED'")
+    assert sorted(int(r.data.tags["seed"]) for r in runs) == [0, 1]
