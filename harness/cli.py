@@ -1,4 +1,4 @@
-"""Command line: ``python -m harness run|pretrain|tokenizer|list`` (the MLproject's entry points call them)."""
+"""Command line: ``python -m harness run|sweep|pretrain|tokenizer|list`` (the MLproject's entry points call them)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--init", default="", help="fine-tune from this checkpoint: a folder or an MLflow URI "
                                                 "(runs:/<run_id>/checkpoint from the pretrain entry point)")
     run.add_argument("--checkpoint", default="", help="dnabert2_pretrained: a DNABERT-2 folder or hub id")
+
+    sweep = sub.add_parser("sweep", help="a study's (arm, task) grid: run it here, print a command per cell, "
+                                         "or show which cells are done, running, partial or missing")
+    sweep.add_argument("--study", default="smoke", help="a study name in studies/ or a path to a .yaml (default: smoke)")
+    sweep.add_argument("--action", default="status", choices=["run", "print", "status"],
+                       help="run every cell here in turn, print one `mlflow run` per cell, or report progress")
+    sweep.add_argument("--arms", default="", help="comma-separated arms (default: the study's `arms:`, else every "
+                                                  "arm with a search space in it)")
+    sweep.add_argument("--tasks", default="", help="comma-separated tasks (default: the study's)")
+    sweep.add_argument("--data", default="", help="GUE-layout root (default: synthetic)")
+    sweep.add_argument("--storage", default="sqlite:///optuna.db", help="Optuna storage URL, shared by the cells")
+    sweep.add_argument("--experiment", default="", help="MLflow experiment (default: the study's name)")
+    sweep.add_argument("--n-trials", default="", help="override the study's trial budget (for every arm alike)")
+    sweep.add_argument("--seeds", default="", help="override the study's number of final seeds")
+    sweep.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    sweep.add_argument("--checkpoint", default="", help="include dnabert2_pretrained with this checkpoint")
 
     pre = sub.add_parser("pretrain", help="masked-LM pretraining of a torch arm on a corpus")
     pre.add_argument("--arm", required=True, help="a torch arm; its model and tokenizer are pretrained")
@@ -145,6 +161,49 @@ def resolve_tokenizer(source: str) -> str | None:
     return str(local_path(source)) if source else None
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .arms import ARMS
+    from .studies import load_study
+    from .sweep import cell_status, command, default_arms, format_status, grid
+    from .tuning import open_storage
+
+    spec = load_study(args.study)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()] or default_arms(spec, args.checkpoint)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] or spec.tasks
+    cells = grid(spec, arms, tasks)
+    n_trials = optional_int(args.n_trials, "n_trials") or spec.n_trials
+    seeds = optional_int(args.seeds, "seeds") or spec.seeds
+    shared = {"data": args.data, "storage": args.storage, "experiment": args.experiment, "n_trials": args.n_trials,
+              "seeds": args.seeds, "device": "" if args.device == "auto" else args.device}
+
+    def own(cell) -> dict[str, str]:
+        needs = getattr(ARMS.get(cell.arm), "requires_checkpoint", False)
+        return {**shared, "checkpoint": args.checkpoint if needs else ""}
+
+    if args.action == "print":
+        for cell in cells:
+            print(command(cell, args.study, own(cell)))
+        return 0
+    if args.action == "status":
+        storage = open_storage(args.storage)
+        print(format_status([cell_status(spec, c, storage, n_trials, seeds) for c in cells], n_trials, seeds))
+        return 0
+    failed = []
+    for i, cell in enumerate(cells, 1):
+        log.info("sweep | cell %d/%d: %s on %s", i, len(cells), cell.arm, cell.task)
+        argv = ["run", "--arm", cell.arm, "--tasks", cell.task, "--study", args.study]
+        argv += [x for k, v in own(cell).items() if v for x in (f"--{k.replace('_', '-')}", v)]
+        try:
+            cmd_run(build_parser().parse_args(argv))
+        except Exception as err:  # one failed cell must not stop the others; all are reported at the end
+            log.error("sweep | %s on %s failed: %s: %s", cell.arm, cell.task, type(err).__name__, err)
+            failed.append(f"{cell.arm} on {cell.task} ({type(err).__name__}: {err})")
+    if failed:
+        print("failed cells (run the sweep again to resume them):\n  " + "\n  ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .pretrain import PretrainRequest, pretrain
 
@@ -206,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .tuning import NoCompletedTrialError, StorageError
 
-    commands = {"run": cmd_run, "pretrain": cmd_pretrain, "tokenizer": cmd_tokenizer}
+    commands = {"run": cmd_run, "sweep": cmd_sweep, "pretrain": cmd_pretrain, "tokenizer": cmd_tokenizer}
     try:
         return commands[args.command](args)
     except (DataError, StudyError, StorageError, UnknownNameError, ValueError, FileNotFoundError,

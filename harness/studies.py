@@ -38,6 +38,7 @@ class StudySpec:
     search_spaces: dict[str, dict[str, BaseDistribution]]
     fixed: dict[str, dict[str, Any]] = field(default_factory=dict)
     contrasts: list[dict[str, str]] = field(default_factory=list)  # the analysis's own, besides the defaults
+    arms: list[str] = field(default_factory=list)  # the sweep's arms (empty: every arm with a search space)
 
     def space(self, family: str) -> dict[str, BaseDistribution]:
         if family not in self.search_spaces:
@@ -156,6 +157,7 @@ def parse_study(raw: Any, path: str) -> StudySpec:
                        for fam, params in spaces.items()},
         fixed={fam: dict(get(params, "fixed", dict, f"search_spaces.{fam}.", {})) for fam, params in spaces.items()},
         contrasts=[{k: str(v) for k, v in c.items()} for c in contrasts],
+        arms=[str(a) for a in get(raw, "arms", list, "", [])],
     )
 
 

@@ -16,6 +16,7 @@ import logging
 import math
 import tempfile
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ def open_storage(url: str) -> RDBStorage:
     """An RDB storage with heartbeats: a trial whose process died is marked failed and re-queued."""
     # A database server may drop idle connections between trials: test each before use.
     engine = {} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
     try:
         return RDBStorage(
             url, heartbeat_interval=int(workers.HEARTBEAT_INTERVAL_S), grace_period=int(workers.HEARTBEAT_GRACE_S),

@@ -1,0 +1,61 @@
+"""The sweep entry point: a study's (arm, task) grid printed for a scheduler, run here, and its status."""
+
+from __future__ import annotations
+
+import shlex
+
+import yaml
+
+from conftest import REPO, TINY_STUDY
+from harness.cli import build_parser
+from harness.cli import main as harness
+
+STUDY = TINY_STUDY.replace("tasks: [toy/motif_binary]", "tasks: [toy/motif_binary, toy/motif_multiclass]") + \
+    "arms: [kmer_logreg, unet_char]\n"
+
+
+def test_print_gives_one_command_per_cell_without_password(tmp_path, capsys):
+    study = tmp_path / "tiny.yaml"
+    study.write_text(STUDY)
+    url = "postgresql+psycopg2://alice:s3cret@db:5432/optuna"
+    assert harness(["sweep", "--study", str(study), "--action", "print", "--storage", url, "--data", "/gue"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 * 2
+    cells = set()
+    for line in lines:
+        words = shlex.split(line)
+        assert words[:5] == ["mlflow", "run", ".", "--env-manager", "local"]
+        params = dict(w.split("=", 1) for w in words[6::2])
+        cells.add((params["arm"], params["tasks"]))
+        assert params["storage"] == "postgresql+psycopg2://alice:***@db:5432/optuna" and params["data"] == "/gue"
+    assert cells == {(a, t) for a in ("kmer_logreg", "unet_char") for t in ("toy/motif_binary", "toy/motif_multiclass")}
+    assert "s3cret" not in "\n".join(lines)
+
+
+def test_run_then_status(workdir, tiny_gue, capsys):
+    study = workdir / "tiny.yaml"
+    study.write_text(STUDY)
+    common = ["--study", str(study), "--data", str(tiny_gue), "--n-trials", "2", "--seeds", "1"]
+    assert harness(["sweep", "--action", "status", *common]) == 0
+    assert "0 done, 0 running, 0 partial, 4 missing of 4 cells" in capsys.readouterr().out
+    assert harness(["sweep", "--action", "run", "--arms", "kmer_logreg", *common]) == 0
+    capsys.readouterr()
+    assert harness(["sweep", "--action", "status", *common]) == 0
+    out = capsys.readouterr().out
+    rows = {tuple(line.split()[:3]) for line in out.splitlines()[1:-1]}
+    assert rows == {("kmer_logreg", "toy/motif_binary", "done"), ("kmer_logreg", "toy/motif_multiclass", "done"),
+                    ("unet_char", "toy/motif_binary", "missing"), ("unet_char", "toy/motif_multiclass", "missing")}
+    assert "2 done, 0 running, 0 partial, 2 missing of 4 cells" in out
+
+
+def test_unknown_arm_in_a_sweep_is_a_clear_error(tmp_path, capsys):
+    assert harness(["sweep", "--action", "print", "--arms", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_mlproject_sweep_parameters_match_the_cli():
+    entry = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["sweep"]
+    cli = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["sweep"]._actions} - {"help"}
+    assert set(entry["parameters"]) == cli
+    for name in entry["parameters"]:
+        assert f"--{name.replace('_', '-')} {{{name}}}" in entry["command"]
