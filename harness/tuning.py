@@ -14,7 +14,9 @@ import hashlib
 import json
 import logging
 import math
+import random
 import tempfile
+import time
 import uuid
 import warnings
 from dataclasses import dataclass, field
@@ -63,14 +65,22 @@ def open_storage(url: str) -> RDBStorage:
     # A database server may drop idle connections between trials: test each before use.
     engine = {} if url.startswith("sqlite") else {"pool_pre_ping": True}
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
-    try:
-        return RDBStorage(
-            url, heartbeat_interval=int(workers.HEARTBEAT_INTERVAL_S), grace_period=int(workers.HEARTBEAT_GRACE_S),
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3), engine_kwargs=engine,
-        )
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as err:
-        raise StorageError(f"cannot open Optuna storage {tracking.redact(url)}: {type(err).__name__}: "
-                           f"{str(err).splitlines()[0]}") from None
+    for attempt in range(5):
+        try:
+            return RDBStorage(
+                url, heartbeat_interval=int(workers.HEARTBEAT_INTERVAL_S), grace_period=int(workers.HEARTBEAT_GRACE_S),
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3), engine_kwargs=engine,
+            )
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError) as err:
+            # Workers starting together on an empty database race to create its tables: the losers retry.
+            racing = isinstance(err, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)) \
+                or "already exists" in str(err)
+            if racing and attempt < 4:
+                time.sleep(random.uniform(0.2, 1.0))
+                continue
+            raise StorageError(f"cannot open Optuna storage {tracking.redact(url)}: {type(err).__name__}: "
+                               f"{str(err).splitlines()[0]}") from None
+    raise AssertionError("unreachable")
 
 
 def run_config(spec: StudySpec, arm: Arm, task: TaskData, options: RunOptions, n_trials: int) -> dict[str, Any]:
@@ -97,13 +107,17 @@ def open_study(spec: StudySpec, variant: str, task: str, storage: RDBStorage, co
     sampler = optuna.samplers.TPESampler(seed=workers.sampler_seed(spec.sampler_seed, name, storage),
                                          n_startup_trials=spec.n_startup_trials)
     pruner = optuna.pruners.MedianPruner(**spec.pruner)
-    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
-                                direction="maximize", load_if_exists=True)
-    recorded = study.user_attrs.get("config")
-    if recorded is None:
+    try:  # exactly one worker creates the study (the storage says which) and records its configuration
+        storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], name)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        created = False
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    if created:
         study.set_user_attr("config", config)
         study.set_user_attr("study_uid", uuid.uuid4().hex)  # tells this study from a namesake in another DB
-    elif json.loads(json.dumps(config)) != recorded:
+    recorded = wait_for_user_attr(study, "study_uid") and study.user_attrs.get("config")
+    if json.loads(json.dumps(config)) != recorded:
         changed = sorted(k for k in config.keys() | recorded.keys() if recorded.get(k) != json.loads(json.dumps(config.get(k))))
         raise StudyError(
             f"Optuna study {name!r} in this storage was run with a different configuration "
@@ -111,6 +125,17 @@ def open_study(spec: StudySpec, variant: str, task: str, storage: RDBStorage, co
             f"settings ({spec.path}, n_trials, data, tokenizer, max_length) or use another study name or storage."
         )
     return study
+
+
+def wait_for_user_attr(study: optuna.Study, key: str, timeout_s: float = 60) -> Any:
+    """A study another worker has just created gets its attributes a moment later."""
+    deadline = time.monotonic() + timeout_s
+    while key not in study.user_attrs:
+        if time.monotonic() > deadline:
+            raise StudyError(f"Optuna study {study.study_name!r} has no {key!r}: it was not created by the harness, "
+                             "or its creator died while creating it; delete it (optuna delete-study) and rerun")
+        time.sleep(0.2)
+    return study.user_attrs[key]
 
 
 def counted_trials(study: optuna.Study) -> int:

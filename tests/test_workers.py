@@ -23,7 +23,8 @@ from harness import workers
 from harness.cli import main as harness
 
 FAST_HEARTBEAT = {"HARNESS_HEARTBEAT_S": "1", "HARNESS_HEARTBEAT_GRACE_S": "4", "HARNESS_POLL_S": "0.5",
-                  "HARNESS_STORAGE_BACKOFF_S": "1"}
+                  "HARNESS_STORAGE_BACKOFF_S": "1",
+                  "OMP_NUM_THREADS": "1"}  # several workers on 2 cores: one thread each, or they thrash
 WORKER_STUDY = TINY_STUDY.replace("name: tiny", "name: shared").replace("max_epochs: 2", "max_epochs: 3")
 CELL = "shared/unet_char/toy/motif_binary"
 
@@ -258,3 +259,49 @@ def test_full_or_read_only_artifact_store_loses_nothing(shared_root, workdir, mo
     assert len(study.get_trials(states=workers.COUNTED)) == 3  # trials kept, not redone
     runs = client.search_runs([exp], "tags.stage = 'final' and attributes.status = 'FINISHED'")
     assert sorted(int(r.data.tags["seed"]) for r in runs) == [0, 1]
+
+
+@pytest.mark.slow
+def test_workers_and_analysis_on_an_mlflow_server(shared_root, postgres):
+    """The cluster set-up of the README: MLflow server on PostgreSQL with proxied artifacts, Optuna on
+    PostgreSQL, two workers, then the analysis reading the server."""
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    artifacts = shared_root / "mlartifacts"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres.database("mlflow"),
+         "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=shared_root, stdout=open(shared_root / "server.log", "w"), stderr=subprocess.STDOUT,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, (shared_root / "server.log").read_text()[-3000:]
+                time.sleep(0.5)
+        storage = postgres.database("served")
+        procs = [start_worker(shared_root, storage, uri, 4, 1, f"worker{i}") for i in range(2)]
+        wait_all(procs, shared_root)
+        assert [p.returncode for p in procs] == [0, 0]
+        client = MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name("shared").experiment_id], max_results=1000)
+        stages = sorted(r.data.tags["stage"] for r in runs if r.info.status == "FINISHED")
+        assert stages.count("final") == 1 and stages.count("trial") == 4 and stages.count("study") == 1
+        (final,) = [r for r in runs if r.data.tags["stage"] == "final"]
+        assert "confusion_matrix.png" in {a.path for a in client.list_artifacts(final.info.run_id)}
+        assert list(artifacts.rglob("confusion_matrix.png"))  # stored by the server, not by the workers
+        from analysis.cli import main as analyze
+
+        assert analyze(["--experiment", "shared", "--tracking-uri", uri, "--out", str(shared_root / "report"),
+                        "--no-log"]) == 0
+        assert "unet_char" in (shared_root / "report" / "report.md").read_text()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
