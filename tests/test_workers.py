@@ -3,6 +3,7 @@ a worker killed with SIGKILL mid-trial losing nothing, storage faults handled, p
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -27,6 +28,13 @@ FAST_HEARTBEAT = {"HARNESS_HEARTBEAT_S": "1", "HARNESS_HEARTBEAT_GRACE_S": "4", 
                   "OMP_NUM_THREADS": "1"}  # several workers on 2 cores: one thread each, or they thrash
 WORKER_STUDY = TINY_STUDY.replace("name: tiny", "name: shared").replace("max_epochs: 2", "max_epochs: 3")
 CELL = "shared/unet_char/toy/motif_binary"
+
+
+@functools.cache
+def storage_at(url: str) -> optuna.storages.RDBStorage:
+    """One storage (one connection pool) per URL for the whole test session: polling with a new one
+    each time would exhaust the server's connections."""
+    return optuna.storages.RDBStorage(url, engine_kwargs={} if url.startswith("sqlite") else {"pool_pre_ping": True})
 
 
 # ------------------------------------------------------------------------------ unit: the budget rules
@@ -106,7 +114,7 @@ def kill_mid_trial(storage: str, pid: int, timeout: float = 180) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            trials = optuna.load_study(study_name=CELL, storage=storage).get_trials(deepcopy=False)
+            trials = optuna.load_study(study_name=CELL, storage=storage_at(storage)).get_trials(deepcopy=False)
         except KeyError:
             trials = []
         for t in trials:
@@ -126,7 +134,7 @@ def wait_all(procs: list[subprocess.Popen], root: Path, timeout: float = 400) ->
 
 def check_nothing_lost(storage: str, tracking_uri: str, n_trials: int, seeds: int, killed_trial: int,
                        n_workers: int) -> None:
-    study = optuna.load_study(study_name=CELL, storage=storage)
+    study = optuna.load_study(study_name=CELL, storage=storage_at(storage))
     counted = study.get_trials(deepcopy=False, states=workers.COUNTED)
     assert len(counted) == n_trials  # exactly the budget: no overshoot, nothing lost
     assert study.trials[killed_trial].state == TrialState.FAIL  # the dead worker's trial, failed by heartbeat
@@ -135,7 +143,7 @@ def check_nothing_lost(storage: str, tracking_uri: str, n_trials: int, seeds: in
     configs = [tuple(sorted(t.params.items())) for t in counted]
     assert len(set(configs)) == len(configs)  # no configuration drawn twice by accident
     assert len({t.user_attrs["worker"] for t in study.trials}) == n_workers  # everyone took part
-    finals = optuna.load_study(study_name=f"{CELL}/final", storage=storage)
+    finals = optuna.load_study(study_name=f"{CELL}/final", storage=storage_at(storage))
     assert sorted(workers.seed_of(t) for t in finals.get_trials(states=(TrialState.COMPLETE,))) == list(range(seeds))
 
     client = MlflowClient(tracking_uri)
@@ -211,7 +219,7 @@ def test_database_restarted_mid_study_loses_nothing(shared_root, postgres):
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
-            done = len(optuna.load_study(study_name=CELL, storage=url).get_trials(states=workers.COUNTED))
+            done = len(optuna.load_study(study_name=CELL, storage=storage_at(url)).get_trials(states=workers.COUNTED))
         except KeyError:
             done = 0
         if done >= 2:
@@ -223,9 +231,9 @@ def test_database_restarted_mid_study_loses_nothing(shared_root, postgres):
     assert proc.wait(timeout=400) == 0, (shared_root / "worker0.log").read_text()[-3000:]
     log = (shared_root / "worker0.log").read_text()
     assert "unreachable" in log and "retry 1/" in log and "s3cret-pw" not in log
-    study = optuna.load_study(study_name=CELL, storage=url)
+    study = optuna.load_study(study_name=CELL, storage=storage_at(url))
     assert len(study.get_trials(states=workers.COUNTED)) == 6
-    finals = optuna.load_study(study_name=f"{CELL}/final", storage=url)
+    finals = optuna.load_study(study_name=f"{CELL}/final", storage=storage_at(url))
     assert sorted(workers.seed_of(t) for t in finals.get_trials(states=(TrialState.COMPLETE,))) == [0, 1]
     client = MlflowClient(tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("shared").experiment_id], max_results=1000)
@@ -255,7 +263,7 @@ def test_full_or_read_only_artifact_store_loses_nothing(shared_root, workdir, mo
 
     monkeypatch.setattr(mlflow, "log_artifact", real)  # space freed: the same command resumes
     assert harness(run_args(shared_root, storage)) == 0
-    study = optuna.load_study(study_name=CELL, storage=storage)
+    study = optuna.load_study(study_name=CELL, storage=storage_at(storage))
     assert len(study.get_trials(states=workers.COUNTED)) == 3  # trials kept, not redone
     runs = client.search_runs([exp], "tags.stage = 'final' and attributes.status = 'FINISHED'")
     assert sorted(int(r.data.tags["seed"]) for r in runs) == [0, 1]
