@@ -9,6 +9,7 @@ import shlex
 import signal
 import sys
 import warnings
+from dataclasses import replace
 
 from .registry import UnknownNameError
 
@@ -150,7 +151,9 @@ def cmd_run(args: argparse.Namespace) -> int:
              arm.name, len(tasks), spec.name, n_trials, spec.max_epochs, seeds,
              tracking.redact(mlflow.get_tracking_uri()), tracking.redact(args.storage))
     for task in data:
-        tune_and_evaluate(spec, arm, task, storage, experiment_id, options, n_trials, seeds, provenance)
+        # max_length= overrides the study's per-task cap (which is set so as not to truncate).
+        capped = replace(options, max_length=options.max_length or spec.max_length(task.name, getattr(arm, "tokenizer", None)))
+        tune_and_evaluate(spec, arm, task, storage, experiment_id, capped, n_trials, seeds, provenance)
     return 0
 
 

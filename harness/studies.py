@@ -39,6 +39,11 @@ class StudySpec:
     fixed: dict[str, dict[str, Any]] = field(default_factory=dict)
     contrasts: list[dict[str, str]] = field(default_factory=list)  # the analysis's own, besides the defaults
     arms: list[str] = field(default_factory=list)  # the sweep's arms (empty: every arm with a search space)
+    max_lengths: dict[str, dict[str, int]] = field(default_factory=dict)  # task -> tokenizer kind -> tokens
+
+    def max_length(self, task: str, tokenizer: str | None) -> int | None:
+        """The study's token cap for `task` under a tokenizer kind ("bpe", "char"), if it sets one."""
+        return self.max_lengths.get(task, {}).get(tokenizer) if tokenizer else None
 
     def space(self, family: str) -> dict[str, BaseDistribution]:
         if family not in self.search_spaces:
@@ -139,6 +144,16 @@ def parse_study(raw: Any, path: str) -> StudySpec:
     tasks = get(raw, "tasks", list, "")
     if not tasks:
         raise StudyError(f"{path}: tasks is empty")
+    max_lengths = {}
+    for i, t in enumerate(tasks):  # a task is a name, or {name: ..., max_length: {bpe: N, char: M}}
+        if isinstance(t, dict):
+            lengths = t.get("max_length", {})
+            if "name" not in t or not isinstance(lengths, dict) or set(t) - {"name", "max_length", "classes", "bp"} \
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in lengths.values()):
+                raise StudyError(f"{path}: tasks[{i}] must be a task name or a mapping with name and max_length "
+                                 f"{{bpe: N, char: M}} (positive token counts), got {t!r}")
+            max_lengths[str(t["name"])] = {str(k): int(v) for k, v in lengths.items()}
+    tasks = [str(t["name"]) if isinstance(t, dict) else t for t in tasks]
     return StudySpec(
         name=str(raw.get("name", Path(path).stem)),
         path=path,
@@ -158,6 +173,7 @@ def parse_study(raw: Any, path: str) -> StudySpec:
         fixed={fam: dict(get(params, "fixed", dict, f"search_spaces.{fam}.", {})) for fam, params in spaces.items()},
         contrasts=[{k: str(v) for k, v in c.items()} for c in contrasts],
         arms=[str(a) for a in get(raw, "arms", list, "", [])],
+        max_lengths=max_lengths,
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
+from conftest import REPO, TINY_STUDY
 from harness.cli import build_parser
 from harness.studies import StudyError, load_study, parse_study
 
@@ -123,3 +123,53 @@ def test_conda_env_pins_match_pyproject():
     pip_section = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
     assert pip_section == deps
     assert "torch==2.13.0" in deps and "mlflow==3.17.2" in deps
+
+
+def test_gue_study_covers_the_28_tasks_without_truncating():
+    from tokenizers import Tokenizer
+
+    from conftest import shared_path
+    from harness.data import load_gue_task
+    from harness.tasks import GUE_TASKS
+
+    spec = load_study("gue")
+    raw = yaml.safe_load((REPO / "studies" / "gue.yaml").read_text())
+    assert {t["name"]: t["classes"] for t in raw["tasks"]} == GUE_TASKS
+    assert (spec.n_trials, spec.seeds) == (20, 3) and len(spec.arms) == 8
+    for t in raw["tasks"]:  # single nucleotides: every base and [CLS]/[SEP]
+        assert spec.max_length(t["name"], "char") == t["bp"] + 2
+    published = Tokenizer.from_file(str(shared_path("dnabert2", "tokenizer.json")))
+    root = shared_path("data", "gue")
+    for folder in sorted(root.glob("*/*")):
+        name = f"{folder.parent.name}/{folder.name}"
+        task = load_gue_task(str(root), name)
+        longest = max(len(e.ids) for split in ("train", "dev", "test")
+                      for e in published.encode_batch(task.split(split).sequences))
+        assert longest <= spec.max_length(name, "bpe"), name
+
+
+def test_a_task_mapping_sets_its_token_cap(tmp_path):
+    raw = yaml.safe_load(TINY_STUDY)
+    raw["tasks"] = [{"name": "toy/motif_binary", "max_length": {"char": 20}}, "toy/motif_multiclass"]
+    spec = parse_study(raw, "s.yaml")
+    assert spec.tasks == ["toy/motif_binary", "toy/motif_multiclass"]
+    assert spec.max_length("toy/motif_binary", "char") == 20 and spec.max_length("toy/motif_binary", "bpe") is None
+    raw["tasks"] = [{"name": "toy/motif_binary", "max_length": {"char": 0}}]
+    with pytest.raises(StudyError, match=r"tasks\[0\] must be a task name or a mapping"):
+        parse_study(raw, "s.yaml")
+
+
+@pytest.mark.slow
+def test_the_run_applies_the_studys_per_task_cap(workdir, tiny_gue):
+    from harness.cli import main
+
+    raw = yaml.safe_load(TINY_STUDY)
+    raw["tasks"] = [{"name": "toy/motif_binary", "max_length": {"char": 40, "bpe": 12}}]
+    (workdir / "capped.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["run", "--arm", "unet_char", "--study", str(workdir / "capped.yaml"), "--data", str(tiny_gue),
+                 "--n-trials", "1", "--seeds", "1"]) == 0
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.stage = 'final'")
+    assert runs[0].data.metrics["truncated_train"] > 0  # 60-140 bp sequences cut to 40 tokens, and said so
+    (parent,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.stage = 'study'")
+    assert parent.data.params["max_length"] == "40"
