@@ -1,4 +1,4 @@
-"""Command line: ``python -m harness run|sweep|pretrain|tokenizer|list`` (the MLproject's entry points call them)."""
+"""Command line: ``python -m harness run|sweep|plan|pretrain|tokenizer|list`` (the MLproject's entry points call them)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seeds", default="", help="override the study's number of final seeds")
     sweep.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     sweep.add_argument("--checkpoint", default="", help="include dnabert2_pretrained with this checkpoint")
+
+    plan = sub.add_parser("plan", help="projected compute of a study per arm, from throughput measured here")
+    plan.add_argument("--study", default="smoke", help="a study name in studies/ or a path to a .yaml (default: smoke)")
+    plan.add_argument("--arms", default="", help="comma-separated arms (default: the study's `arms:`, else all)")
+    plan.add_argument("--tasks", default="", help="comma-separated tasks (default: the study's)")
+    plan.add_argument("--data", default="", help="GUE-layout root (default: synthetic)")
+    plan.add_argument("--n-trials", default="", help="override the study's trial budget")
+    plan.add_argument("--seeds", default="", help="override the study's number of final seeds")
+    plan.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    plan.add_argument("--sample", default="256", help="training sequences each measurement fits (default: 256)")
+    plan.add_argument("--tokenizer", default="", help="tokenizer.json for BPE arms (default: trained on the sample)")
+    plan.add_argument("-P", dest="mlflow_style", action="append", default=[], metavar="KEY=VALUE",
+                      help="the same options as MLflow parameters, e.g. -P study=gue -P data=/data/GUE")
 
     pre = sub.add_parser("pretrain", help="masked-LM pretraining of a torch arm on a corpus")
     pre.add_argument("--arm", required=True, help="a torch arm; its model and tokenizer are pretrained")
@@ -207,6 +220,37 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .arms import RunOptions
+    from .plan import format_plan, project
+    from .studies import load_study
+    from .sweep import default_arms
+    from .tasks import load_task
+
+    for pair in args.mlflow_style:  # -P study=gue, as `mlflow run` passes parameters
+        key, sep, value = pair.partition("=")
+        if not sep or not hasattr(args, key.replace("-", "_")) or key == "mlflow_style":
+            raise ValueError(f"-P {pair!r}: expected KEY=VALUE with KEY one of study, arms, tasks, data, "
+                             "n_trials, seeds, device, sample, tokenizer")
+        setattr(args, key.replace("-", "_"), value)
+    quiet_libraries()
+    spec = load_study(args.study)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()] or default_arms(spec)
+    tasks = [load_task(t.strip(), args.data or None) for t in (args.tasks.split(",") if args.tasks else spec.tasks)]
+    options = RunOptions(device=args.device, tokenizer_path=resolve_tokenizer(args.tokenizer),
+                         bpe_vocab_size=spec.bpe_vocab_size)
+    rows = project(spec, arms, tasks, options, optional_int(args.n_trials, "n_trials") or spec.n_trials,
+                   optional_int(args.seeds, "seeds") or spec.seeds, number(args.sample, "sample"))
+    print(format_plan(rows, describe_device(resolve_device_of(args.device))))
+    return 0
+
+
+def resolve_device_of(device: str):
+    from .train import resolve_device
+
+    return resolve_device(device)
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .pretrain import PretrainRequest, pretrain
 
@@ -268,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from .tuning import NoCompletedTrialError, StorageError
 
-    commands = {"run": cmd_run, "sweep": cmd_sweep, "pretrain": cmd_pretrain, "tokenizer": cmd_tokenizer}
+    commands = {"run": cmd_run, "sweep": cmd_sweep, "plan": cmd_plan, "pretrain": cmd_pretrain,
+                "tokenizer": cmd_tokenizer}
     try:
         return commands[args.command](args)
     except (DataError, StudyError, StorageError, UnknownNameError, ValueError, FileNotFoundError,

@@ -1,0 +1,61 @@
+"""`plan`: projected compute of a study from throughput measured on this machine."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from conftest import REPO
+from harness.arms import ARMS, RunOptions
+from harness.cli import build_parser
+from harness.cli import main as harness
+from harness.plan import Projection, format_plan, mid_configuration, project, sample_task
+from harness.studies import load_study
+from harness.tasks import load_task
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+
+def test_mid_configuration_and_sample():
+    space = {"lr": FloatDistribution(1e-4, 1e-2, log=True), "dropout": FloatDistribution(0.0, 0.2),
+             "k": IntDistribution(3, 6), "batch_size": CategoricalDistribution([16, 32, 64])}
+    assert mid_configuration(space) == pytest.approx({"lr": 1e-3, "dropout": 0.1, "k": 4, "batch_size": 32})
+    task = load_task("synthetic/motif_binary")
+    part = sample_task(task, 100)
+    assert len(part.train) == 100 and len(part.dev) == round(100 * len(task.dev) / len(task.train))
+    assert set(part.train.sequences) <= set(task.train.sequences)
+
+
+def test_projection_is_fits_times_epochs_times_measured_epoch(tiny_study, tiny_gue):
+    spec = load_study(str(tiny_study))
+    task = load_task("toy/motif_binary", str(tiny_gue))
+    rows = project(spec, ["unet_char", "kmer_logreg"], [task], RunOptions(bpe_vocab_size=64), n_trials=3, seeds=2,
+                   sample=64)
+    unet, kmer = rows
+    assert (unet.fits, unet.epochs, kmer.epochs, unet.n_train) == (5, spec.max_epochs, 1, len(task.train))
+    assert unet.epoch_seconds > 0 and unet.seconds == pytest.approx(5 * spec.max_epochs * unet.epoch_seconds)
+    text = format_plan(rows, "cpu")
+    assert "unet_char" in text and "whole study:" in text and "upper bound" in text
+
+
+def test_plan_accepts_mlflow_style_parameters(tiny_study, tiny_gue, capsys):
+    assert harness(["plan", "-P", f"study={tiny_study}", "-P", f"data={tiny_gue}", "-P", "arms=kmer_logreg",
+                    "-P", "sample=32"]) == 0
+    out = capsys.readouterr().out
+    assert "kmer_logreg" in out and "toy/motif_binary" in out and "whole study:" in out
+    assert harness(["plan", "-P", "nonsense"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_format_plan_totals():
+    rows = [Projection("a", "t1", 100, 23, 10, 18.0), Projection("a", "t2", 100, 23, 10, 2.0)]
+    text = format_plan(rows, "cuda")
+    assert "  a  1.28 h" in text and "whole study: 1.28 h" in text  # 23 x 10 x 20 s = 4600 s
+
+
+def test_mlproject_plan_parameters_match_the_cli():
+    entry = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["plan"]
+    cli = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["plan"]._actions} - {"help", "mlflow_style"}
+    assert set(entry["parameters"]) == cli
+    for name in entry["parameters"]:
+        assert f"--{name.replace('_', '-')} {{{name}}}" in entry["command"]
+    assert "dnabert2_pretrained" in ARMS
