@@ -59,6 +59,9 @@ def setup(experiment: str) -> str:
     launcher = os.environ.pop("MLFLOW_RUN_ID", None)
     os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     exp = mlflow.set_experiment(experiment)
+    # When another worker created the experiment a moment before, MLflow returns it without making it the
+    # active one, and nested runs would land in "Default": make it active explicitly.
+    mlflow.set_experiment(experiment_id=exp.experiment_id)
     if launcher:
         MlflowClient().set_tag(launcher, "stage", "launch")
         MlflowClient().set_tag(launcher, "results_experiment", experiment)
@@ -112,6 +115,7 @@ def claim_parent_run(experiment_id: str, identity: dict[str, str], tags: dict[st
     mine = MlflowClient().create_run(experiment_id, tags={k: str(v) for k, v in tags.items()}, run_name=name)
     chosen = find_parent_run(experiment_id, identity)
     if chosen != mine.info.run_id:
+        MlflowClient().set_terminated(mine.info.run_id, "KILLED")
         MlflowClient().delete_run(mine.info.run_id)
     return chosen
 

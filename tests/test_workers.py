@@ -149,6 +149,9 @@ def check_nothing_lost(storage: str, tracking_uri: str, n_trials: int, seeds: in
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name("shared").experiment_id
     runs = client.search_runs([exp], max_results=1000)
+    elsewhere = [e.name for e in client.search_experiments() if e.experiment_id != exp
+                 and client.search_runs([e.experiment_id], "tags.stage != 'launch'")]
+    assert not elsewhere  # every run in the study's experiment, even when workers raced to create it
     assert [r.data.tags["stage"] for r in runs].count("study") == 1  # one parent, however many workers
     assert not [r for r in runs if r.info.status == "RUNNING"]  # nothing left RUNNING
     final_runs = [r for r in runs if r.data.tags["stage"] == "final" and r.info.status == "FINISHED"]
@@ -313,3 +316,23 @@ def test_workers_and_analysis_on_an_mlflow_server(shared_root, postgres):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_setup_activates_an_experiment_another_worker_just_created(workdir, monkeypatch):
+    """MLflow's set_experiment, losing the race to create an experiment, returns it without activating it."""
+    from mlflow.tracking._tracking_service.client import TrackingServiceClient
+
+    from harness import tracking
+
+    MlflowClient().create_experiment("raced")  # the other worker was first
+    real, calls = TrackingServiceClient.get_experiment_by_name, []
+
+    def not_there_yet(self, name):  # what this worker saw a moment before
+        calls.append(name)
+        return None if len(calls) == 1 else real(self, name)
+
+    monkeypatch.setattr(TrackingServiceClient, "get_experiment_by_name", not_there_yet)
+    experiment_id = tracking.setup("raced")
+    with mlflow.start_run() as run:
+        pass
+    assert run.info.experiment_id == experiment_id == MlflowClient().get_experiment_by_name("raced").experiment_id
