@@ -28,7 +28,8 @@ from .registry import Registry
 from .studies import StudyError, StudySpec
 from .tokenizers import BPETokenizer, DNATokenizer, TokenizerRequest, build_tokenizer, tokenize
 from .tracking import redact
-from .train import EpochCallback, EpochResult, FitResult, TrainConfig, fit, predict, resolve_device, seed_everything
+from .train import (EpochCallback, EpochResult, FitResult, TrainConfig, fit, predict, resolve_device,
+                    resolve_precision, seed_everything)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class RunOptions:
     max_length: int | None = None  # tokens, truncating longer sequences (reported)
     eval_batch_size: int = 256
     init: str | None = None  # a checkpoint to fine-tune from (folder, MLflow URI or DNABERT-2 hub id)
+    precision: str = "auto"  # fp32, bf16 (autocast), or auto: bf16 on a GPU that supports it
 
     @property
     def checkpoint(self) -> Checkpoint | None:
@@ -101,7 +103,8 @@ class TorchFitted:
 
     def predict(self, split: str) -> np.ndarray:
         device = resolve_device(self.options.device)
-        return predict(self.model, self.tokens(split), self.tokenizer.pad_id, device, self.options.eval_batch_size)
+        return predict(self.model, self.tokens(split), self.tokenizer.pad_id, device, self.options.eval_batch_size,
+                       resolve_precision(self.options.precision, device))
 
     def truncated(self) -> dict[str, int]:
         return {split: self.tokens(split).truncated for split in ("train", "dev", "test")}
@@ -182,7 +185,7 @@ class TorchArm:
             lr=float(params["lr"]), weight_decay=float(params.get("weight_decay", 0.0)),
             batch_size=int(params["batch_size"]), warmup_ratio=float(params.get("warmup_ratio", 0.06)),
             max_epochs=budget.max_epochs, patience=budget.patience, seed=seed, device=options.device,
-            eval_batch_size=options.eval_batch_size,
+            eval_batch_size=options.eval_batch_size, precision=options.precision,
         )
         result = fit(model, train, dev, tok.pad_id, cfg, on_epoch)
         return TorchFitted(model, tok, task, options, result, architecture)

@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--init", default="", help="fine-tune from this checkpoint: a folder or an MLflow URI "
                                                 "(runs:/<run_id>/checkpoint from the pretrain entry point)")
     run.add_argument("--checkpoint", default="", help="dnabert2_pretrained: a DNABERT-2 folder or hub id")
+    run.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                     help="bf16 autocast, fp32, or auto: bf16 on a GPU that supports it, else fp32")
 
     sweep = sub.add_parser("sweep", help="a study's (arm, task) grid: run it here, print a command per cell, "
                                          "or show which cells are done, running, partial or missing")
@@ -151,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ValueError("pass either init= or checkpoint=, not both")
     options = RunOptions(device=args.device, tokenizer_path=resolve_tokenizer(args.tokenizer),
                          bpe_vocab_size=spec.bpe_vocab_size, max_length=optional_int(args.max_length, "max_length"),
-                         init=args.init or args.checkpoint or None)
+                         init=args.init or args.checkpoint or None, precision=args.precision)
     device = resolve_device(args.device)  # fail now if cuda was asked for and is absent
     check_arm_setup(arm, spec, options)  # fail now, not after an hour, if the study does not fit the arm
     data = [load_task(t, args.data or None) for t in tasks]  # validate every task before any run starts

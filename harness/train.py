@@ -46,6 +46,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     eval_batch_size: int = 256
+    precision: str = "fp32"  # or "bf16" (autocast); "auto" picks per device, see resolve_precision
 
 
 @dataclass
@@ -82,6 +83,23 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto: bf16 on a GPU that supports it, fp32 elsewhere (bf16 autocast on a CPU is rarely faster)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return precision
+
+
+def autocast(precision: str, device: torch.device):
+    """Matmuls and convolutions in bf16 with fp32 weights and optimiser state; losses stay fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+
+
 def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffle, sort by length within windows of 50 batches, cut into batches, shuffle the batches:
     similar lengths share a batch (little padding) while the order stays random."""
@@ -108,14 +126,16 @@ def collate(split: TokenizedSplit, idx: np.ndarray, pad_id: int, device: torch.d
 
 @torch.inference_mode()
 def predict(model: nn.Module, split: TokenizedSplit, pad_id: int, device: torch.device,
-            batch_size: int = 256) -> np.ndarray:
+            batch_size: int = 256, precision: str = "fp32") -> np.ndarray:
     """Class probabilities [N, C] for a whole split, in the split's order."""
     model.eval()
     order = np.argsort(split.lengths, kind="stable")
     chunks = []
     for start in range(0, len(order), batch_size):
         input_ids, mask, _ = collate(split, order[start:start + batch_size], pad_id, device)
-        chunks.append(torch.softmax(logits_of(model(input_ids, mask)).float(), dim=-1).cpu())
+        with autocast(precision, device):
+            logits = logits_of(model(input_ids, mask))
+        chunks.append(torch.softmax(logits.float(), dim=-1).cpu())
     probs = torch.cat(chunks).numpy()
     out = np.empty_like(probs)
     out[order] = probs
@@ -143,11 +163,13 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int):
 
 
 def train_step(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, optimizer,
-               scheduler, grad_clip: float, count_flops: bool = False) -> tuple[torch.Tensor, float]:
+               scheduler, grad_clip: float, count_flops: bool = False,
+               precision: str = "fp32") -> tuple[torch.Tensor, float]:
     """One optimisation step on a batch; labels are [B] (classification) or [B, L] with -100 where no
     loss is taken (masked LM). Returns the detached loss (no host sync) and, if asked, its FLOPs."""
     with FlopCounterMode(display=False) if count_flops else nullcontext() as counter:
-        logits = logits_of(model(input_ids, mask))
+        with autocast(precision, input_ids.device):
+            logits = logits_of(model(input_ids, mask))
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -162,6 +184,7 @@ def fit(model: nn.Module, train: TokenizedSplit, dev: TokenizedSplit, pad_id: in
         on_epoch: EpochCallback | None = None) -> FitResult:
     """Train `model` in place; on return it holds the weights of its best dev-MCC epoch."""
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     model.to(device)
     rng = np.random.default_rng(cfg.seed)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
@@ -178,7 +201,7 @@ def fit(model: nn.Module, train: TokenizedSplit, dev: TokenizedSplit, pad_id: in
             input_ids, mask, labels = collate(train, idx, pad_id, device)
             # FLOPs are counted on the first step only and scaled by the tokens trained on.
             loss, flops = train_step(model, input_ids, mask, labels, optimizer, scheduler, cfg.grad_clip,
-                                     count_flops=not flops_per_token)
+                                     count_flops=not flops_per_token, precision=precision)
             flops_per_token = flops_per_token or flops / input_ids.numel()
             loss_sum += loss
             tokens_seen += input_ids.numel()
@@ -186,7 +209,8 @@ def fit(model: nn.Module, train: TokenizedSplit, dev: TokenizedSplit, pad_id: in
         if not math.isfinite(train_loss):
             raise DivergedError(f"training loss is {train_loss} in epoch {epoch} (lr={cfg.lr:g})")
 
-        dev_metrics = classification_metrics(dev.labels, predict(model, dev, pad_id, device, cfg.eval_batch_size))
+        dev_metrics = classification_metrics(dev.labels, predict(model, dev, pad_id, device, cfg.eval_batch_size,
+                                                                 precision))
         record = EpochResult(epoch, train_loss, dev_metrics, time.perf_counter() - t0)
         result.history.append(record)
         if dev_metrics["mcc"] > result.best_dev["mcc"]:

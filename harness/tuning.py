@@ -39,7 +39,7 @@ from .data import TaskData
 from .metrics import classification_metrics, confusion
 from .progress import Progress
 from .studies import StudyError, StudySpec
-from .train import DivergedError, EpochResult
+from .train import DivergedError, EpochResult, resolve_device, resolve_precision
 from .workers import StorageError  # noqa: F401  (re-exported: the CLI reports it)
 
 log = logging.getLogger("harness")
@@ -96,6 +96,8 @@ def run_config(spec: StudySpec, arm: Arm, task: TaskData, options: RunOptions, n
         "data_fingerprint": {name: task.split(name).fingerprint for name in ("train", "dev", "test")},
         "tokenizer_file_sha256": tokenizer_file, "bpe_vocab_size": options.bpe_vocab_size,
         "max_length": options.max_length,
+        # bf16 and fp32 runs differ in their numbers: one study is one precision.
+        "precision": resolve_precision(options.precision, resolve_device(options.device)) if arm.iterative else "fp32",
         "init": None if options.checkpoint is None else {"source": tracking.redact(options.checkpoint.source),
                                                          "weights_sha256": options.checkpoint.fingerprint},
     }

@@ -138,3 +138,37 @@ def test_many_classes_and_long_sequences(tmp_path, monkeypatch):
                                    RunOptions(device="cpu"))
         assert fitted.predict("test").shape == (27, 9)
         assert "auroc" not in fitted.result.best_dev and "mcc" in fitted.result.best_dev
+
+
+def test_precision_resolves_per_device():
+    from harness.train import resolve_precision
+
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16"):
+        resolve_precision("fp16", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("precision,dtype", [("bf16", "bfloat16"), ("fp32", "float32")])
+def test_training_in_bf16_runs_its_matmuls_in_bf16(precision, dtype, tiny_gue):
+    import yaml
+
+    from conftest import TINY_STUDY
+    from harness.studies import parse_study
+    from harness.tasks import load_task
+
+    spec = parse_study(yaml.safe_load(TINY_STUDY), "tiny.yaml")
+    task = load_task("toy/motif_binary", str(tiny_gue))
+    seen: set[str] = set()
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, out: seen.add(str(out.dtype).removeprefix("torch."))
+        if isinstance(module, torch.nn.Linear) and module.training else None)
+    try:
+        fitted = ARMS.get("dnabert2_scratch").fit(task, {**spec.fixed["transformer"], "lr": 1e-3, "batch_size": 16},
+                                                  seed=0, budget=Budget(1), options=RunOptions(precision=precision,
+                                                                                                bpe_vocab_size=64))
+    finally:
+        hook.remove()
+    assert seen == {dtype}
+    assert all(p.dtype == torch.float32 for p in fitted.model.parameters())  # weights stay fp32
+    assert np.isfinite(fitted.result.history[0].train_loss) and fitted.predict("dev").dtype == np.float32
