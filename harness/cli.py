@@ -40,28 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser("sweep", help="a study's (arm, task) grid: run it here, print a command per cell, "
                                          "or show which cells are done, running, partial or missing")
-    sweep.add_argument("--study", default="smoke", help="a study name in studies/ or a path to a .yaml (default: smoke)")
+    add_grid_arguments(sweep)
     sweep.add_argument("--action", default="status", choices=["run", "print", "status"],
                        help="run every cell here in turn, print one `mlflow run` per cell, or report progress")
-    sweep.add_argument("--arms", default="", help="comma-separated arms (default: the study's `arms:`, else every "
-                                                  "arm with a search space in it)")
-    sweep.add_argument("--tasks", default="", help="comma-separated tasks (default: the study's)")
-    sweep.add_argument("--data", default="", help="GUE-layout root (default: synthetic)")
     sweep.add_argument("--storage", default="sqlite:///optuna.db", help="Optuna storage URL, shared by the cells")
     sweep.add_argument("--experiment", default="", help="MLflow experiment (default: the study's name)")
-    sweep.add_argument("--n-trials", default="", help="override the study's trial budget (for every arm alike)")
-    sweep.add_argument("--seeds", default="", help="override the study's number of final seeds")
-    sweep.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     sweep.add_argument("--checkpoint", default="", help="include dnabert2_pretrained with this checkpoint")
 
     plan = sub.add_parser("plan", help="projected compute of a study per arm, from throughput measured here")
-    plan.add_argument("--study", default="smoke", help="a study name in studies/ or a path to a .yaml (default: smoke)")
-    plan.add_argument("--arms", default="", help="comma-separated arms (default: the study's `arms:`, else all)")
-    plan.add_argument("--tasks", default="", help="comma-separated tasks (default: the study's)")
-    plan.add_argument("--data", default="", help="GUE-layout root (default: synthetic)")
-    plan.add_argument("--n-trials", default="", help="override the study's trial budget")
-    plan.add_argument("--seeds", default="", help="override the study's number of final seeds")
-    plan.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_grid_arguments(plan)
     plan.add_argument("--sample", default="256", help="training sequences each measurement fits (default: 256)")
     plan.add_argument("--tokenizer", default="", help="tokenizer.json for BPE arms (default: trained on the sample)")
     plan.add_argument("-P", dest="mlflow_style", action="append", default=[], metavar="KEY=VALUE",
@@ -92,6 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list registered arms, tasks and studies")
     lst.add_argument("what", nargs="?", choices=["arms", "tasks", "studies"], help="only this registry")
     return parser
+
+
+def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose a study's (arm, task) cells and their budget (sweep and plan)."""
+    parser.add_argument("--study", default="smoke", help="a study name in studies/ or a path to a .yaml (default: smoke)")
+    parser.add_argument("--arms", default="", help="comma-separated arms (default: the study's `arms:`, else every "
+                                                   "arm with a search space in it)")
+    parser.add_argument("--tasks", default="", help="comma-separated tasks (default: the study's)")
+    parser.add_argument("--data", default="", help="GUE-layout root (default: synthetic)")
+    parser.add_argument("--n-trials", default="", help="override the study's trial budget (for every arm alike)")
+    parser.add_argument("--seeds", default="", help="override the study's number of final seeds")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
 
 def number(value: str, name: str, kind: type = int) -> int | float:
