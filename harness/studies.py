@@ -33,7 +33,7 @@ class StudySpec:
     seeds: int
     sampler_seed: int
     n_startup_trials: int
-    pruner: dict[str, int]
+    pruner: dict[str, int] | None  # MedianPruner's settings; None: no pruning (`pruner: none`)
     bpe_vocab_size: int
     search_spaces: dict[str, dict[str, BaseDistribution]]
     fixed: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -129,7 +129,8 @@ def parse_study(raw: Any, path: str) -> StudySpec:
     budget = get(raw, "budget", dict, "")
     spaces = get(raw, "search_spaces", dict, "")
     sampler = get(raw, "sampler", dict, "", {})
-    pruner = get(raw, "pruner", dict, "", {})
+    no_pruning = isinstance(raw, dict) and str(raw.get("pruner")).lower() in ("none", "false")
+    pruner = {} if no_pruning else get(raw, "pruner", dict, "", {})
     unknown = set(pruner) - PRUNER_KEYS
     if unknown:
         raise StudyError(f"{path}: pruner has unknown key(s) {sorted(unknown)}; allowed: {sorted(PRUNER_KEYS)}")
@@ -165,7 +166,7 @@ def parse_study(raw: Any, path: str) -> StudySpec:
         seeds=get(budget, "seeds", int, "budget.", 3, minimum=1),
         sampler_seed=get(sampler, "seed", int, "sampler.", 0),
         n_startup_trials=get(sampler, "n_startup_trials", int, "sampler.", 10, minimum=0),
-        pruner={k: get(pruner, k, int, "pruner.", minimum=0) for k in pruner},
+        pruner=None if no_pruning else {k: get(pruner, k, int, "pruner.", minimum=0) for k in pruner},
         bpe_vocab_size=get(get(raw, "tokenizer", dict, "", {}), "bpe_vocab_size", int, "tokenizer.", 4096, minimum=16),
         search_spaces={fam: {name: parse_distribution(d, f"{path}: search_spaces.{fam}.{name}")
                              for name, d in params.items() if name != "fixed"}

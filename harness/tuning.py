@@ -108,7 +108,7 @@ def open_study(spec: StudySpec, variant: str, task: str, storage: RDBStorage, co
     name = f"{spec.name}/{variant}/{task}"
     sampler = optuna.samplers.TPESampler(seed=workers.sampler_seed(spec.sampler_seed, name, storage),
                                          n_startup_trials=spec.n_startup_trials)
-    pruner = optuna.pruners.MedianPruner(**spec.pruner)
+    pruner = optuna.pruners.NopPruner() if spec.pruner is None else optuna.pruners.MedianPruner(**spec.pruner)
     try:  # exactly one worker creates the study (the storage says which) and records its configuration
         storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], name)
         created = True

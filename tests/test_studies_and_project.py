@@ -173,3 +173,12 @@ def test_the_run_applies_the_studys_per_task_cap(workdir, tiny_gue):
     assert runs[0].data.metrics["truncated_train"] > 0  # 60-140 bp sequences cut to 40 tokens, and said so
     (parent,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.stage = 'study'")
     assert parent.data.params["max_length"] == "40"
+
+
+def test_pruning_can_be_switched_off():
+    raw = yaml.safe_load(TINY_STUDY)
+    raw["pruner"] = "none"
+    spec = parse_study(raw, "s.yaml")
+    assert spec.pruner is None and spec.protocol("cnn")["pruner"] is None
+    raw["pruner"] = {"n_startup_trials": 1}
+    assert parse_study(raw, "s.yaml").pruner == {"n_startup_trials": 1}
