@@ -31,20 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def number(value: str, name: str, kind: type, low: float, high: float | None = None):
-    try:
-        x = kind(value)
-    except ValueError:
-        raise ValueError(f"--{name} must be a {kind.__name__}, got {value!r}") from None
-    if x < low or (high is not None and x >= high):
-        raise ValueError(f"--{name} must be in [{low}, {high if high is not None else 'inf'}), got {value!r}")
-    return x
-
-
 def run(args: argparse.Namespace) -> Path:
     import mlflow
 
     from harness import tracking
+    from harness.cli import number
     import yaml
 
     from harness.studies import StudyError, load_study, parse_study
@@ -53,8 +44,8 @@ def run(args: argparse.Namespace) -> Path:
     from .contrasts import default_contrasts, user_contrasts
     from .report import Settings, build_report
 
-    settings = Settings(alpha=number(args.alpha, "alpha", float, 1e-9, 1.0), rope=number(args.rope, "rope", float, 0.0),
-                        seed=number(args.seed, "seed", int, 0))
+    settings = Settings(alpha=number(args.alpha, "--alpha", float, 1e-9, 1.0),
+                        rope=number(args.rope, "--rope", float, 0.0), seed=number(args.seed, "--seed", int, 0))
     mlflow.set_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.DEFAULT_TRACKING_URI)
     results = collect(args.experiment, args.metric, args.study or None)
     contrasts, notes = default_contrasts(results.arms), []

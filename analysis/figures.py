@@ -45,6 +45,16 @@ def _new_figure(figsize: tuple[float, float]) -> Iterator[tuple[Figure, Axes]]:
         plt.close(fig)  # also on errors, so a failing report does not leak figures
 
 
+def _finish(fig: Figure, ax: Axes, path: Path, title: str, footnote: str) -> Path:
+    """Title, a small note under the x label (what the plot leaves out), then save."""
+    if footnote:
+        ax.annotate(footnote, xy=(0.5, 0), xycoords=ax.xaxis.label, xytext=(0, -6), textcoords="offset points",
+                    ha="center", va="top", fontsize=8)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
 def _save(fig: Figure, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,9 +188,7 @@ def critical_difference_diagram(avg_ranks: dict[str, float], cd: float, path: Pa
 
         if not has_cd:
             title = f"{title} (CD not available)" if title else "CD not available"
-        if title:
-            ax.set_title(title)
-        return _save(fig, path)
+        return _finish(fig, ax, path, title, "")
 
 
 # ------------------------------------------------------------------------------------ scores per task
@@ -225,9 +233,7 @@ def scores_by_task(finals: pd.DataFrame, metric: str, path: Path, title: str = "
         ax.grid(axis="y", alpha=0.3)
         # Outside the axes: with many tasks any inside spot would hide some points.
         ax.legend(title="arm", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
-        if title:
-            ax.set_title(title)
-        return _save(fig, path)
+        return _finish(fig, ax, path, title, "")
 
 
 # ------------------------------------------------------------------------------- paired differences
@@ -262,12 +268,7 @@ def paired_differences(diffs: pd.Series, a: str, b: str, metric: str, median: fl
         ax.set_xlabel(f"{metric}: {a} − {b}")
         ax.grid(axis="x", alpha=0.3)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=9)
-        if missing:
-            ax.annotate(f"no difference recorded: {', '.join(missing)}", xy=(0.5, 0), xycoords=ax.xaxis.label,
-                        xytext=(0, -6), textcoords="offset points", ha="center", va="top", fontsize=8)
-        if title:
-            ax.set_title(title)
-        return _save(fig, path)
+        return _finish(fig, ax, path, title, f"no difference recorded: {', '.join(missing)}" if missing else "")
 
 
 # ------------------------------------------------------------------------------------- cost/benefit
@@ -293,9 +294,4 @@ def cost_benefit(summary: pd.DataFrame, metric: str, cost_label: str, path: Path
         ax.set_xlabel(cost_label)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3, which="both")
-        if left_out:
-            ax.annotate(f"no cost recorded: {', '.join(left_out)}", xy=(0.5, 0), xycoords=ax.xaxis.label,
-                        xytext=(0, -6), textcoords="offset points", ha="center", va="top", fontsize=8)
-        if title:
-            ax.set_title(title)
-        return _save(fig, path)
+        return _finish(fig, ax, path, title, f"no cost recorded: {', '.join(left_out)}" if left_out else "")

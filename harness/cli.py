@@ -93,13 +93,18 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
 
-def number(value: str, name: str, kind: type = int) -> int | float:
-    """A positive number from a command-line string; the error names the parameter."""
+def number(value: str, name: str, kind: type = int, low: float | None = None,
+           high: float | None = None) -> int | float:
+    """A number from a command-line string: positive, or in [low, high) when given; the error names the
+    parameter."""
     try:
         parsed = kind(value)
     except ValueError:
         raise ValueError(f"{name} must be a{'n integer' if kind is int else ' number'}, got {value!r}") from None
-    if parsed <= 0:
+    if low is not None:
+        if parsed < low or (high is not None and parsed >= high):
+            raise ValueError(f"{name} must be in [{low}, {high if high is not None else 'inf'}), got {value!r}")
+    elif parsed <= 0:
         raise ValueError(f"{name} must be >= 1, got {parsed}" if kind is int else f"{name} must be > 0, got {parsed}")
     return parsed
 
@@ -187,7 +192,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     spec = load_study(args.study)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()] or default_arms(spec, args.checkpoint)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] or spec.tasks
-    cells = grid(spec, arms, tasks)
+    cells = grid(arms, tasks)
     n_trials = optional_int(args.n_trials, "n_trials") or spec.n_trials
     seeds = optional_int(args.seeds, "seeds") or spec.seeds
     shared = {"data": args.data, "storage": args.storage, "experiment": args.experiment, "n_trials": args.n_trials,
@@ -227,6 +232,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .studies import load_study
     from .sweep import default_arms
     from .tasks import load_task
+    from .train import resolve_device
 
     for pair in args.mlflow_style:  # -P study=gue, as `mlflow run` passes parameters
         key, sep, value = pair.partition("=")
@@ -242,14 +248,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
                          bpe_vocab_size=spec.bpe_vocab_size)
     rows = project(spec, arms, tasks, options, optional_int(args.n_trials, "n_trials") or spec.n_trials,
                    optional_int(args.seeds, "seeds") or spec.seeds, number(args.sample, "sample"))
-    print(format_plan(rows, describe_device(resolve_device_of(args.device))))
+    print(format_plan(rows, describe_device(resolve_device(args.device))))
     return 0
-
-
-def resolve_device_of(device: str):
-    from .train import resolve_device
-
-    return resolve_device(device)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:

@@ -77,7 +77,7 @@ def project(spec: StudySpec, arms: list[str], tasks: list[TaskData], options: Ru
             seeds: int, sample: int) -> list[Projection]:
     out = []
     for name in arms:
-        arm = ARMS.get(STAND_IN.get(name, name)) if not options.init else ARMS.get(name)
+        arm = ARMS.get(STAND_IN.get(name, name))
         for task in tasks:
             capped = replace(options, max_length=options.max_length or spec.max_length(task.name, getattr(arm, "tokenizer", None)))
             seconds = measure_epoch_seconds(arm, task, spec, capped, sample)

@@ -41,7 +41,7 @@ def default_arms(spec: StudySpec, checkpoint: str = "") -> list[str]:
             and (checkpoint or not getattr(arm, "requires_checkpoint", False))]
 
 
-def grid(spec: StudySpec, arms: list[str], tasks: list[str]) -> list[Cell]:
+def grid(arms: list[str], tasks: list[str]) -> list[Cell]:
     for name in arms:
         ARMS.get(name)  # an unknown arm fails here, listing the known ones
     return [Cell(arm, task) for arm in arms for task in tasks]

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from harness.arms import ARMS, RunOptions
+from harness.arms import RunOptions
 from harness.cli import build_parser
 from harness.cli import main as harness
 from harness.plan import Projection, format_plan, mid_configuration, project, sample_task
@@ -58,4 +58,3 @@ def test_mlproject_plan_parameters_match_the_cli():
     assert set(entry["parameters"]) == cli
     for name in entry["parameters"]:
         assert f"--{name.replace('_', '-')} {{{name}}}" in entry["command"]
-    assert "dnabert2_pretrained" in ARMS

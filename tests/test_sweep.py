@@ -48,7 +48,7 @@ def test_run_then_status(workdir, tiny_gue, capsys):
     assert "2 done, 0 running, 0 partial, 2 missing of 4 cells" in out
 
 
-def test_unknown_arm_in_a_sweep_is_a_clear_error(tmp_path, capsys):
+def test_unknown_arm_in_a_sweep_is_a_clear_error(capsys):
     assert harness(["sweep", "--action", "print", "--arms", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
 
