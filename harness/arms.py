@@ -51,6 +51,8 @@ class RunOptions:
     eval_batch_size: int = 256
     init: str | None = None  # a checkpoint to fine-tune from (folder, MLflow URI or DNABERT-2 hub id)
     precision: str = "auto"  # fp32, bf16 (autocast), or auto: bf16 on a GPU that supports it
+    compile: bool = False  # torch.compile the model (see train.TrainConfig)
+    fast_path: bool = True  # False: the plain reference loop (see train.TrainConfig)
 
     @property
     def checkpoint(self) -> Checkpoint | None:
@@ -136,7 +138,7 @@ class TorchArm:
         source = options.tokenizer_path or (f"trained on train split, vocab {options.bpe_vocab_size}"
                                             if self.tokenizer == "bpe" else "built-in")
         tags = {"family": self.family, "model": self.model, "tokenizer": self.tokenizer,
-                "tokenizer_source": source, "init": "scratch"}
+                "tokenizer_source": source, "init": "scratch", "compile": str(options.compile).lower()}
         ckpt = options.checkpoint
         if ckpt is not None:
             if ckpt.tokenizer == "bpe" and not options.tokenizer_path:
@@ -185,7 +187,8 @@ class TorchArm:
             lr=float(params["lr"]), weight_decay=float(params.get("weight_decay", 0.0)),
             batch_size=int(params["batch_size"]), warmup_ratio=float(params.get("warmup_ratio", 0.06)),
             max_epochs=budget.max_epochs, patience=budget.patience, seed=seed, device=options.device,
-            eval_batch_size=options.eval_batch_size, precision=options.precision,
+            eval_batch_size=options.eval_batch_size, precision=options.precision, compile=options.compile,
+            fast_path=options.fast_path,
         )
         result = fit(model, train, dev, tok.pad_id, cfg, on_epoch)
         return TorchFitted(model, tok, task, options, result, architecture)

@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint", default="", help="dnabert2_pretrained: a DNABERT-2 folder or hub id")
     run.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                      help="bf16 autocast, fp32, or auto: bf16 on a GPU that supports it, else fp32")
+    run.add_argument("--compile", default="false", choices=["false", "true"],
+                     help="torch.compile the model (minutes of compilation per trial; pays off on a GPU)")
+    run.add_argument("--fast-path", default="true", choices=["true", "false"],
+                     help="false: the plain fp32 loop (no bucketing, padding to the longest sequence, for-loop "
+                          "AdamW) that the fast path is checked against; a study is one or the other")
 
     sweep = sub.add_parser("sweep", help="a study's (arm, task) grid: run it here, print a command per cell, "
                                          "or show which cells are done, running, partial or missing")
@@ -155,9 +160,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] or spec.tasks
     if args.init and args.checkpoint and args.init != args.checkpoint:
         raise ValueError("pass either init= or checkpoint=, not both")
+    fast_path, compile_model, precision = args.fast_path == "true", args.compile == "true", args.precision
+    if not fast_path:
+        if precision == "bf16" or compile_model:
+            raise ValueError("fast_path=false is the plain fp32 loop: leave precision=auto (or fp32) and compile=false")
+        precision = "fp32"
     options = RunOptions(device=args.device, tokenizer_path=resolve_tokenizer(args.tokenizer),
                          bpe_vocab_size=spec.bpe_vocab_size, max_length=optional_int(args.max_length, "max_length"),
-                         init=args.init or args.checkpoint or None, precision=args.precision)
+                         init=args.init or args.checkpoint or None, precision=precision, compile=compile_model,
+                         fast_path=fast_path)
     device = resolve_device(args.device)  # fail now if cuda was asked for and is absent
     check_arm_setup(arm, spec, options)  # fail now, not after an hour, if the study does not fit the arm
     data = [load_task(t, args.data or None) for t in tasks]  # validate every task before any run starts

@@ -1,6 +1,7 @@
 """The one training loop every torch arm uses, and batched prediction.
 
-Batches are length-bucketed and padded only to their own longest sequence. After every epoch the dev
+Batches are length-bucketed and padded only to their own longest sequence (the fast path: also fused
+AdamW, no host sync per step, bf16 autocast where asked, optional torch.compile). After every epoch the dev
 split is scored as a whole; the best-dev-MCC weights are kept (checkpoint selection on dev only) and
 training stops early after `patience` epochs without improvement. A non-finite training loss raises
 `DivergedError` so the tuner can record the trial as diverged.
@@ -47,6 +48,10 @@ class TrainConfig:
     device: str = "cpu"
     eval_batch_size: int = 256
     precision: str = "fp32"  # or "bf16" (autocast); "auto" picks per device, see resolve_precision
+    compile: bool = False  # torch.compile the model: minutes of compilation, repaid on a GPU over long runs
+    # False: the plain loop the fast path is checked against (benchmarks/fast_path_parity.py): shuffled
+    # batches padded to the split's longest sequence, for-loop AdamW, a host sync per step, fp32.
+    fast_path: bool = True
 
 
 @dataclass
@@ -113,9 +118,16 @@ def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def collate(split: TokenizedSplit, idx: np.ndarray, pad_id: int, device: torch.device):
+def shuffled_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """The textbook order (no bucketing), for the plain loop."""
+    order = rng.permutation(len(lengths))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def collate(split: TokenizedSplit, idx: np.ndarray, pad_id: int, device: torch.device, pad_to: int | None = None):
+    """Token ids padded to the batch's longest sequence (or to `pad_to`), the attention mask and labels."""
     lengths = split.lengths[idx]
-    ids = np.full((len(idx), int(lengths.max())), pad_id, dtype=np.int64)
+    ids = np.full((len(idx), pad_to or int(lengths.max())), pad_id, dtype=np.int64)
     for row, i in enumerate(idx):
         ids[row, :lengths[row]] = split.row(i)
     input_ids = torch.from_numpy(ids).to(device, non_blocking=True)
@@ -126,13 +138,13 @@ def collate(split: TokenizedSplit, idx: np.ndarray, pad_id: int, device: torch.d
 
 @torch.inference_mode()
 def predict(model: nn.Module, split: TokenizedSplit, pad_id: int, device: torch.device,
-            batch_size: int = 256, precision: str = "fp32") -> np.ndarray:
+            batch_size: int = 256, precision: str = "fp32", pad_to: int | None = None) -> np.ndarray:
     """Class probabilities [N, C] for a whole split, in the split's order."""
     model.eval()
     order = np.argsort(split.lengths, kind="stable")
     chunks = []
     for start in range(0, len(order), batch_size):
-        input_ids, mask, _ = collate(split, order[start:start + batch_size], pad_id, device)
+        input_ids, mask, _ = collate(split, order[start:start + batch_size], pad_id, device, pad_to)
         with autocast(precision, device):
             logits = logits_of(model(input_ids, mask))
         chunks.append(torch.softmax(logits.float(), dim=-1).cpu())
@@ -146,11 +158,12 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int):
     # Biases, norms and embeddings are not decayed (the usual BERT/AdamW convention).
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    # Fused AdamW (CPU and CUDA): one kernel per tensor, no temporaries; on CPU the default for-loop
-    # version took 0.47 s per step for DNABERT-2-117M against 0.05 s fused.
+    # Fused AdamW (CPU and CUDA): one kernel per tensor, no temporaries; on CPU the for-loop version
+    # took 0.47 s per step for DNABERT-2-117M against 0.05 s fused.
+    kernel = {"fused": True} if cfg.fast_path else {"foreach": False}
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, fused=True,
+        lr=cfg.lr, **kernel,
     )
     warmup = max(1, int(cfg.warmup_ratio * total_steps))
 
@@ -184,8 +197,13 @@ def fit(model: nn.Module, train: TokenizedSplit, dev: TokenizedSplit, pad_id: in
         on_epoch: EpochCallback | None = None) -> FitResult:
     """Train `model` in place; on return it holds the weights of its best dev-MCC epoch."""
     device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
+    precision = resolve_precision(cfg.precision, device) if cfg.fast_path else "fp32"
     model.to(device)
+    # The compiled module shares the model's parameters; state dicts are taken from `model` (no prefix).
+    forward = torch.compile(model) if cfg.compile else model
+    batches = length_bucketed_batches if cfg.fast_path else shuffled_batches
+    pad_train, pad_dev = (None, None) if cfg.fast_path else (int(train.lengths.max()), int(dev.lengths.max()))
+    eval_batch_size = cfg.eval_batch_size if cfg.fast_path else cfg.batch_size
     rng = np.random.default_rng(cfg.seed)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     optimizer, scheduler = make_optimizer(model, cfg, steps_per_epoch * cfg.max_epochs)
@@ -197,20 +215,21 @@ def fit(model: nn.Module, train: TokenizedSplit, dev: TokenizedSplit, pad_id: in
         t0 = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)  # accumulated on device: no sync per step
-        for step, idx in enumerate(length_bucketed_batches(train.lengths, cfg.batch_size, rng)):
-            input_ids, mask, labels = collate(train, idx, pad_id, device)
-            # FLOPs are counted on the first step only and scaled by the tokens trained on.
-            loss, flops = train_step(model, input_ids, mask, labels, optimizer, scheduler, cfg.grad_clip,
-                                     count_flops=not flops_per_token, precision=precision)
+        for step, idx in enumerate(batches(train.lengths, cfg.batch_size, rng)):
+            input_ids, mask, labels = collate(train, idx, pad_id, device, pad_train)
+            # FLOPs are counted on the first step only (in eager mode: a FLOP counter stops torch.compile
+            # for good) and scaled by the tokens trained on.
+            loss, flops = train_step(forward if flops_per_token else model, input_ids, mask, labels, optimizer,
+                                     scheduler, cfg.grad_clip, count_flops=not flops_per_token, precision=precision)
             flops_per_token = flops_per_token or flops / input_ids.numel()
-            loss_sum += loss
+            loss_sum += loss if cfg.fast_path else loss.item()
             tokens_seen += input_ids.numel()
         train_loss = float(loss_sum) / (step + 1)
         if not math.isfinite(train_loss):
             raise DivergedError(f"training loss is {train_loss} in epoch {epoch} (lr={cfg.lr:g})")
 
-        dev_metrics = classification_metrics(dev.labels, predict(model, dev, pad_id, device, cfg.eval_batch_size,
-                                                                 precision))
+        dev_metrics = classification_metrics(dev.labels, predict(forward, dev, pad_id, device, eval_batch_size,
+                                                                 precision, pad_dev))
         record = EpochResult(epoch, train_loss, dev_metrics, time.perf_counter() - t0)
         result.history.append(record)
         if dev_metrics["mcc"] > result.best_dev["mcc"]:

@@ -172,3 +172,81 @@ def test_training_in_bf16_runs_its_matmuls_in_bf16(precision, dtype, tiny_gue):
     assert seen == {dtype}
     assert all(p.dtype == torch.float32 for p in fitted.model.parameters())  # weights stay fp32
     assert np.isfinite(fitted.result.history[0].train_loss) and fitted.predict("dev").dtype == np.float32
+
+
+def toy_varied_lengths(n=96, seed=0):
+    """Sequences of 20..60 nucleotides, so that bucketing and padding matter."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    seqs = ["".join(rng.choice(list("ACGT"), rng.integers(12, 52))) + ("GGGGGGGG" if y else "AAAAAAAA") for y in labels]
+    tok = CharTokenizer()
+    return tok, tokenize(tok, Split(seqs, labels)), tokenize(tok, Split(seqs[:48], labels[:48]))
+
+
+def tiny_dnabert2(tok, dropout=0.0):
+    from harness.models import MODELS
+
+    spec = MODELS.get("dnabert2")
+    torch.manual_seed(0)
+    return spec.classifier(spec.architecture(tok, TINY_TRANSFORMER), tok, 2, dropout)
+
+
+def batch_shapes_seen(model) -> tuple[list[tuple[int, ...]], object]:
+    shapes: list[tuple[int, ...]] = []
+    handle = model.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape)) if m.training else None)
+    return shapes, handle
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_fast_path_and_plain_loop_batches(fast_path, monkeypatch):
+    """The fast path pads each batch to its own longest sequence and uses fused AdamW; the plain reference
+    loop pads every batch to the split's longest sequence and uses for-loop AdamW."""
+    tok, train, dev = toy_varied_lengths()
+    model = tiny_dnabert2(tok)
+    shapes, handle = batch_shapes_seen(model)
+    optimizers = []
+    real_adamw = torch.optim.AdamW
+    monkeypatch.setattr(torch.optim, "AdamW", lambda *a, **k: optimizers.append(k) or real_adamw(*a, **k))
+    result = fit(model, train, dev, tok.pad_id, TrainConfig(lr=1e-3, batch_size=16, max_epochs=2, fast_path=fast_path))
+    handle.remove()
+    assert len(shapes) == 2 * 6 and sum(s[0] for s in shapes) == 2 * len(train)
+    widths = {s[1] for s in shapes}
+    if fast_path:
+        assert optimizers[0].get("fused") is True
+        assert len(widths) > 3 and min(widths) < train.lengths.max()  # each batch to its own longest
+        padding = sum(s[0] * s[1] for s in shapes) / (2 * train.lengths.sum())
+        assert padding < 1.15  # bucketing keeps padding small
+    else:
+        assert optimizers[0] == {"lr": 1e-3, "foreach": False}
+        assert widths == {int(train.lengths.max())}
+    assert np.isfinite(result.history[-1].train_loss)
+
+
+def test_compiled_model_trains_like_the_eager_one():
+    """compile=True: the model really is compiled (dynamo captures graphs, one training graph across
+    batch lengths), trains to the same losses as eager mode, and its weights keep their own names."""
+    from torch._dynamo.utils import counters
+
+    tok, train, dev = toy_varied_lengths()
+    cfg = dict(lr=1e-3, batch_size=16, max_epochs=2, patience=None, seed=3)  # no dropout: same arithmetic
+    eager, compiled = tiny_dnabert2(tok), tiny_dnabert2(tok)
+    torch._dynamo.reset()
+    counters.clear()
+    eager_result = fit(eager, train, dev, tok.pad_id, TrainConfig(**cfg))
+    compiled_result = fit(compiled, train, dev, tok.pad_id, TrainConfig(**cfg, compile=True))
+    assert counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"]
+    losses = lambda r: [e.train_loss for e in r.history]  # noqa: E731
+    np.testing.assert_allclose(losses(compiled_result), losses(eager_result), rtol=1e-4)
+    assert compiled_result.best_dev["mcc"] == pytest.approx(eager_result.best_dev["mcc"], abs=1e-6)
+    assert list(compiled.state_dict()) == list(eager.state_dict())  # no "_orig_mod." prefix
+    assert compiled_result.flops == pytest.approx(eager_result.flops)
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("option", [["--precision", "bf16"], ["--compile", "true"]])
+def test_plain_loop_refuses_bf16_and_compile(option, workdir, capsys):
+    from harness.cli import main
+
+    assert main(["run", "--arm", "unet_char", "--fast-path", "false", *option]) == 2
+    assert "fast_path=false is the plain fp32 loop" in capsys.readouterr().err
+    assert not (workdir / "optuna.db").exists()  # refused before anything was opened

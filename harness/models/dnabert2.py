@@ -22,11 +22,19 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+@dataclass
+class ModelOutput:
+    """What the models return, named as transformers names it (a dataclass, which torch.compile traces)."""
+
+    logits: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
 
 
 @dataclass
@@ -283,9 +291,9 @@ class DNABERT2Model(PreTrainedMixin, nn.Module):
         self.bert = BertBody(config, pooler=True)
         self._init_weights()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> SimpleNamespace:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> ModelOutput:
         hidden = self.bert(input_ids, attention_mask)
-        return SimpleNamespace(last_hidden_state=hidden, pooler_output=self.bert.pooler(hidden))
+        return ModelOutput(last_hidden_state=hidden, pooler_output=self.bert.pooler(hidden))
 
 
 class PredictionHead(nn.Module):
@@ -314,8 +322,8 @@ class DNABERT2ForMaskedLM(PreTrainedMixin, nn.Module):
         self._init_weights()
         self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight  # tied
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> SimpleNamespace:
-        return SimpleNamespace(logits=self.cls.predictions(self.bert(input_ids, attention_mask)))
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> ModelOutput:
+        return ModelOutput(logits=self.cls.predictions(self.bert(input_ids, attention_mask)))
 
 
 class DNABERT2ForSequenceClassification(PreTrainedMixin, nn.Module):
@@ -333,6 +341,6 @@ class DNABERT2ForSequenceClassification(PreTrainedMixin, nn.Module):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self._init_weights()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> SimpleNamespace:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> ModelOutput:
         hidden = self.bert(input_ids, attention_mask)
-        return SimpleNamespace(logits=self.classifier(self.dropout(self.bert.pooler(hidden))))
+        return ModelOutput(logits=self.classifier(self.dropout(self.bert.pooler(hidden))))

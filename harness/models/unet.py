@@ -81,7 +81,7 @@ class UNet1D(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         length, multiple = input_ids.shape[1], 2 ** len(self.down)
-        pad = (-length) % multiple
+        pad = (length + multiple - 1) // multiple * multiple - length  # not `% multiple`: torch.compile fails on it
         if pad:  # lengths must halve cleanly at every level
             input_ids = F.pad(input_ids, (0, pad), value=self.config.pad_id)
             attention_mask = F.pad(attention_mask, (0, pad), value=0)
