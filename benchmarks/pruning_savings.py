@@ -14,33 +14,17 @@ Writes `<out>/pruning_savings.csv` (appended: one row per run configuration).
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
-import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from harness_runs import REPO, append_csv, run_harness, smoke_study
 
 
 def tune(arm: str, task: str, trials: int, pruning: bool, folder: Path) -> dict[str, float]:
     import optuna
 
-    spec = (REPO / "studies" / "smoke.yaml").read_text()
-    if not pruning:
-        spec = "\n".join("pruner: none" if line.startswith("pruner:") else line for line in spec.splitlines())
-    (folder / "study.yaml").write_text(spec)
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
-    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{folder}/mlflow.db", MLFLOW_DISABLE_TELEMETRY="true")
-    start = time.monotonic()
-    subprocess.run([sys.executable, "-m", "harness", "run", "--arm", arm, "--tasks", task, "--study",
-                    str(folder / "study.yaml"), "--n-trials", str(trials), "--seeds", "1",
-                    "--storage", f"sqlite:///{folder}/optuna.db"], cwd=folder, env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wall = time.monotonic() - start
+    wall = run_harness(folder, smoke_study() if pruning else smoke_study(pruner="none"), arm, task, trials, seeds=1)
     study = optuna.load_study(study_name=f"smoke/{arm}/{task}", storage=f"sqlite:///{folder}/optuna.db")
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     return {"pruning": pruning, "trials": len(finished), "pruned": sum(t.state.name == "PRUNED" for t in finished),
@@ -68,15 +52,8 @@ def main() -> None:
     print(f"median pruning saved {off['epochs'] - on['epochs']} of {off['epochs']} epochs "
           f"({1 - on['epochs'] / off['epochs']:.0%}); best dev MCC {on['best_dev_mcc']:.4f} with vs "
           f"{off['best_dev_mcc']:.4f} without (difference {on['best_dev_mcc'] - off['best_dev_mcc']:+.4f})")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "pruning_savings.csv"
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {path}")
+    append_csv(args.out / "pruning_savings.csv", rows)
+    print(f"wrote {args.out / 'pruning_savings.csv'}")
 
 
 if __name__ == "__main__":

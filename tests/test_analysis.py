@@ -8,7 +8,6 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import baycomp
 import mlflow
@@ -22,7 +21,7 @@ from scipy import stats as sps
 from analysis import stats
 from analysis.cli import build_parser as analysis_parser
 from analysis.cli import main as analyze
-from analysis.contrasts import Contrast, default_contrasts
+from analysis.contrasts import default_contrasts
 from conftest import REPO, TINY_STUDY
 from harness.cli import main as harness
 

@@ -273,3 +273,17 @@ def test_cli_lists_registries():
                          check=True).stdout
     for name in ("unet_char", "unet_bpe", "kmer_logreg", "synthetic/motif_multiclass", "tf/0", "smoke"):
         assert name in out
+
+
+def test_compile_and_plain_loop_options_reach_every_fit(workdir, tiny_gue, tiny_study, monkeypatch, capsys):
+    """compile=true compiles the model of every fit, and the runs say so; fast_path=false is part of the
+    study's configuration, so resuming a fast-path study with it is refused."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: compiled.append(model) or model)
+    assert run_cli(tiny_study, tiny_gue, "unet_char", "--seeds", "1", "--compile", "true") == 0
+    runs = runs_by_stage()
+    fits = runs["trial"] + runs["final"]
+    assert len(compiled) == len(fits) == 3 + 1
+    assert {r.data.tags["compile"] for r in fits} == {"true"}
+    assert run_cli(tiny_study, tiny_gue, "unet_char", "--seeds", "1", "--fast-path", "false") == 2
+    assert "changed: fast_path" in capsys.readouterr().err
