@@ -9,16 +9,18 @@ from conftest import REPO
 from harness.arms import RunOptions
 from harness.cli import build_parser
 from harness.cli import main as harness
-from harness.plan import Projection, format_plan, mid_configuration, project, sample_task
+from harness.plan import Projection, format_plan, timed_configuration, project, sample_task
 from harness.studies import load_study
 from harness.tasks import load_task
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 
-def test_mid_configuration_and_sample():
+def test_timed_configuration_and_sample():
     space = {"lr": FloatDistribution(1e-4, 1e-2, log=True), "dropout": FloatDistribution(0.0, 0.2),
              "k": IntDistribution(3, 6), "batch_size": CategoricalDistribution([16, 32, 64])}
-    assert mid_configuration(space) == pytest.approx({"lr": 1e-3, "dropout": 0.1, "k": 4, "batch_size": 32})
+    space["kernel"] = CategoricalDistribution([5, 7, 9])
+    assert timed_configuration(space) == pytest.approx({"lr": 1e-3, "dropout": 0.1, "k": 4, "batch_size": 16,
+                                                        "kernel": 7})  # the smallest batch: the slowest epoch
     task = load_task("synthetic/motif_binary")
     part = sample_task(task, 100)
     assert len(part.train) == 100 and len(part.dev) == round(100 * len(task.dev) / len(task.train))
