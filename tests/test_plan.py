@@ -60,3 +60,31 @@ def test_mlproject_plan_parameters_match_the_cli():
     assert set(entry["parameters"]) == cli
     for name in entry["parameters"]:
         assert f"--{name.replace('_', '-')} {{{name}}}" in entry["command"]
+
+
+def test_plan_times_a_steady_state_epoch_at_the_smallest_batch(tiny_study, tiny_gue, monkeypatch):
+    """The first epoch of a sample fit pays one-off costs (FLOP count, warm-up): the second is timed, at the
+    smallest batch size (the slowest epoch); a one-pass arm is fitted twice and the second fit timed."""
+    from types import SimpleNamespace
+
+    from harness.arms import KmerLogRegArm, TorchArm
+    from harness.train import EpochResult, FitResult
+
+    calls = []
+
+    def fake_fit(self, task, params, seed, budget, options, on_epoch=None):
+        calls.append((self.name, budget.max_epochs, params.get("batch_size")))
+        first = 10.0 if sum(c[0] == self.name for c in calls) == 1 else 1.0
+        history = [EpochResult(e, 0.5, {"mcc": 0.0}, first if e == 1 else 2.0) for e in range(1, budget.max_epochs + 1)]
+        return SimpleNamespace(result=FitResult(history=history))
+
+    monkeypatch.setattr(TorchArm, "fit", fake_fit)
+    monkeypatch.setattr(KmerLogRegArm, "fit", fake_fit)
+    spec = load_study(str(tiny_study))
+    task = load_task("toy/motif_binary", str(tiny_gue))
+    unet, kmer = project(spec, ["unet_char", "kmer_logreg"], [task], RunOptions(), n_trials=3, seeds=2, sample=40)
+    scale = len(task.train) / 40
+    assert unet.epoch_seconds == pytest.approx(2.0 * scale)  # the second epoch, not the first (10 s)
+    assert kmer.epoch_seconds == pytest.approx(1.0 * scale)  # the second fit, not the first (10 s)
+    smallest = min(spec.space("cnn")["batch_size"].choices)
+    assert calls[0] == ("unet_char", 2, smallest) and [c[0] for c in calls[1:]] == ["kmer_logreg"] * 2
