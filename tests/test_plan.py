@@ -80,11 +80,14 @@ def test_plan_times_a_steady_state_epoch_at_the_smallest_batch(tiny_study, tiny_
 
     monkeypatch.setattr(TorchArm, "fit", fake_fit)
     monkeypatch.setattr(KmerLogRegArm, "fit", fake_fit)
+    text = tiny_study.read_text()
+    tiny_study.write_text(text.replace("dropout: {type: float, low: 0.0, high: 0.2}\n    batch_size: {type: categorical, choices: [16]}",
+                                       "dropout: {type: float, low: 0.0, high: 0.2}\n    batch_size: {type: categorical, choices: [32, 8, 64]}"))
     spec = load_study(str(tiny_study))
     task = load_task("toy/motif_binary", str(tiny_gue))
     unet, kmer = project(spec, ["unet_char", "kmer_logreg"], [task], RunOptions(), n_trials=3, seeds=2, sample=40)
     scale = len(task.train) / 40
     assert unet.epoch_seconds == pytest.approx(2.0 * scale)  # the second epoch, not the first (10 s)
     assert kmer.epoch_seconds == pytest.approx(1.0 * scale)  # the second fit, not the first (10 s)
-    smallest = min(spec.space("cnn")["batch_size"].choices)
-    assert calls[0] == ("unet_char", 2, smallest) and [c[0] for c in calls[1:]] == ["kmer_logreg"] * 2
+    assert spec.space("cnn")["batch_size"].choices == (32, 8, 64)
+    assert calls[0] == ("unet_char", 2, 8) and [c[0] for c in calls[1:]] == ["kmer_logreg"] * 2
