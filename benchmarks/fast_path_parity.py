@@ -13,7 +13,7 @@ per step, fp32). It then reads the Optuna storage and MLflow:
 - test MCC of the final seeds (mean, sd), and cost: wall seconds of the whole command, training epochs,
   and seconds per training epoch over all trials (from the trial runs' `epoch_seconds`).
 
-    python benchmarks/fast_path_parity.py                                   # unet_char, dnabert2_scratch; both smoke tasks
+    python benchmarks/fast_path_parity.py                                   # unet_char, dnabert2_scratch; both smoke tasks; 8 trials, 5 seeds
     python benchmarks/fast_path_parity.py --arms convnova_char --tasks synthetic/motif_binary --trials 8
 
 Appends to `<out>/fast_path_parity.csv` (one row per arm, task and mode) and writes `<out>/fast_path_parity.png`.
@@ -92,7 +92,7 @@ def main() -> None:
     p.add_argument("--arms", default="unet_char,dnabert2_scratch")
     p.add_argument("--tasks", default="synthetic/motif_binary,synthetic/motif_multiclass")
     p.add_argument("--trials", type=int, default=8)
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = p.parse_args()
 

@@ -4,7 +4,6 @@ trial runs logged, and appending rows to a CSV."""
 
 from __future__ import annotations
 
-import csv
 import os
 import platform
 import subprocess
@@ -19,6 +18,9 @@ REPO = Path(__file__).resolve().parent.parent
 def smoke_study(**overrides: str) -> str:
     """studies/smoke.yaml with top-level lines replaced, e.g. smoke_study(pruner="none")."""
     lines = (REPO / "studies" / "smoke.yaml").read_text().splitlines()
+    missing = [key for key in overrides if not any(line.startswith(f"{key}:") for line in lines)]
+    if missing:
+        raise KeyError(f"studies/smoke.yaml has no top-level {missing}")
     return "\n".join(next((f"{key}: {value}" for key, value in overrides.items() if line.startswith(f"{key}:")), line)
                      for line in lines)
 
@@ -43,14 +45,22 @@ def run_harness(folder: Path, study_text: str, arm: str, task: str, trials: int,
 
 
 def append_csv(path: Path, rows: list[dict]) -> None:
-    """Append rows (a header first if the file is new): results of every configuration accumulate."""
+    """Add rows to the CSV (results of every run accumulate); a column the file lacks is added, empty in
+    the older rows."""
+    import pandas as pd
+
+    new = pd.DataFrame(rows).assign(commit=commit())
+    old = pd.read_csv(path) if path.exists() else None
     path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    pd.concat([old, new], ignore_index=True).to_csv(path, index=False)
+
+
+def commit() -> str:
+    """The checked-out commit (with '+' if the tree has changes): which code a row measured."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                           text=True).stdout.strip()
+    return head.stdout.strip() + ("+" if dirty else "") if head.returncode == 0 else "unknown"
 
 
 def logged_runs(folder: Path, experiment: str) -> dict[str, list[tuple[object, list[float]]]]:

@@ -28,8 +28,8 @@ from .registry import Registry
 from .studies import StudyError, StudySpec
 from .tokenizers import BPETokenizer, DNATokenizer, TokenizerRequest, build_tokenizer, tokenize
 from .tracking import redact
-from .train import (EpochCallback, EpochResult, FitResult, TrainConfig, fit, predict, resolve_device,
-                    resolve_precision, seed_everything)
+from .train import (EpochCallback, EpochResult, FitResult, TrainConfig, check_plain_loop, fit, predict,
+                    resolve_device, resolve_precision, seed_everything)
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,9 @@ class RunOptions:
     precision: str = "auto"  # fp32, bf16 (autocast), or auto: bf16 on a GPU that supports it
     compile: bool = False  # torch.compile the model (see train.TrainConfig)
     fast_path: bool = True  # False: the plain reference loop (see train.TrainConfig)
+
+    def __post_init__(self) -> None:
+        check_plain_loop(self.precision, self.compile, self.fast_path)  # before anything runs
 
     @property
     def checkpoint(self) -> Checkpoint | None:
@@ -104,9 +107,10 @@ class TorchFitted:
         return tokenize(self.tokenizer, self.task.split(split), self.options.max_length)
 
     def predict(self, split: str) -> np.ndarray:
-        device = resolve_device(self.options.device)
-        return predict(self.model, self.tokens(split), self.tokenizer.pad_id, device, self.options.eval_batch_size,
-                       resolve_precision(self.options.precision, device))
+        device, tokens, fast = resolve_device(self.options.device), self.tokens(split), self.options.fast_path
+        return predict(self.model, tokens, self.tokenizer.pad_id, device, self.options.eval_batch_size,
+                       resolve_precision(self.options.precision, device, fast),
+                       pad_to=None if fast else int(tokens.lengths.max()))  # scored as fit scored dev
 
     def truncated(self) -> dict[str, int]:
         return {split: self.tokens(split).truncated for split in ("train", "dev", "test")}

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--storage", default="sqlite:///optuna.db", help="Optuna storage URL, shared by the cells")
     sweep.add_argument("--experiment", default="", help="MLflow experiment (default: the study's name)")
     sweep.add_argument("--checkpoint", default="", help="include dnabert2_pretrained with this checkpoint")
+    sweep.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="passed to every cell")
+    sweep.add_argument("--compile", default="false", choices=["false", "true"], help="passed to every cell")
 
     plan = sub.add_parser("plan", help="projected compute of a study per arm, from throughput measured here")
     add_grid_arguments(plan)
@@ -160,15 +162,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] or spec.tasks
     if args.init and args.checkpoint and args.init != args.checkpoint:
         raise ValueError("pass either init= or checkpoint=, not both")
-    fast_path, compile_model, precision = args.fast_path == "true", args.compile == "true", args.precision
-    if not fast_path:
-        if precision == "bf16" or compile_model:
-            raise ValueError("fast_path=false is the plain fp32 loop: leave precision=auto (or fp32) and compile=false")
-        precision = "fp32"
     options = RunOptions(device=args.device, tokenizer_path=resolve_tokenizer(args.tokenizer),
                          bpe_vocab_size=spec.bpe_vocab_size, max_length=optional_int(args.max_length, "max_length"),
-                         init=args.init or args.checkpoint or None, precision=precision, compile=compile_model,
-                         fast_path=fast_path)
+                         init=args.init or args.checkpoint or None, precision=args.precision,
+                         compile=args.compile == "true", fast_path=args.fast_path == "true")
     device = resolve_device(args.device)  # fail now if cuda was asked for and is absent
     check_arm_setup(arm, spec, options)  # fail now, not after an hour, if the study does not fit the arm
     data = [load_task(t, args.data or None) for t in tasks]  # validate every task before any run starts
@@ -207,7 +204,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     n_trials = optional_int(args.n_trials, "n_trials") or spec.n_trials
     seeds = optional_int(args.seeds, "seeds") or spec.seeds
     shared = {"data": args.data, "storage": args.storage, "experiment": args.experiment, "n_trials": args.n_trials,
-              "seeds": args.seeds, "device": "" if args.device == "auto" else args.device}
+              "seeds": args.seeds, "device": "" if args.device == "auto" else args.device,
+              "precision": "" if args.precision == "auto" else args.precision,
+              "compile": "" if args.compile == "false" else args.compile}
 
     def own(cell) -> dict[str, str]:
         needs = getattr(ARMS.get(cell.arm), "requires_checkpoint", False)

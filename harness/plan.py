@@ -76,7 +76,7 @@ def measure_epoch_seconds(arm: Arm, task: TaskData, spec: StudySpec, options: Ru
     few-step sample epoch would dominate (the projection came out 1.3x too high on mouse/2)."""
     params = {**spec.fixed.get(arm.family, {}), **timed_configuration(spec.space(arm.family))}
     part = sample_task(task, sample)
-    fitted = arm.fit(part, params, seed=0, budget=Budget(2, None), options=options)
+    fitted = arm.fit(part, params, seed=0, budget=Budget(2 if arm.iterative else 1, None), options=options)
     if not arm.iterative:  # one pass (k-mer): time a second fit, the first paid the warm-up
         fitted = arm.fit(part, params, seed=0, budget=Budget(1, None), options=options)
     return fitted.result.history[-1].seconds * len(task.train) / len(part.train)

@@ -53,6 +53,9 @@ class TrainConfig:
     # batches padded to the split's longest sequence, for-loop AdamW, a host sync per step, fp32.
     fast_path: bool = True
 
+    def __post_init__(self) -> None:
+        check_plain_loop(self.precision, self.compile, self.fast_path)
+
 
 @dataclass
 class EpochResult:
@@ -91,13 +94,22 @@ def resolve_device(device: str) -> torch.device:
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto: bf16 on a GPU that supports it, fp32 elsewhere (bf16 autocast on a CPU is rarely faster)."""
+def resolve_precision(precision: str, device: torch.device, fast_path: bool = True) -> str:
+    """auto: bf16 on a GPU that supports it, fp32 elsewhere (bf16 autocast on a CPU is rarely faster).
+    The plain reference loop (fast_path=False) is fp32."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if not fast_path:
+        return "fp32"
     if precision == "auto":
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     return precision
+
+
+def check_plain_loop(precision: str, compile_model: bool, fast_path: bool) -> None:
+    """The plain reference loop has none of the fast path's options."""
+    if not fast_path and (precision == "bf16" or compile_model):
+        raise ValueError("fast_path=false is the plain fp32 loop: leave precision=auto (or fp32) and compile=false")
 
 
 def autocast(precision: str, device: torch.device):
@@ -193,22 +205,29 @@ def train_step(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, la
     return loss.detach(), counter.get_total_flops() if counter is not None else 0.0
 
 
+def compiled(model: nn.Module) -> nn.Module:
+    """torch.compile'd `model`, sharing its parameters (state dicts are taken from `model`: no prefix).
+    Dynamo's caches are cleared first: each trial's model differs (its dropout is a traced constant), and
+    with the compiled graphs of earlier fits in a process it would soon reach its recompile limit and
+    silently fall back to eager mode. Shapes are dynamic: batch lengths vary with bucketing."""
+    torch.compiler.reset()
+    return torch.compile(model, dynamic=True)
+
+
 def fit(model: nn.Module, train: TokenizedSplit, dev: TokenizedSplit, pad_id: int, cfg: TrainConfig,
         on_epoch: EpochCallback | None = None) -> FitResult:
     """Train `model` in place; on return it holds the weights of its best dev-MCC epoch."""
     device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device) if cfg.fast_path else "fp32"
+    precision = resolve_precision(cfg.precision, device, cfg.fast_path)
     model.to(device)
-    # The compiled module shares the model's parameters; state dicts are taken from `model` (no prefix).
-    forward = torch.compile(model) if cfg.compile else model
+    forward = compiled(model) if cfg.compile else model
     batches = length_bucketed_batches if cfg.fast_path else shuffled_batches
     pad_train, pad_dev = (None, None) if cfg.fast_path else (int(train.lengths.max()), int(dev.lengths.max()))
-    eval_batch_size = cfg.eval_batch_size if cfg.fast_path else cfg.batch_size
     rng = np.random.default_rng(cfg.seed)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     optimizer, scheduler = make_optimizer(model, cfg, steps_per_epoch * cfg.max_epochs)
     result = FitResult(best_dev={"mcc": -math.inf})
-    best_state, stale, flops_per_token, tokens_seen = None, 0, 0.0, 0
+    best_state, stale, flops_per_token, tokens_seen, counted = None, 0, 0.0, 0, False
     start = time.perf_counter()
 
     for epoch in range(1, cfg.max_epochs + 1):
@@ -219,16 +238,17 @@ def fit(model: nn.Module, train: TokenizedSplit, dev: TokenizedSplit, pad_id: in
             input_ids, mask, labels = collate(train, idx, pad_id, device, pad_train)
             # FLOPs are counted on the first step only (in eager mode: a FLOP counter stops torch.compile
             # for good) and scaled by the tokens trained on.
-            loss, flops = train_step(forward if flops_per_token else model, input_ids, mask, labels, optimizer,
-                                     scheduler, cfg.grad_clip, count_flops=not flops_per_token, precision=precision)
-            flops_per_token = flops_per_token or flops / input_ids.numel()
+            loss, flops = train_step(forward if counted else model, input_ids, mask, labels, optimizer,
+                                     scheduler, cfg.grad_clip, count_flops=not counted, precision=precision)
+            if not counted:
+                flops_per_token, counted = flops / input_ids.numel(), True
             loss_sum += loss if cfg.fast_path else loss.item()
             tokens_seen += input_ids.numel()
         train_loss = float(loss_sum) / (step + 1)
         if not math.isfinite(train_loss):
             raise DivergedError(f"training loss is {train_loss} in epoch {epoch} (lr={cfg.lr:g})")
 
-        dev_metrics = classification_metrics(dev.labels, predict(forward, dev, pad_id, device, eval_batch_size,
+        dev_metrics = classification_metrics(dev.labels, predict(forward, dev, pad_id, device, cfg.eval_batch_size,
                                                                  precision, pad_dev))
         record = EpochResult(epoch, train_loss, dev_metrics, time.perf_counter() - t0)
         result.history.append(record)

@@ -97,7 +97,8 @@ def run_config(spec: StudySpec, arm: Arm, task: TaskData, options: RunOptions, n
         "tokenizer_file_sha256": tokenizer_file, "bpe_vocab_size": options.bpe_vocab_size,
         "max_length": options.max_length,
         # bf16 and fp32 runs differ in their numbers: one study is one precision.
-        "precision": resolve_precision(options.precision, resolve_device(options.device)) if arm.iterative else "fp32",
+        "precision": resolve_precision(options.precision, resolve_device(options.device), options.fast_path)
+        if arm.iterative else "fp32",
         # The plain reference loop batches differently; absent when on, so that older studies resume.
         **({} if options.fast_path or not arm.iterative else {"fast_path": False}),
         "init": None if options.checkpoint is None else {"source": tracking.redact(options.checkpoint.source),

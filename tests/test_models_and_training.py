@@ -191,10 +191,13 @@ def tiny_dnabert2(tok, dropout=0.0):
     return spec.classifier(spec.architecture(tok, TINY_TRANSFORMER), tok, 2, dropout)
 
 
-def batch_shapes_seen(model) -> tuple[list[tuple[int, ...]], object]:
-    shapes: list[tuple[int, ...]] = []
-    handle = model.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape)) if m.training else None)
-    return shapes, handle
+def batch_shapes_seen(model) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]], object]:
+    """Shapes of the input ids of every training and every evaluation forward pass."""
+    training: list[tuple[int, ...]] = []
+    evaluation: list[tuple[int, ...]] = []
+    handle = model.register_forward_pre_hook(
+        lambda m, args: (training if m.training else evaluation).append(tuple(args[0].shape)))
+    return training, evaluation, handle
 
 
 @pytest.mark.parametrize("fast_path", [True, False])
@@ -203,7 +206,7 @@ def test_fast_path_and_plain_loop_batches(fast_path, monkeypatch):
     loop pads every batch to the split's longest sequence and uses for-loop AdamW."""
     tok, train, dev = toy_varied_lengths()
     model = tiny_dnabert2(tok)
-    shapes, handle = batch_shapes_seen(model)
+    shapes, evaluated, handle = batch_shapes_seen(model)
     optimizers = []
     real_adamw = torch.optim.AdamW
     monkeypatch.setattr(torch.optim, "AdamW", lambda *a, **k: optimizers.append(k) or real_adamw(*a, **k))
@@ -219,18 +222,20 @@ def test_fast_path_and_plain_loop_batches(fast_path, monkeypatch):
     else:
         assert optimizers[0] == {"lr": 1e-3, "foreach": False}
         assert widths == {int(train.lengths.max())}
+        assert {s[1] for s in evaluated} == {int(dev.lengths.max())}  # dev is scored padded the same way
     assert np.isfinite(result.history[-1].train_loss)
 
 
-def test_compiled_model_trains_like_the_eager_one():
-    """compile=True: the model really is compiled (dynamo captures graphs, one training graph across
-    batch lengths), trains to the same losses as eager mode, and its weights keep their own names."""
+def test_compiled_model_trains_like_the_eager_one(monkeypatch):
+    """compile=True: the model really is compiled (dynamo captures its graphs without a break), trains to the
+    same losses as eager mode, and its weights keep their own names. A second compiled fit in the same
+    process (another trial: another model, another dropout) is compiled too, not left in eager mode by
+    dynamo's recompile limit."""
     from torch._dynamo.utils import counters
 
     tok, train, dev = toy_varied_lengths()
     cfg = dict(lr=1e-3, batch_size=16, max_epochs=2, patience=None, seed=3)  # no dropout: same arithmetic
     eager, compiled = tiny_dnabert2(tok), tiny_dnabert2(tok)
-    torch._dynamo.reset()
     counters.clear()
     eager_result = fit(eager, train, dev, tok.pad_id, TrainConfig(**cfg))
     compiled_result = fit(compiled, train, dev, tok.pad_id, TrainConfig(**cfg, compile=True))
@@ -240,7 +245,23 @@ def test_compiled_model_trains_like_the_eager_one():
     assert compiled_result.best_dev["mcc"] == pytest.approx(eager_result.best_dev["mcc"], abs=1e-6)
     assert list(compiled.state_dict()) == list(eager.state_dict())  # no "_orig_mod." prefix
     assert compiled_result.flops == pytest.approx(eager_result.flops)
-    torch._dynamo.reset()
+
+    one_fit = counters["frames"]["ok"]  # graphs compiled by one fit (training and evaluation)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", one_fit)  # room for one fit's graphs only
+    fit(tiny_dnabert2(tok, dropout=0.2), train, dev, tok.pad_id, TrainConfig(**cfg, compile=True))
+    assert one_fit >= 1 and counters["frames"]["ok"] == 2 * one_fit
+    torch.compiler.reset()
+
+
+def test_plain_loop_is_fp32_without_compile():
+    from harness.train import resolve_precision
+
+    assert resolve_precision("auto", torch.device("cuda"), fast_path=False) == "fp32"
+    for options in ({"precision": "bf16"}, {"compile": True}):
+        with pytest.raises(ValueError, match="fast_path=false is the plain fp32 loop"):
+            TrainConfig(fast_path=False, **options)
+        with pytest.raises(ValueError, match="fast_path=false is the plain fp32 loop"):
+            RunOptions(fast_path=False, **options)
 
 
 @pytest.mark.parametrize("option", [["--precision", "bf16"], ["--compile", "true"]])

@@ -90,4 +90,4 @@ def test_plan_times_a_steady_state_epoch_at_the_smallest_batch(tiny_study, tiny_
     assert unet.epoch_seconds == pytest.approx(2.0 * scale)  # the second epoch, not the first (10 s)
     assert kmer.epoch_seconds == pytest.approx(1.0 * scale)  # the second fit, not the first (10 s)
     assert spec.space("cnn")["batch_size"].choices == (32, 8, 64)
-    assert calls[0] == ("unet_char", 2, 8) and [c[0] for c in calls[1:]] == ["kmer_logreg"] * 2
+    assert calls[0] == ("unet_char", 2, 8) and calls[1:] == [("kmer_logreg", 1, None)] * 2

@@ -18,7 +18,8 @@ def test_print_gives_one_command_per_cell_without_password(tmp_path, capsys):
     study = tmp_path / "tiny.yaml"
     study.write_text(STUDY)
     url = "postgresql+psycopg2://alice:s3cret@db:5432/optuna"
-    assert harness(["sweep", "--study", str(study), "--action", "print", "--storage", url, "--data", "/gue"]) == 0
+    assert harness(["sweep", "--study", str(study), "--action", "print", "--storage", url, "--data", "/gue",
+                    "--precision", "bf16", "--compile", "true"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 * 2
     cells = set()
@@ -28,6 +29,7 @@ def test_print_gives_one_command_per_cell_without_password(tmp_path, capsys):
         params = dict(w.split("=", 1) for w in words[6::2])
         cells.add((params["arm"], params["tasks"]))
         assert params["storage"] == "postgresql+psycopg2://alice:***@db:5432/optuna" and params["data"] == "/gue"
+        assert params["precision"] == "bf16" and params["compile"] == "true"  # passed on to every cell
     assert cells == {(a, t) for a in ("kmer_logreg", "unet_char") for t in ("toy/motif_binary", "toy/motif_multiclass")}
     assert "s3cret" not in "\n".join(lines)
 
