@@ -10,6 +10,9 @@ per step, fp32). It then reads the Optuna storage and MLflow:
 - seed noise: the standard deviation of dev MCC over the final seeds (the best configuration retrained),
   per mode; the difference in best dev MCC counts as "within seed noise" when it is at most twice the
   standard deviation of a difference of two such values, 2 * sqrt(sd_fast^2 + sd_plain^2);
+- the loops alone: the fast study's best configuration retrained with `--seeds` seeds by each loop (dev MCC
+  of the selected epoch, difference of the means with a 95% CI, Welch's t-test), since the two studies'
+  final seeds retrain different configurations once their tunings diverge;
 - test MCC of the final seeds (mean, sd), and cost: wall seconds of the whole command, training epochs,
   and seconds per training epoch over all trials (from the trial runs' `epoch_seconds`).
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -45,7 +49,29 @@ def read_results(folder: Path, arm: str, task: str) -> dict[str, float]:
             "final_dev_mcc_sd": float(np.std(dev, ddof=1)), "test_mcc_mean": float(np.mean(test)),
             "test_mcc_sd": float(np.std(test, ddof=1)), "seeds": len(finals), "trial_epochs": len(epoch_seconds),
             "seconds_per_epoch": float(np.mean(epoch_seconds)),
-            "best_batch_size": study.best_params.get("batch_size")}
+            "best_batch_size": study.best_params.get("batch_size"), "best_params": json.dumps(study.best_params)}
+
+
+def same_configuration(arm_name: str, task_name: str, params: dict, seeds: int) -> dict[str, float]:
+    """The loops alone: one configuration (the fast study's best), `seeds` seeds each way, dev MCC of the
+    selected epoch; Welch's t-test and a 95% CI for the difference of the means."""
+    from scipy import stats
+
+    from harness.arms import ARMS, Budget, RunOptions
+    from harness.studies import load_study
+    from harness.tasks import load_task
+
+    spec, task, arm = load_study("smoke"), load_task(task_name), ARMS.get(arm_name)
+    full = {**spec.fixed.get(arm.family, {}), **params}
+    dev = {mode: [arm.fit(task, full, seed, Budget(spec.max_epochs, spec.patience),
+                          RunOptions(device="cpu", bpe_vocab_size=spec.bpe_vocab_size, fast_path=mode == "fast"))
+                  .result.best_dev["mcc"] for seed in range(seeds)] for mode in ("fast", "plain")}
+    fast, plain = np.array(dev["fast"]), np.array(dev["plain"])
+    test = stats.ttest_ind(fast, plain, equal_var=False)
+    low, high = test.confidence_interval(0.95)
+    return {"same_config_dev_mcc_fast": float(fast.mean()), "same_config_dev_mcc_plain": float(plain.mean()),
+            "same_config_difference": float(fast.mean() - plain.mean()), "same_config_ci_low": float(low),
+            "same_config_ci_high": float(high), "same_config_p": float(test.pvalue)}
 
 
 def compare(fast: dict, plain: dict) -> dict[str, float]:
@@ -108,6 +134,7 @@ def main() -> None:
                                   **read_results(Path(tmp), arm, task), "machine": machine(),
                                   "date": datetime.datetime.now().isoformat(timespec="seconds")}
             verdict = compare(cell["fast"], cell["plain"])
+            verdict.update(same_configuration(arm, task, json.loads(cell["fast"]["best_params"]), args.seeds))
             cell["fast"].update(verdict)
             cell["plain"].update({k: "" for k in verdict})
             rows += [cell["fast"], cell["plain"]]
@@ -117,7 +144,11 @@ def main() -> None:
                   f"{'within' if verdict['within_seed_noise'] else 'OUTSIDE'} seed noise); test MCC "
                   f"{f['test_mcc_mean']:.3f}±{f['test_mcc_sd']:.3f} vs {q['test_mcc_mean']:.3f}±{q['test_mcc_sd']:.3f}; "
                   f"s/epoch {f['seconds_per_epoch']:.3f} vs {q['seconds_per_epoch']:.3f} "
-                  f"({verdict['epoch_speedup']:.2f}x); wall {f['wall_s']:.0f} s vs {q['wall_s']:.0f} s", flush=True)
+                  f"({verdict['epoch_speedup']:.2f}x); wall {f['wall_s']:.0f} s vs {q['wall_s']:.0f} s; same "
+                  f"configuration, {args.seeds} seeds each: dev MCC {verdict['same_config_dev_mcc_fast']:.4f} vs "
+                  f"{verdict['same_config_dev_mcc_plain']:.4f} (difference {verdict['same_config_difference']:+.4f}, "
+                  f"95% CI {verdict['same_config_ci_low']:+.4f} to {verdict['same_config_ci_high']:+.4f}, Welch p "
+                  f"{verdict['same_config_p']:.2f})", flush=True)
     save(rows, args.out, "fast_path_parity", plot)
 
 
