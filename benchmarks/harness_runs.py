@@ -49,18 +49,12 @@ def append_csv(path: Path, rows: list[dict]) -> None:
     the older rows."""
     import pandas as pd
 
-    new = pd.DataFrame(rows).assign(commit=commit())
+    from harness.tracking import git_commit
+
+    new = pd.DataFrame(rows).assign(commit=git_commit())  # which code the rows measured
     old = pd.read_csv(path) if path.exists() else None
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.concat([old, new], ignore_index=True).to_csv(path, index=False)
-
-
-def commit() -> str:
-    """The checked-out commit (with '+' if the tree has changes): which code a row measured."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
-                           text=True).stdout.strip()
-    return head.stdout.strip() + ("+" if dirty else "") if head.returncode == 0 else "unknown"
 
 
 def logged_runs(folder: Path, experiment: str) -> dict[str, list[tuple[object, list[float]]]]:

@@ -42,6 +42,34 @@ def tiny_gue(tmp_path: Path) -> Path:
     return root
 
 
+def toy_splits(n: int = 128, seed: int = 0, lengths: tuple[int, int] | None = None):
+    """A char tokenizer and tokenized train (n) and dev (n // 2) splits: random DNA (40 nt, or a length drawn
+    from `lengths` per sequence) ending in a class motif, GGGGGGGG or AAAAAAAA."""
+    from harness.data import Split
+    from harness.tokenizers import CharTokenizer, tokenize
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    seqs = ["".join(rng.choice(list("ACGT"), 40 if lengths is None else rng.integers(*lengths)))
+            + ("GGGGGGGG" if y else "AAAAAAAA") for y in labels]
+    tok = CharTokenizer()
+    return tok, tokenize(tok, Split(seqs, labels)), tokenize(tok, Split(seqs[:n // 2], labels[:n // 2]))
+
+
+TINY_TRANSFORMER = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
+
+
+def tiny_dnabert2(tok, dropout: float = 0.0):
+    """A two-layer DNABERT-2 classifier (2 classes) for `tok`, built through the model registry, seed 0."""
+    import torch
+
+    from harness.models import MODELS
+
+    spec = MODELS.get("dnabert2")
+    torch.manual_seed(0)
+    return spec.classifier(spec.architecture(tok, TINY_TRANSFORMER), tok, 2, dropout)
+
+
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run in a fresh folder with its own MLflow and Optuna sqlite databases."""

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.models.dnabert2 import DNABERT2Config, DNABERT2ForSequenceClassification, Encoder, SelfAttention
+from conftest import tiny_dnabert2, toy_splits
+from harness.models.dnabert2 import DNABERT2Config, Encoder, SelfAttention
 from harness.train import TrainConfig, autocast, fit, resolve_precision
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
@@ -120,24 +121,10 @@ def test_memory_efficient_attention_takes_the_alibi_bias():
     check_fused_kernel_takes_the_bias("cuda", SDPBackend.EFFICIENT_ATTENTION, bf16=True, tolerance=0.05)
 
 
-def tiny_dnabert2(device: str = "cpu") -> DNABERT2ForSequenceClassification:
-    torch.manual_seed(0)
-    config = DNABERT2Config(vocab_size=40, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                            intermediate_size=128, hidden_dropout_prob=0.0)
-    return DNABERT2ForSequenceClassification(config).to(device).eval()
-
-
 @needs_cuda
 def test_fit_on_cuda_places_model_and_batches_on_the_gpu_in_bf16():
-    from harness.data import Split
-    from harness.tokenizers import CharTokenizer, tokenize
-
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 2, 64)
-    seqs = ["".join(rng.choice(list("ACGT"), rng.integers(20, 40))) + ("GGGG" if y else "AAAA") for y in labels]
-    tok = CharTokenizer()
-    train, dev = tokenize(tok, Split(seqs, labels)), tokenize(tok, Split(seqs[:32], labels[:32]))
-    model = tiny_dnabert2("cpu")
+    tok, train, dev = toy_splits(64, lengths=(20, 40))
+    model = tiny_dnabert2(tok)
     seen: set[tuple[str, str]] = set()
     hook = model.classifier.register_forward_hook(lambda m, a, out: seen.add((a[0].device.type, str(out.dtype))))
     result = fit(model, train, dev, tok.pad_id, TrainConfig(batch_size=16, max_epochs=2, device="cuda", precision="auto"))

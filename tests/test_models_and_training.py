@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_TRANSFORMER, tiny_dnabert2, toy_splits
 from harness.arms import ARMS, Budget, RunOptions
-from harness.data import Split
 from harness.models import count_parameters
 from harness.models.heads import SequenceClassifier
 from harness.models.unet import UNet1D, UNetConfig
 from harness.tasks import load_task
-from harness.tokenizers import CharTokenizer, tokenize
 from harness.train import DivergedError, TrainConfig, fit, length_bucketed_batches, predict
 
 
@@ -50,14 +49,6 @@ def test_length_bucketed_batches_cover_every_index_once():
     assert spread < 0.2 * np.ptp(lengths)  # bucketing keeps similar lengths together
 
 
-def toy_splits(n=128, seed=0):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, n)
-    seqs = ["".join(rng.choice(list("ACGT"), 40)) + ("GGGGGGGG" if y else "AAAAAAAA") for y in labels]
-    tok = CharTokenizer()
-    return tok, tokenize(tok, Split(seqs, labels)), tokenize(tok, Split(seqs[:64], labels[:64]))
-
-
 def test_training_learns_and_keeps_best_dev_checkpoint():
     tok, train, dev = toy_splits()
     torch.manual_seed(0)
@@ -89,9 +80,6 @@ def test_divergence_is_detected():
         model.classifier.weight.fill_(math.inf)
     with pytest.raises(DivergedError, match="training loss is nan"):
         fit(model, train, dev, tok.pad_id, TrainConfig(max_epochs=2, grad_clip=0))
-
-
-TINY_TRANSFORMER = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
 
 
 @pytest.mark.parametrize("arm", ["unet_char", "unet_bpe", "convnova_char", "convnova_bpe", "dnabert2_scratch",
@@ -174,23 +162,6 @@ def test_training_in_bf16_runs_its_matmuls_in_bf16(precision, dtype, tiny_gue):
     assert np.isfinite(fitted.result.history[0].train_loss) and fitted.predict("dev").dtype == np.float32
 
 
-def toy_varied_lengths(n=96, seed=0):
-    """Sequences of 20..60 nucleotides, so that bucketing and padding matter."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, n)
-    seqs = ["".join(rng.choice(list("ACGT"), rng.integers(12, 52))) + ("GGGGGGGG" if y else "AAAAAAAA") for y in labels]
-    tok = CharTokenizer()
-    return tok, tokenize(tok, Split(seqs, labels)), tokenize(tok, Split(seqs[:48], labels[:48]))
-
-
-def tiny_dnabert2(tok, dropout=0.0):
-    from harness.models import MODELS
-
-    spec = MODELS.get("dnabert2")
-    torch.manual_seed(0)
-    return spec.classifier(spec.architecture(tok, TINY_TRANSFORMER), tok, 2, dropout)
-
-
 def batch_shapes_seen(model) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]], object]:
     """Shapes of the input ids of every training and every evaluation forward pass."""
     training: list[tuple[int, ...]] = []
@@ -204,7 +175,7 @@ def batch_shapes_seen(model) -> tuple[list[tuple[int, ...]], list[tuple[int, ...
 def test_fast_path_and_plain_loop_batches(fast_path, monkeypatch):
     """The fast path pads each batch to its own longest sequence and uses fused AdamW; the plain reference
     loop pads every batch to the split's longest sequence and uses for-loop AdamW."""
-    tok, train, dev = toy_varied_lengths()
+    tok, train, dev = toy_splits(96, lengths=(12, 52))
     model = tiny_dnabert2(tok)
     shapes, evaluated, handle = batch_shapes_seen(model)
     optimizers = []
@@ -233,7 +204,7 @@ def test_compiled_model_trains_like_the_eager_one(monkeypatch):
     dynamo's recompile limit."""
     from torch._dynamo.utils import counters
 
-    tok, train, dev = toy_varied_lengths()
+    tok, train, dev = toy_splits(96, lengths=(12, 52))
     cfg = dict(lr=1e-3, batch_size=16, max_epochs=2, patience=None, seed=3)  # no dropout: same arithmetic
     eager, compiled = tiny_dnabert2(tok), tiny_dnabert2(tok)
     counters.clear()
