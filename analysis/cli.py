@@ -14,6 +14,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from harness.schema import Metric
+
 log = logging.getLogger("analysis")
 
 
@@ -21,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split("\n\n")[0])
     p.add_argument("--experiment", required=True, help="the MLflow experiment of a study (default name: the study's)")
     p.add_argument("--study", default="", help="analyse only this study's runs (needed when an experiment holds several)")
-    p.add_argument("--metric", default="test_mcc", help="test metric to compare (default: test_mcc)")
+    p.add_argument("--metric", default=Metric.TEST_MCC, help=f"test metric to compare (default: {Metric.TEST_MCC})")
     p.add_argument("--alpha", default="0.05", help="significance level (default: 0.05)")
     p.add_argument("--rope", default="0.01", help="half-width of the region of practical equivalence (default: 0.01)")
     p.add_argument("--seed", default="0", help="seed of the bootstrap and the posterior sampling (default: 0)")
@@ -33,12 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> Path:
     import mlflow
-
-    from harness import tracking
-    from harness.cli import number
     import yaml
 
-    from harness.studies import StudyError, load_study, parse_study
+    from harness import tracking
+    from harness.errors import StudyError
+    from harness.request import number
+    from harness.schema import Artifact, Stage, Tag
+    from harness.studies import load_study, parse_study
 
     from .collect import collect
     from .contrasts import default_contrasts, user_contrasts
@@ -66,14 +69,14 @@ def run(args: argparse.Namespace) -> Path:
     if args.no_log:
         return build_report(results, contrasts, out, settings, notes)
     tracking.setup(args.experiment)
-    tags = {"stage": "analysis", "analysed_experiment": args.experiment, "study": results.studies[0],
-            "git_commit": tracking.git_commit()}
+    tags = {Tag.STAGE: Stage.ANALYSIS, Tag.ANALYSED_EXPERIMENT: args.experiment, Tag.STUDY: results.studies[0],
+            Tag.GIT_COMMIT: tracking.git_commit()}
     with tracking.run(f"analysis | {results.metric}", tags):
         tracking.log_params({"metric": results.metric, "alpha": settings.alpha, "rope": settings.rope,
                              "seed": settings.seed, "study": results.studies[0], "n_final_runs": len(results.runs),
                              "contrasts": [c.label for c in contrasts]})
         report = build_report(results, contrasts, out, settings, notes)
-        mlflow.log_artifacts(str(out), "report")
+        mlflow.log_artifacts(str(out), Artifact.REPORT)
     return report
 
 
@@ -83,12 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from .collect import AnalysisError
+    from harness.errors import HarnessError
 
     try:
         report = run(args)
-    except (AnalysisError, ValueError) as err:
+    except HarnessError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     print(f"report: {report}")
     return 0

@@ -14,14 +14,12 @@ import mlflow
 import pandas as pd
 from mlflow.entities import Run
 
+from harness.errors import InputError
+from harness.schema import ARM_TAGS, COST_METRICS, TEST_METRICS, Artifact, Metric, Stage, Tag, query
 from harness.tracking import redact
 
-TEST_METRICS = ("test_mcc", "test_f1", "test_accuracy", "test_auroc")
-COST_METRICS = ("train_seconds", "flops", "params", "pretrain_seconds", "pretrain_flops")
-ARM_TAGS = ("arm", "family", "model", "tokenizer", "init", "init_source", "pretrain_run_id")
 
-
-class AnalysisError(ValueError):
+class AnalysisError(InputError):
     """Nothing to analyse, or an ambiguous request; the message says what to pass instead."""
 
 
@@ -40,12 +38,12 @@ class Results:
 
 
 def search(experiment_id: str, stage: str) -> list[Run]:
-    return mlflow.search_runs([experiment_id], f"tags.stage = '{stage}'", output_format="list",
+    return mlflow.search_runs([experiment_id], query({Tag.STAGE: stage}), output_format="list",
                               order_by=["attributes.start_time ASC"])
 
 
 def variant_of(run: Run) -> str:
-    return run.data.tags.get("variant") or run.data.tags["arm"]
+    return run.data.tags.get(Tag.VARIANT) or run.data.tags[Tag.ARM]
 
 
 def collect(experiment: str, metric: str = "test_mcc", study: str | None = None) -> Results:
@@ -59,23 +57,23 @@ def collect(experiment: str, metric: str = "test_mcc", study: str | None = None)
     if metric not in TEST_METRICS:
         raise AnalysisError(f"metric={metric!r} is not a test metric the harness logs; use one of {TEST_METRICS}")
     excluded: list[dict[str, str]] = []
-    parents = [r for r in search(exp.experiment_id, "study") if study is None or r.data.tags.get("study") == study]
-    studies = sorted({r.data.tags.get("study", "?") for r in parents})
+    parents = [r for r in search(exp.experiment_id, Stage.STUDY) if study is None or r.data.tags.get(Tag.STUDY) == study]
+    studies = sorted({r.data.tags.get(Tag.STUDY, "?") for r in parents})
     if len(studies) > 1:
         raise AnalysisError(f"experiment {experiment!r} holds runs of several studies ({', '.join(studies)}): "
                             "their budgets differ, so pass study=NAME to analyse one")
     if not parents:
-        raise AnalysisError(f"experiment {experiment!r} at {uri} has no harness runs (tags.stage = 'study')"
+        raise AnalysisError(f"experiment {experiment!r} at {uri} has no harness runs ({query({Tag.STAGE: Stage.STUDY})})"
                             + (f" of study {study!r}" if study else "") + "; run the harness first")
     parents = latest_parent_per_cell(parents, excluded)
     by_id = {p.info.run_id: p for p in parents}
 
     rows = []
-    for run in search(exp.experiment_id, "final"):
-        parent = by_id.get(run.data.tags.get("mlflow.parentRunId", ""))
+    for run in search(exp.experiment_id, Stage.FINAL):
+        parent = by_id.get(run.data.tags.get(Tag.PARENT, ""))
         if parent is None:
             continue  # a child of a superseded or other study's parent: stated with that parent
-        what = f"{variant_of(parent)} | {parent.data.tags['task']} | seed {run.data.tags.get('seed', '?')}"
+        what = f"{variant_of(parent)} | {parent.data.tags[Tag.TASK]} | seed {run.data.tags.get(Tag.SEED, '?')}"
         if run.info.status != "FINISHED":
             why = "still RUNNING (or its worker died without ending it)" if run.info.status == "RUNNING" else ""
             excluded.append({"what": what, "reason": f"final run {run.info.run_id} is {run.info.status} {why}".strip()})
@@ -83,15 +81,15 @@ def collect(experiment: str, metric: str = "test_mcc", study: str | None = None)
         if metric not in run.data.metrics:
             excluded.append({"what": what, "reason": f"final run {run.info.run_id} logged no {metric}"})
             continue
-        rows.append({"arm": variant_of(parent), "task": parent.data.tags["task"], "seed": int(run.data.tags["seed"]),
-                     **{m: run.data.metrics.get(m, math.nan) for m in (*TEST_METRICS, "dev_mcc", *COST_METRICS)},
+        rows.append({"arm": variant_of(parent), "task": parent.data.tags[Tag.TASK], "seed": int(run.data.tags[Tag.SEED]),
+                     **{m: run.data.metrics.get(m, math.nan) for m in (*TEST_METRICS, Metric.DEV_MCC, *COST_METRICS)},
                      "run_id": run.info.run_id, "parent_run_id": parent.info.run_id,
-                     "git_commit": run.data.tags.get("git_commit", ""), "end_time": run.info.end_time})
+                     "git_commit": run.data.tags.get(Tag.GIT_COMMIT, ""), "end_time": run.info.end_time})
     runs = drop_duplicate_seeds(pd.DataFrame(rows), excluded)
     used = set(runs["parent_run_id"]) if not runs.empty else set()
     for p in parents:
         if p.info.run_id not in used:
-            excluded.append({"what": f"{variant_of(p)} | {p.data.tags['task']}",
+            excluded.append({"what": f"{variant_of(p)} | {p.data.tags[Tag.TASK]}",
                              "reason": f"no finished final run (parent run {p.info.run_id} is {p.info.status})"})
     if runs.empty:
         raise AnalysisError(f"experiment {experiment!r} has no finished final runs with {metric}; "
@@ -110,17 +108,17 @@ def collect(experiment: str, metric: str = "test_mcc", study: str | None = None)
 def logged_study_file(parents: list[Run]) -> tuple[str, str] | None:
     newest = max(parents, key=lambda p: p.info.start_time)
     try:
-        text = mlflow.artifacts.load_text(f"runs:/{newest.info.run_id}/study.yaml")
+        text = mlflow.artifacts.load_text(f"runs:/{newest.info.run_id}/{Artifact.STUDY_FILE}")
     except Exception:  # an older run without it: the caller falls back to the studies folder
         return None
-    return f"study.yaml of run {newest.info.run_id}", text
+    return f"{Artifact.STUDY_FILE} of run {newest.info.run_id}", text
 
 
 def latest_parent_per_cell(parents: list[Run], excluded: list[dict[str, str]]) -> list[Run]:
     """One parent per (variant, task): a rerun under another configuration supersedes the older one."""
     latest: dict[tuple[str, str], Run] = {}
     for p in parents:  # oldest first
-        key = (variant_of(p), p.data.tags["task"])
+        key = (variant_of(p), p.data.tags[Tag.TASK])
         if key in latest:
             old = latest[key]
             excluded.append({"what": f"{key[0]} | {key[1]} (parent run {old.info.run_id})",
@@ -151,12 +149,12 @@ def arm_table(parents: list[Run]) -> pd.DataFrame:
 def tuning_cost(experiment_id: str, parents: dict[str, Run]) -> pd.DataFrame:
     """Compute spent on tuning per parent: every trial that trained, whatever its state."""
     rows = []
-    for t in search(experiment_id, "trial"):
-        parent = parents.get(t.data.tags.get("mlflow.parentRunId", ""))
+    for t in search(experiment_id, Stage.TRIAL):
+        parent = parents.get(t.data.tags.get(Tag.PARENT, ""))
         if parent is not None:
-            rows.append({"arm": variant_of(parent), "task": parent.data.tags["task"],
-                         "tuning_seconds": t.data.metrics.get("train_seconds", 0.0),
-                         "tuning_flops": t.data.metrics.get("flops", 0.0)})
+            rows.append({"arm": variant_of(parent), "task": parent.data.tags[Tag.TASK],
+                         "tuning_seconds": t.data.metrics.get(Metric.TRAIN_SECONDS, 0.0),
+                         "tuning_flops": t.data.metrics.get(Metric.FLOPS, 0.0)})
     frame = pd.DataFrame(rows, columns=["arm", "task", "tuning_seconds", "tuning_flops"])
     return frame.groupby(["arm", "task"], as_index=False).agg(
         n_trials=("tuning_seconds", "size"), tuning_seconds=("tuning_seconds", "sum"),

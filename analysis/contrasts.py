@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from harness.schema import Init, Tag
+
 from . import stats
 from .collect import Results
 
@@ -37,20 +39,20 @@ class Contrast:
 def default_contrasts(arms: pd.DataFrame) -> list[Contrast]:
     """The study's three questions over the arm variants present (index of `arms`)."""
     present = set(arms.index)
-    scratch = arms[arms["init"] != "pretrained"]
+    scratch = arms[arms[Tag.INIT] != Init.PRETRAINED]
     out = []
     if {"dnabert2_pretrained", "dnabert2_scratch"} <= present:
         out.append(Contrast("pretraining", "dnabert2_pretrained", "dnabert2_scratch"))
     for variant, row in arms.iterrows():
-        if "@" in variant and row["arm"] in scratch.index:
-            out.append(Contrast("pretraining", variant, row["arm"]))
-    for _, same_model in scratch.groupby("model"):
-        for bpe in same_model.index[same_model["tokenizer"] == "bpe"]:
-            for char in same_model.index[same_model["tokenizer"] == "char"]:
+        if variant != row[Tag.ARM] and row[Tag.ARM] in scratch.index:  # arm@<sha>: fine-tuned from a checkpoint
+            out.append(Contrast("pretraining", variant, row[Tag.ARM]))
+    for _, same_model in scratch.groupby(Tag.MODEL):
+        for bpe in same_model.index[same_model[Tag.TOKENIZER] == "bpe"]:
+            for char in same_model.index[same_model[Tag.TOKENIZER] == "char"]:
                 out.append(Contrast("bpe", bpe, char))
-    for _, same_tokens in scratch.groupby("tokenizer"):
-        for transformer in same_tokens.index[same_tokens["family"] == "transformer"]:
-            for cnn in same_tokens.index[same_tokens["family"] == "cnn"]:
+    for _, same_tokens in scratch.groupby(Tag.TOKENIZER):
+        for transformer in same_tokens.index[same_tokens[Tag.FAMILY] == "transformer"]:
+            for cnn in same_tokens.index[same_tokens[Tag.FAMILY] == "cnn"]:
                 out.append(Contrast("architecture", transformer, cnn))
     return out
 

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import figures, stats
+from harness import figures
+
+from . import stats
 from .collect import Results
 from .contrasts import Contrast, Evaluation, adjust, duration, evaluate, sentence
 

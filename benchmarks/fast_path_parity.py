@@ -2,9 +2,9 @@
 
 For each arm and task, runs the smoke study's tuning and final seeds twice in fresh folders with the same
 sampler seed and budget — with the fast path (length-bucketed batches padded to their own longest
-sequence, fused AdamW, no host sync per step; bf16 and compile only where asked) and with
-`fast_path=false` (shuffled batches padded to the split's longest sequence, for-loop AdamW, a host sync
-per step, fp32). It then reads the Optuna storage and MLflow:
+sequence, fused AdamW, no host sync per step; bf16 and compile only where asked) and with the plain
+reference loop of `plain_loop.py` (shuffled batches padded to the split's longest sequence, for-loop AdamW,
+a host sync per step, fp32). It then reads the Optuna storage and MLflow:
 
 - best dev MCC of the tuning (Optuna's best trial), per mode;
 - seed noise: the standard deviation of dev MCC over the final seeds (the best configuration retrained),
@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness_runs import REPO, logged_runs, machine, run_harness, save, smoke_study
+from harness_runs import HARNESS, PLAIN_LOOP, REPO, logged_runs, machine, run_harness, save, smoke_study
+from plain_loop import plain_loop
 
 
 def read_results(folder: Path, arm: str, task: str) -> dict[str, float]:
@@ -57,15 +58,20 @@ def same_configuration(arm_name: str, task_name: str, params: dict, seeds: int) 
     selected epoch; Welch's t-test and a 95% CI for the difference of the means."""
     from scipy import stats
 
-    from harness.arms import ARMS, Budget, RunOptions
+    from harness.arms import ARMS, RunOptions
+    from harness.runtime import CPU
     from harness.studies import load_study
     from harness.tasks import load_task
 
     spec, task, arm = load_study("smoke"), load_task(task_name), ARMS.get(arm_name)
-    full = {**spec.fixed.get(arm.family, {}), **params}
-    dev = {mode: [arm.fit(task, full, seed, Budget(spec.max_epochs, spec.patience),
-                          RunOptions(device="cpu", bpe_vocab_size=spec.bpe_vocab_size, fast_path=mode == "fast"))
-                  .result.best_dev["mcc"] for seed in range(seeds)] for mode in ("fast", "plain")}
+    full, options = {**spec.fixed.get(arm.family, {}), **params}, RunOptions(CPU, bpe_vocab_size=spec.bpe_vocab_size)
+
+    def dev_mcc(seed: int) -> float:
+        return arm.fit(task, full, seed, arm.budget(spec), options).result.best_dev["mcc"]
+
+    dev = {"fast": [dev_mcc(seed) for seed in range(seeds)]}
+    with plain_loop():
+        dev["plain"] = [dev_mcc(seed) for seed in range(seeds)]
     fast, plain = np.array(dev["fast"]), np.array(dev["plain"])
     test = stats.ttest_ind(fast, plain, equal_var=False)
     low, high = test.confidence_interval(0.95)
@@ -129,7 +135,8 @@ def main() -> None:
             for mode in ("fast", "plain"):
                 with tempfile.TemporaryDirectory() as tmp:
                     wall = run_harness(Path(tmp), smoke_study(), arm, task, args.trials, args.seeds,
-                                       ("--device", "cpu", "--fast-path", "true" if mode == "fast" else "false"))
+                                       ("--device", "cpu", "--precision", "fp32"),
+                                       HARNESS if mode == "fast" else PLAIN_LOOP)
                     cell[mode] = {"arm": arm, "task": task, "mode": mode, "trials": args.trials, "wall_s": wall,
                                   **read_results(Path(tmp), arm, task), "machine": machine(),
                                   "date": datetime.datetime.now().isoformat(timespec="seconds")}

@@ -25,16 +25,21 @@ def smoke_study(**overrides: str) -> str:
                      for line in lines)
 
 
+HARNESS = ("-m", "harness")
+PLAIN_LOOP = (str(REPO / "benchmarks" / "plain_loop.py"),)  # the harness with the plain reference loop
+
+
 def run_harness(folder: Path, study_text: str, arm: str, task: str, trials: int, seeds: int,
-                extra: tuple[str, ...] = ()) -> float:
-    """Run the study's tuning and final seeds for one (arm, task) in `folder`; returns the wall seconds.
-    The stores are `folder`/optuna.db and `folder`/mlflow.db; the log is `folder`/harness.log."""
+                extra: tuple[str, ...] = (), entry: tuple[str, ...] = HARNESS) -> float:
+    """Run the study's tuning and final seeds for one (arm, task) in `folder` (`python -m harness run`, or
+    `entry` instead of `-m harness`); returns the wall seconds. The stores are `folder`/optuna.db and
+    `folder`/mlflow.db; the log is `folder`/harness.log."""
     (folder / "study.yaml").write_text(study_text)
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
     env.update(MLFLOW_TRACKING_URI=f"sqlite:///{folder}/mlflow.db", MLFLOW_DISABLE_TELEMETRY="true")
     start = time.monotonic()
     with open(folder / "harness.log", "w") as log:
-        done = subprocess.run([sys.executable, "-m", "harness", "run", "--arm", arm, "--tasks", task, "--study",
+        done = subprocess.run([sys.executable, *entry, "run", "--arm", arm, "--tasks", task, "--study",
                                str(folder / "study.yaml"), "--n-trials", str(trials), "--seeds", str(seeds),
                                "--storage", f"sqlite:///{folder}/optuna.db", *extra],
                               cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)

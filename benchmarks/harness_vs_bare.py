@@ -41,7 +41,8 @@ from harness.data import Split  # noqa: E402
 from harness.models import MODELS, count_parameters, logits_of  # noqa: E402
 from harness.synthetic import make_synthetic_task  # noqa: E402
 from harness.tokenizers import CharTokenizer, tokenize  # noqa: E402
-from harness.train import TrainConfig, collate, fit, length_bucketed_batches, resolve_device  # noqa: E402
+from harness.runtime import Runtime, resolve_device  # noqa: E402
+from harness.train import TrainConfig, collate, fit, length_bucketed_batches  # noqa: E402
 
 # The arms' real sizes: DNABERT-2-117M, ConvNova at its published width, the U-Net as registered.
 SIZES = {"dnabert2": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
@@ -54,8 +55,8 @@ def build(model: str, tok) -> torch.nn.Module:
 
 
 def harness_epoch(model, train, dev, pad_id: int, batch: int, device: str) -> float:
-    cfg = TrainConfig(lr=1e-4, batch_size=batch, max_epochs=1, patience=None, seed=0, device=device, precision="fp32")
-    return fit(model, train, dev, pad_id, cfg).history[0].seconds
+    cfg = TrainConfig(lr=1e-4, batch_size=batch, max_epochs=1, patience=None, seed=0)
+    return fit(model, train, dev, pad_id, cfg, Runtime.resolve(device, "fp32")).history[0].seconds
 
 
 def bare_epoch(model, train, pad_id: int, batch: int, device: str) -> float:

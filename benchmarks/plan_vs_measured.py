@@ -31,14 +31,12 @@ from harness_runs import REPO, logged_runs, machine, run_harness, save
 
 
 def projected(study: Path, arm: str, task: str, data: str, trials: int, seeds: int, sample: int) -> dict:
-    from harness.arms import RunOptions
     from harness.plan import project
-    from harness.studies import load_study
-    from harness.tasks import load_task
+    from harness.request import RunRequest
 
-    spec = load_study(str(study))
-    (row,) = project(spec, [arm], [load_task(task, data)], RunOptions(device="cpu", bpe_vocab_size=spec.bpe_vocab_size),
-                     trials, seeds, sample)
+    request = RunRequest.parse({"study": str(study), "arms": arm, "tasks": task, "data": data, "n_trials": str(trials),
+                                "seeds": str(seeds), "device": "cpu"})
+    (row,) = project(request, request.load_tasks(), sample)
     return {"projected_s_per_epoch": row.epoch_seconds, "projected_epochs": row.fits * row.epochs,
             "projected_s": row.seconds}
 

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .models.dnabert2 import download_from_hub, read_state_dict
+from .errors import CheckpointError, ParameterError
+from .models.weights import WEIGHT_FILES, download_from_hub, read_state_dict
 
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:", "dbfs:", "s3://", "gs://", "wasbs://", "file://")
 MANIFEST = "harness.json"
@@ -42,8 +43,8 @@ def local_path(source: str) -> Path:
         try:
             return Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
         except Exception as err:  # MLflow raises several types for a bad run id, path or server
-            raise FileNotFoundError(f"{source}: MLflow could not provide this artifact "
-                                    f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+            raise ParameterError(f"{source}: MLflow could not provide this artifact "
+                                 f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
     return Path(source).expanduser()
 
 
@@ -67,7 +68,7 @@ class Checkpoint:
 
     @functools.cached_property
     def fingerprint(self) -> str:
-        weights = next(p for p in (self.folder / "model.safetensors", self.folder / "pytorch_model.bin") if p.is_file())
+        weights = next(self.folder / name for name in WEIGHT_FILES if (self.folder / name).is_file())
         digest = hashlib.sha256()
         with weights.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 24), b""):
@@ -82,7 +83,7 @@ def open_checkpoint(source: str) -> Checkpoint:
     if not folder.exists() and source.count("/") == 1 and not source.startswith((".", "/", "~")):
         folder = download_from_hub(source)  # a hub id such as zhihan1996/DNABERT-2-117M
     if not folder.is_dir():
-        raise FileNotFoundError(f"checkpoint {source}: no such folder. Pass a folder written by "
+        raise CheckpointError(f"checkpoint {source}: no such folder. Pass a folder written by "
                                 "`python -m harness pretrain`, an MLflow URI such as runs:/<run_id>/checkpoint, "
                                 "or a DNABERT-2 folder (config.json + weights)")
     if (folder / MANIFEST).is_file():
@@ -90,15 +91,11 @@ def open_checkpoint(source: str) -> Checkpoint:
         return Checkpoint(source, folder, meta["model"], meta["architecture"], meta["tokenizer"],
                           meta.get("pretraining", {}), meta.get("tokenizer_fingerprint"))
     if (folder / "config.json").is_file():  # DNABERT-2's published layout
-        read_state_dict_exists(folder)
+        if not any((folder / name).is_file() for name in WEIGHT_FILES):
+            raise CheckpointError(f"checkpoint {folder}: config.json but neither {' nor '.join(WEIGHT_FILES)}")
         return Checkpoint(source, folder, "dnabert2", json.loads((folder / "config.json").read_text()), "bpe")
-    raise FileNotFoundError(f"checkpoint {folder}: neither {MANIFEST} (a harness checkpoint) nor config.json "
-                            "(a DNABERT-2 checkpoint) is in it")
-
-
-def read_state_dict_exists(folder: Path) -> None:
-    if not any((folder / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
-        raise FileNotFoundError(f"checkpoint {folder}: config.json but neither model.safetensors nor pytorch_model.bin")
+    raise CheckpointError(f"checkpoint {folder}: neither {MANIFEST} (a harness checkpoint) nor config.json "
+                          "(a DNABERT-2 checkpoint) is in it")
 
 
 def save_checkpoint(folder: Path, model_name: str, architecture: dict[str, Any], module: nn.Module,

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .errors import DataError
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
@@ -29,10 +31,6 @@ COLUMNS = ("sequence", "label")
 IUPAC_TO_N = str.maketrans({c: "N" for c in "RYSWKMBDHV"})
 _NOT_DNA = re.compile(r"[^ACGTN]")
 _INTEGER = re.compile(r"^[+-]?\d+$")
-
-
-class DataError(ValueError):
-    """Invalid task data. The message names the file, the line (1-based, header = line 1) and a fix."""
 
 
 @dataclass(frozen=True)

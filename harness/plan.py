@@ -22,10 +22,10 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from .arms import ARMS, Arm, Budget, RunOptions
 from .data import Split, TaskData
+from .request import RunRequest
 from .studies import StudySpec
 
 log = logging.getLogger("harness")
-STAND_IN = {"dnabert2_pretrained": "dnabert2_scratch"}  # same architecture; measured without a checkpoint
 
 
 @dataclass(frozen=True)
@@ -76,22 +76,22 @@ def measure_epoch_seconds(arm: Arm, task: TaskData, spec: StudySpec, options: Ru
     few-step sample epoch would dominate (the projection came out 1.3x too high on mouse/2)."""
     params = {**spec.fixed.get(arm.family, {}), **timed_configuration(spec.space(arm.family))}
     part = sample_task(task, sample)
-    fitted = arm.fit(part, params, seed=0, budget=Budget(2 if arm.iterative else 1, None), options=options)
-    if not arm.iterative:  # one pass (k-mer): time a second fit, the first paid the warm-up
+    fitted = arm.fit(part, params, seed=0, budget=Budget(2 if arm.neural else 1, None), options=options)
+    if not arm.neural:  # one pass (k-mer): time a second fit, the first paid the warm-up
         fitted = arm.fit(part, params, seed=0, budget=Budget(1, None), options=options)
     return fitted.result.history[-1].seconds * len(task.train) / len(part.train)
 
 
-def project(spec: StudySpec, arms: list[str], tasks: list[TaskData], options: RunOptions, n_trials: int,
-            seeds: int, sample: int) -> list[Projection]:
+def project(request: RunRequest, tasks: list[TaskData], sample: int) -> list[Projection]:
+    """Every (arm, task) of the request; an arm that needs a checkpoint is timed by its stand-in."""
     out = []
-    for name in arms:
-        arm = ARMS.get(STAND_IN.get(name, name))
+    for name in request.arms:
+        arm = ARMS.get(name)
+        arm = ARMS.get(arm.stand_in) if arm.stand_in else arm  # same architecture, measured without a checkpoint
         for task in tasks:
-            capped = replace(options, max_length=options.max_length or spec.max_length(task.name, getattr(arm, "tokenizer", None)))
-            seconds = measure_epoch_seconds(arm, task, spec, capped, sample)
-            epochs = spec.max_epochs if arm.iterative else 1
-            out.append(Projection(name, task.name, len(task.train), n_trials + seeds, epochs, seconds))
+            seconds = measure_epoch_seconds(arm, task, request.spec, request.options(arm, task.name), sample)
+            out.append(Projection(name, task.name, len(task.train), request.n_trials + request.seeds,
+                                  arm.budget(request.spec).max_epochs, seconds))
             log.info("plan | %s on %s: %.1f s per epoch -> %s", name, task.name, seconds,
                      hours(out[-1].seconds))
     return out

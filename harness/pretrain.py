@@ -24,14 +24,17 @@ import mlflow
 import numpy as np
 
 from . import tracking
-from .arms import ARMS, RunOptions, TorchArm
+from .arms import ARMS, Arm
 from .checkpoints import save_checkpoint
-from .data import IUPAC_TO_N, DataError, Split, read_split
+from .data import IUPAC_TO_N, Split, read_split
+from .errors import DataError, ParameterError
 from .models import DEFAULT_DROPOUT, MODELS, count_parameters
 from .progress import format_seconds
+from .runtime import Runtime
+from .schema import Artifact, Metric, Stage, Tag
 from .studies import load_study
 from .tokenizers import BPETokenizer, DNATokenizer, TokenizerRequest, build_tokenizer, tokenize
-from .train import TrainConfig, fit_masked_lm, resolve_device, seed_everything
+from .train import TrainConfig, fit_masked_lm, seed_everything
 
 log = logging.getLogger("harness")
 FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".fa.gz", ".fasta.gz", ".fna.gz")
@@ -114,9 +117,9 @@ class Corpus:
         return cls(source, pick(order[n_held:]), pick(order[:n_held]), digest)
 
 
-def pretraining_tokenizer(arm: TorchArm, corpus: Corpus, options: RunOptions) -> DNATokenizer:
+def pretraining_tokenizer(arm: Arm, corpus: Corpus, tokenizer_path: str | None, vocab_size: int) -> DNATokenizer:
     """The arm's tokenizer; a BPE arm without tokenizer= trains one on the corpus's training windows."""
-    return build_tokenizer(arm.tokenizer, TokenizerRequest(corpus.train, options.tokenizer_path, options.bpe_vocab_size))
+    return build_tokenizer(arm.tokenizer, TokenizerRequest(corpus.train, tokenizer_path, vocab_size))
 
 
 @dataclass(frozen=True)
@@ -141,25 +144,23 @@ class PretrainRequest:
 def pretrain(req: PretrainRequest) -> tuple[str, Path | None]:
     """Run masked-LM pretraining; returns the MLflow run id and the local checkpoint folder (if asked)."""
     arm = ARMS.get(req.arm)
-    if not isinstance(arm, TorchArm):
-        raise ValueError(f"arm {req.arm} is not a neural network; pretraining applies to torch arms")
+    if not arm.neural:
+        raise ParameterError(f"arm {req.arm} is not a neural network; pretraining applies to torch arms")
     spec = load_study(req.study)
     params = {**spec.fixed.get(arm.family, {})}
-    options = RunOptions(device=req.device, tokenizer_path=req.tokenizer, bpe_vocab_size=req.vocab_size)
+    runtime = Runtime.resolve(req.device, precision="fp32")
     corpus = Corpus.load(req.corpus, req.window, req.seed)
-    tok = pretraining_tokenizer(arm, corpus, options)
+    tok = pretraining_tokenizer(arm, corpus, req.tokenizer, req.vocab_size)
     windows, held_out = tokenize(tok, corpus.train), tokenize(tok, corpus.held_out)
     seed_everything(req.seed)
     model_spec = MODELS.get(arm.model)
     architecture = model_spec.architecture(tok, params)
     model = model_spec.masked_lm(architecture, tok, float(params.get("dropout", DEFAULT_DROPOUT)))
-    cfg = TrainConfig(lr=req.lr, weight_decay=req.weight_decay, batch_size=req.batch_size, seed=req.seed,
-                      device=req.device)
-    device = resolve_device(req.device)
+    cfg = TrainConfig(lr=req.lr, weight_decay=req.weight_decay, batch_size=req.batch_size, seed=req.seed)
     experiment_id = tracking.setup(req.experiment)
-    tags = {"stage": "pretrain", "arm": arm.name, "model": arm.model, "tokenizer": tok.name,
-            "corpus": req.corpus, "corpus_fingerprint": corpus.fingerprint, "git_commit": tracking.git_commit(),
-            "device": str(device)}
+    tags = {Tag.STAGE: Stage.PRETRAIN, Tag.ARM: arm.name, Tag.MODEL: arm.model, Tag.TOKENIZER: tok.name,
+            Tag.CORPUS: req.corpus, Tag.CORPUS_FINGERPRINT: corpus.fingerprint, Tag.GIT_COMMIT: tracking.git_commit(),
+            Tag.DEVICE: str(runtime.device)}
     with tracking.run(f"pretrain {arm.name}", tags, log_system_metrics=True) as run:
         n_params = count_parameters(model)
         tracking.log_params({**{k: v for k, v in vars(req).items() if k not in ("arm", "corpus")},
@@ -172,21 +173,22 @@ def pretrain(req: PretrainRequest) -> tuple[str, Path | None]:
             tracking.log_metrics({k: v for k, v in row.items() if k != "seconds"}, step=step)
             eta = row["seconds"] / step * (req.steps - step)
             log.info("pretrain %s | step %d/%d | mlm_loss %.4f | held-out loss %.4f acc %.3f | %s elapsed, ETA %s",
-                     arm.name, step, req.steps, row["mlm_loss"], row["eval_mlm_loss"], row["eval_mlm_accuracy"],
+                     arm.name, step, req.steps, row[Metric.MLM_LOSS], row[Metric.EVAL_MLM_LOSS],
+                     row[Metric.EVAL_MLM_ACCURACY],
                      format_seconds(row["seconds"]), format_seconds(eta))
 
-        result = fit_masked_lm(model, windows, held_out, tok.pad_id, tok.vocab_size, cfg, req.steps, req.mask_prob,
-                               log_every=max(1, min(50, req.steps // 10)), on_log=on_log)
+        result = fit_masked_lm(model, windows, held_out, tok.pad_id, tok.vocab_size, cfg, runtime, req.steps,
+                               req.mask_prob, log_every=max(1, min(50, req.steps // 10)), on_log=on_log)
         cost = {"run_id": run.info.run_id, "experiment_id": experiment_id, "seconds": result.seconds,
                 "flops": result.flops, "steps": result.steps, "tokens": result.tokens, "corpus": req.corpus,
-                "corpus_fingerprint": corpus.fingerprint, "window": req.window, "device": str(device),
-                "final_eval_mlm_loss": result.history[-1]["eval_mlm_loss"]}
-        tracking.log_metrics({"pretrain_seconds": result.seconds, "pretrain_flops": result.flops,
-                              "pretrain_tokens": result.tokens})
+                "corpus_fingerprint": corpus.fingerprint, "window": req.window, "device": str(runtime.device),
+                "final_eval_mlm_loss": result.history[-1][Metric.EVAL_MLM_LOSS]}
+        tracking.log_metrics({Metric.PRETRAIN_SECONDS: result.seconds, Metric.PRETRAIN_FLOPS: result.flops,
+                              Metric.PRETRAIN_TOKENS: result.tokens})
         model.cpu()
         with tempfile.TemporaryDirectory() as tmp:
-            folder = save_checkpoint(Path(tmp) / "checkpoint", arm.model, architecture, model, tok, cost)
-            mlflow.log_artifacts(str(folder), "checkpoint")
+            folder = save_checkpoint(Path(tmp) / Artifact.CHECKPOINT, arm.model, architecture, model, tok, cost)
+            mlflow.log_artifacts(str(folder), Artifact.CHECKPOINT)
             local = None
             if req.output:
                 local = save_checkpoint(Path(req.output), arm.model, architecture, model, tok, cost)
@@ -199,19 +201,19 @@ def train_tokenizer(corpus: str, vocab_size: int, window: int = 512, experiment:
     """Train a BPE tokenizer on a corpus's windows; log it (artifact tokenizer.json) with its statistics."""
     data = Corpus.load(corpus, window)
     tracking.setup(experiment)
-    tags = {"stage": "tokenizer", "corpus": corpus, "corpus_fingerprint": data.fingerprint,
-            "git_commit": tracking.git_commit()}
+    tags = {Tag.STAGE: Stage.TOKENIZER, Tag.CORPUS: corpus, Tag.CORPUS_FINGERPRINT: data.fingerprint,
+            Tag.GIT_COMMIT: tracking.git_commit()}
     with tracking.run(f"bpe{vocab_size}", tags) as run:
         tok = BPETokenizer.train(data.train.sequences, vocab_size)
         tracking.log_params({"vocab_size": vocab_size, "window": window, "windows": len(data.train)})
         held_out = tokenize(tok, data.held_out)
         nucleotides = sum(len(s) for s in data.held_out.sequences)
         tokens = int(held_out.lengths.sum()) - 2 * len(held_out)  # without [CLS] and [SEP]
-        tracking.log_metrics({"vocab_size_trained": tok.vocab_size, "nt_per_token": nucleotides / max(tokens, 1),
-                              "tokens_per_window": tokens / len(held_out)})
+        tracking.log_metrics({Metric.VOCAB_SIZE_TRAINED: tok.vocab_size, Metric.NT_PER_TOKEN: nucleotides / max(tokens, 1),
+                              Metric.TOKENS_PER_WINDOW: tokens / len(held_out)})
         with tempfile.TemporaryDirectory() as tmp:
-            tok.save(Path(tmp) / "tokenizer.json")
-            mlflow.log_artifact(str(Path(tmp) / "tokenizer.json"))
+            tok.save(Path(tmp) / Artifact.TOKENIZER)
+            mlflow.log_artifact(str(Path(tmp) / Artifact.TOKENIZER))
         log.info("BPE tokenizer (vocab %d, %.2f nt per token on held-out windows). Use it with: "
                  "tokenizer=runs:/%s/tokenizer.json", tok.vocab_size, nucleotides / max(tokens, 1), run.info.run_id)
         return run.info.run_id

@@ -3,17 +3,16 @@ lm-evaluation-harness registers its tasks and models."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Generic, TypeVar
+
+from .errors import ParameterError
 
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(ParameterError):
     """A name that is not registered; the message lists the registered ones."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
-        return str(self.args[0])
 
 
 class Registry(Generic[T]):
@@ -26,10 +25,6 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._items[name] = item
         return item
-
-    def register(self, name: str) -> Callable[[T], T]:
-        """Decorator form of `add`."""
-        return lambda item: self.add(name, item)
 
     def get(self, name: str) -> T:
         try:

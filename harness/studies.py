@@ -3,8 +3,6 @@ space of every arm family. A study is named (looked up in the studies folder) or
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,11 +12,9 @@ import optuna
 import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
+from .errors import StudyError
+
 REPO_STUDIES = Path(__file__).resolve().parent.parent / "studies"
-
-
-class StudyError(ValueError):
-    """An invalid study file; the message names the file and the key."""
 
 
 @dataclass(frozen=True)
@@ -63,9 +59,6 @@ class StudySpec:
             "search_space": {k: optuna.distributions.distribution_to_json(v) for k, v in self.space(family).items()},
             "fixed": self.fixed.get(family, {}), "pruner": self.pruner,
         }
-
-    def protocol_hash(self, family: str) -> str:
-        return hashlib.sha256(json.dumps(self.protocol(family), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:

@@ -13,81 +13,94 @@ from __future__ import annotations
 
 import logging
 import shlex
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, replace
 
 import optuna
 from optuna.trial import TrialState
 
 from .arms import ARMS
-from .studies import StudySpec
-from .tracking import redact
-from .workers import COUNTED, seed_of
+from .errors import HarnessError
+from .request import RunRequest
+from .schema import final_study_name, optuna_study_name
+from .workers import COUNTED, open_storage, seed_of
 
 log = logging.getLogger("harness")
 
 
-@dataclass(frozen=True)
-class Cell:
-    arm: str
-    task: str
+def cell_requests(request: RunRequest) -> list[RunRequest]:
+    """The request narrowed to each (arm, task); checkpoint= goes only to the arms that require one."""
+    return [replace(request, arms=(arm,), tasks=(task,), init=request.init if ARMS.get(arm).requires_checkpoint else None)
+            for arm in request.arms for task in request.tasks]
 
 
-def default_arms(spec: StudySpec, checkpoint: str = "") -> list[str]:
-    """The study's `arms:` list, else every registered arm whose family has a search space here (arms
-    that need a checkpoint only when one is given)."""
-    if spec.arms:
-        return list(spec.arms)
-    return [name for name, arm in ARMS.items() if arm.family in spec.search_spaces
-            and (checkpoint or not getattr(arm, "requires_checkpoint", False))]
-
-
-def grid(arms: list[str], tasks: list[str]) -> list[Cell]:
-    for name in arms:
-        ARMS.get(name)  # an unknown arm fails here, listing the known ones
-    return [Cell(arm, task) for arm in arms for task in tasks]
-
-
-def command(cell: Cell, study: str, passthrough: dict[str, str]) -> str:
+def command(cell: RunRequest) -> str:
     """The `mlflow run` line of one cell; storage URLs are printed without their password."""
-    params = {"arm": cell.arm, "tasks": cell.task, "study": study,
-              **{k: (redact(v) if k == "storage" else v) for k, v in passthrough.items() if v}}
-    return "mlflow run . --env-manager local " + " ".join(f"-P {k}={shlex.quote(str(v))}" for k, v in params.items())
+    params = cell.parameters()
+    return "mlflow run . --env-manager local " + " ".join(f"-P {k}={shlex.quote(v)}" for k, v in params.items())
 
 
 @dataclass(frozen=True)
 class CellStatus:
-    cell: Cell
+    arm: str
+    task: str
     state: str  # done | running | partial | missing
     trials: int  # finished (complete or pruned)
     running: int
     seeds: int  # final seeds completed
 
 
-def cell_status(spec: StudySpec, cell: Cell, storage: optuna.storages.BaseStorage, n_trials: int,
-                n_seeds: int) -> CellStatus:
-    name = f"{spec.name}/{cell.arm}/{cell.task}"
+def cell_status(cell: RunRequest, storage: optuna.storages.BaseStorage) -> CellStatus:
+    (arm,), (task,) = cell.arms, cell.tasks
+    name = optuna_study_name(cell.spec.name, arm, task)
     try:
         trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
     except KeyError:
-        return CellStatus(cell, "missing", 0, 0, 0)
+        return CellStatus(arm, task, "missing", 0, 0, 0)
     try:
-        finals = optuna.load_study(study_name=f"{name}/final", storage=storage).get_trials(deepcopy=False)
+        finals = optuna.load_study(study_name=final_study_name(name), storage=storage).get_trials(deepcopy=False)
     except KeyError:
         finals = []
     finished = sum(t.state in COUNTED for t in trials)
     running = sum(t.state == TrialState.RUNNING for t in trials + finals)
     seeds = len({seed_of(t) for t in finals if t.state == TrialState.COMPLETE})
-    state = ("done" if finished >= n_trials and seeds >= n_seeds else "running" if running else "partial")
-    return CellStatus(cell, state, finished, running, seeds)
+    state = ("done" if finished >= cell.n_trials and seeds >= cell.seeds else "running" if running else "partial")
+    return CellStatus(arm, task, state, finished, running, seeds)
 
 
 def format_status(rows: list[CellStatus], n_trials: int, n_seeds: int) -> str:
-    width = max([len(r.cell.arm) for r in rows] + [3])
-    twidth = max([len(r.cell.task) for r in rows] + [4])
+    width = max([len(r.arm) for r in rows] + [3])
+    twidth = max([len(r.task) for r in rows] + [4])
     lines = [f"{'arm':<{width}}  {'task':<{twidth}}  {'state':<8} trials     seeds  running"]
     for r in rows:
-        lines.append(f"{r.cell.arm:<{width}}  {r.cell.task:<{twidth}}  {r.state:<8} "
+        lines.append(f"{r.arm:<{width}}  {r.task:<{twidth}}  {r.state:<8} "
                      f"{r.trials:>3}/{n_trials:<5} {r.seeds:>2}/{n_seeds:<3} {r.running:>4}")
     counts = {s: sum(r.state == s for r in rows) for s in ("done", "running", "partial", "missing")}
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items()) + f" of {len(rows)} cells")
     return "\n".join(lines)
+
+
+def sweep(request: RunRequest, action: str) -> int:
+    """print, status or run every cell of the request; a cell that fails does not stop the others."""
+    from .tuning import tune
+
+    cells = cell_requests(request)
+    if action == "print":
+        print("\n".join(command(cell) for cell in cells))
+        return 0
+    if action == "status":
+        storage = open_storage(request.storage)
+        print(format_status([cell_status(cell, storage) for cell in cells], request.n_trials, request.seeds))
+        return 0
+    failed = []
+    for i, cell in enumerate(cells, 1):
+        log.info("sweep | cell %d/%d: %s on %s", i, len(cells), cell.arms[0], cell.tasks[0])
+        try:
+            tune(cell)
+        except HarnessError as err:
+            log.error("sweep | %s on %s failed: %s: %s", cell.arms[0], cell.tasks[0], type(err).__name__, err)
+            failed.append(f"{cell.arms[0]} on {cell.tasks[0]} ({type(err).__name__}: {err})")
+    if failed:
+        print("failed cells (run the sweep again to resume them):\n  " + "\n  ".join(failed), file=sys.stderr)
+        return 1
+    return 0

@@ -17,14 +17,13 @@ from .synthetic import SPECS, make_synthetic_task
 class TaskInfo:
     name: str
     num_classes: int
-    needs_data: bool
     description: str
 
 
 TASKS: Registry[TaskInfo] = Registry("task")
 
 for _spec in SPECS.values():
-    TASKS.add(_spec.name, TaskInfo(_spec.name, _spec.num_classes, False,
+    TASKS.add(_spec.name, TaskInfo(_spec.name, _spec.num_classes,
                                    f"synthetic, {_spec.length[0]}-{_spec.length[1]} bp"))
 
 # The 28 tasks of GUE (Zhou et al. 2024, DNABERT-2), with their class counts.
@@ -38,7 +37,7 @@ GUE_TASKS = {
     **{f"tf/{i}": 2 for i in range(5)},
 }
 for _name, _classes in GUE_TASKS.items():
-    TASKS.add(_name, TaskInfo(_name, _classes, True, "GUE benchmark (pass data=<GUE root>)"))
+    TASKS.add(_name, TaskInfo(_name, _classes, "GUE benchmark (pass data=<GUE root>)"))
 
 
 def load_task(name: str, data_root: str | None = None) -> TaskData:

@@ -4,7 +4,6 @@ All tokenizers share DNABERT-2's special ids ([UNK]=0 [CLS]=1 [SEP]=2 [PAD]=3 [M
 every sequence as ``[CLS] tokens [SEP]``, as DNABERT-2's published tokenizer does.
 
   char  single nucleotides: A C G T N = 5..9
-  kmer  overlapping k-mers (DNABERT-1 style): 5 + base-4 index of the k-mer; a k-mer with N is [UNK]
   bpe   byte-pair encoding from the `tokenizers` library, trained on a task's training split at a
         given vocabulary size, or loaded from a tokenizer.json (e.g. DNABERT-2's published one)
 """
@@ -23,6 +22,7 @@ import torch
 from tokenizers import Tokenizer, models, processors, trainers
 
 from .data import Split
+from .errors import ParameterError
 from .registry import Registry
 
 log = logging.getLogger(__name__)
@@ -79,50 +79,14 @@ class CharTokenizer:
         path.write_text(f"{self.fingerprint}\n")
 
 
-class KmerTokenizer:
-    """Overlapping k-mers with stride 1: a sequence of length L gives L - k + 1 tokens."""
-
-    pad_id = PAD
-
-    def __init__(self, k: int = 6) -> None:
-        if not 1 <= k <= 12:
-            raise ValueError(f"k-mer size k={k} is outside 1..12")
-        self.k = k
-        self.name = f"kmer{k}"
-        self.vocab_size = len(SPECIAL_TOKENS) + 4**k
-        self._code = np.full(256, 4, dtype=np.int64)  # 4 marks N
-        for i, base in enumerate("ACGT"):
-            self._code[ord(base)] = i
-
-    def encode(self, sequences: list[str]) -> list[np.ndarray]:
-        weights = 4 ** np.arange(self.k - 1, -1, -1)
-        out = []
-        for s in sequences:
-            codes = self._code[np.frombuffer(s.encode(), dtype=np.uint8)]
-            if len(codes) < self.k:
-                out.append(_wrap(np.array([UNK])))
-                continue
-            windows = np.lib.stride_tricks.sliding_window_view(codes, self.k)
-            ids = len(SPECIAL_TOKENS) + windows @ weights
-            ids[(windows == 4).any(axis=1)] = UNK
-            out.append(_wrap(ids))
-        return out
-
-    @property
-    def fingerprint(self) -> str:
-        return f"kmer{self.k}-v1"
-
-    def save(self, path: Path) -> None:
-        path.write_text(f"{self.fingerprint}\n")
-
-
 class BPETokenizer:
     """A `tokenizers` BPE model; the file's own post-processor decides the special tokens."""
 
     def __init__(self, tokenizer: Tokenizer, source: str) -> None:
         missing = [t for t in SPECIAL_TOKENS[:4] if tokenizer.token_to_id(t) is None]
         if missing:
-            raise ValueError(f"tokenizer {source} lacks special token(s) {missing}")
+            raise ParameterError(f"tokenizer {source} lacks special token(s) {missing}; a DNA tokenizer.json "
+                                 f"needs {', '.join(SPECIAL_TOKENS[:4])}")
         self._tok = tokenizer
         self.source = source
         self.name = "bpe"
@@ -135,11 +99,11 @@ class BPETokenizer:
         if path.is_dir():
             path = path / "tokenizer.json"
         if not path.is_file():
-            raise FileNotFoundError(f"tokenizer file {path} not found; pass a tokenizer.json")
+            raise ParameterError(f"tokenizer file {path} not found; pass a tokenizer.json")
         try:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as err:  # the Rust library raises a bare Exception on a malformed file
-            raise ValueError(f"{path}: not a `tokenizers` tokenizer.json ({err})") from None
+            raise ParameterError(f"{path}: not a `tokenizers` tokenizer.json ({err})") from None
         return cls(tokenizer, str(path))
 
     @classmethod
@@ -194,12 +158,10 @@ class TokenizerRequest:
     train: Split
     path: str | None = None  # an existing tokenizer.json (BPE)
     vocab_size: int = 4096  # BPE vocabulary when training
-    k: int = 6
 
 
 TOKENIZERS: Registry = Registry("tokenizer")
 TOKENIZERS.add("char", lambda req: CharTokenizer())
-TOKENIZERS.add("kmer", lambda req: KmerTokenizer(req.k))
 TOKENIZERS.add("bpe", lambda req: BPETokenizer.from_file(req.path) if req.path
                else trained_bpe(req.train, req.vocab_size))
 

@@ -1,14 +1,7 @@
-"""Everything MLflow: where runs go, how they start and end, what is logged, and the figures.
+"""MLflow I/O: where runs go, how they start and always end, logging, and finding runs again.
 
-Schema (one experiment per study):
-  parent run  (arm, task)  tags arm, variant (arm, or arm@<init sha> when fine-tuned from init=), task, study,
-                           stage=study, family, model, tokenizer, init, optuna_study, git_commit
-                           params budget and search space; metrics best_dev_mcc, test_mcc_mean/std
-    trial run              tags stage=trial, trial_number, trial_state (COMPLETE/PRUNED), fail_reason
-                           params the sampled hyperparameters; per-epoch train_loss, dev_mcc (step=epoch)
-    final run              tags stage=final, seed; test_mcc, test_f1, test_accuracy, test_auroc, dev_mcc,
-                           params, train_seconds, flops; confusion matrix, learning curve, predictions
-A run always ends FINISHED, FAILED or KILLED (Ctrl-C / SIGTERM), never left RUNNING.
+What is logged under which name is `schema.py`. A run always ends FINISHED, FAILED or KILLED (Ctrl-C /
+SIGTERM), never left RUNNING; nothing secret (a password inside a storage URL) is logged.
 """
 
 from __future__ import annotations
@@ -22,15 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import mlflow
+import numpy as np
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from sqlalchemy.engine import make_url
 
-matplotlib.use("Agg")  # headless: figures are files
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-from mlflow.entities import Run  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from .schema import Stage, Tag, query
 
 log = logging.getLogger(__name__)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -63,8 +54,8 @@ def setup(experiment: str) -> str:
     # active one, and nested runs would land in "Default": make it active explicitly.
     mlflow.set_experiment(experiment_id=exp.experiment_id)
     if launcher:
-        MlflowClient().set_tag(launcher, "stage", "launch")
-        MlflowClient().set_tag(launcher, "results_experiment", experiment)
+        MlflowClient().set_tag(launcher, Tag.STAGE, Stage.LAUNCH)
+        MlflowClient().set_tag(launcher, Tag.RESULTS_EXPERIMENT, experiment)
     return exp.experiment_id
 
 
@@ -101,8 +92,7 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
 def find_parent_run(experiment_id: str, tags: dict[str, str]) -> str | None:
     """The parent run with these tags (to resume it), or None. Should workers starting together have
     created several, every worker picks the same one: the earliest."""
-    query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
-    runs = MlflowClient().search_runs([experiment_id], query, max_results=1000)
+    runs = MlflowClient().search_runs([experiment_id], query(tags), max_results=1000)
     return min(runs, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if runs else None
 
 
@@ -121,10 +111,10 @@ def claim_parent_run(experiment_id: str, identity: dict[str, str], tags: dict[st
 
 
 def child_runs(experiment_id: str, parent_id: str, stage: str, status: str | None = "FINISHED") -> list[Run]:
-    query = f"tags.mlflow.parentRunId = '{parent_id}' and tags.stage = '{stage}'"
+    filter_string = query({Tag.PARENT: parent_id, Tag.STAGE: stage})
     if status:
-        query += f" and attributes.status = '{status}'"
-    return MlflowClient().search_runs([experiment_id], query, max_results=10_000)
+        filter_string += f" and attributes.status = '{status}'"
+    return MlflowClient().search_runs([experiment_id], filter_string, max_results=10_000)
 
 
 def git_commit() -> str:
@@ -138,63 +128,3 @@ def git_commit() -> str:
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-# ----------------------------------------------------------------------------------- figures
-def save_confusion_matrix(cm: np.ndarray, path: Path, title: str) -> Path:
-    size = max(3.6, 0.6 * len(cm) + 1.8)
-    with plt.style.context("default"):
-        fig, ax = plt.subplots(figsize=(size, size))
-        ax.imshow(cm, cmap="Blues")
-        for (i, j), n in np.ndenumerate(cm):
-            ax.text(j, i, str(n), ha="center", va="center", color="white" if n > cm.max() / 2 else "black")
-        ax.set(xlabel="predicted class", ylabel="true class", xticks=range(len(cm)), yticks=range(len(cm)))
-        ax.set_title(title, fontsize=9)
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-    return path
-
-
-def save_learning_curve(history: list, path: Path, title: str) -> Path:
-    epochs = [r.epoch for r in history]
-    with plt.style.context("default"):
-        return _plot_learning_curve(history, epochs, path, title)
-
-
-def _plot_learning_curve(history: list, epochs: list[int], path: Path, title: str) -> Path:
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(epochs, [r.train_loss for r in history], "o-", color="tab:red", label="train loss")
-    ax.set(xlabel="epoch", ylabel="train loss", title=title)
-    ax2 = ax.twinx()
-    ax2.plot(epochs, [r.dev["mcc"] for r in history], "s-", color="tab:blue", label="dev MCC")
-    ax2.set_ylabel("dev MCC")
-    fig.legend(loc="lower center", ncol=2, fontsize=8)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def save_optuna_history(study, path: Path) -> Path:
-    from optuna.visualization.matplotlib import plot_optimization_history
-
-    # Optuna's plots switch matplotlib to its own style; the context restores ours afterwards.
-    with _quiet_experimental(), plt.style.context("default"):
-        ax = plot_optimization_history(study)
-        ax.set_ylabel("dev MCC")
-        ax.set_title(f"{study.study_name}: optimisation history", fontsize=9)
-        ax.figure.set_size_inches(7, 3.5)
-        ax.figure.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(ax.figure)
-    return path
-
-
-@contextlib.contextmanager
-def _quiet_experimental():
-    import warnings
-
-    import optuna
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        yield

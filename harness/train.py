@@ -1,10 +1,13 @@
-"""The one training loop every torch arm uses, and batched prediction.
+"""The one training loop every torch arm uses, batched prediction, and masked-LM pretraining.
 
-Batches are length-bucketed and padded only to their own longest sequence (the fast path: also fused
-AdamW, no host sync per step, bf16 autocast where asked, optional torch.compile). After every epoch the dev
-split is scored as a whole; the best-dev-MCC weights are kept (checkpoint selection on dev only) and
-training stops early after `patience` epochs without improvement. A non-finite training loss raises
-`DivergedError` so the tuner can record the trial as diverged.
+Batches are length-bucketed and padded only to their own longest sequence; AdamW is fused; the loss stays
+on the device (no host sync per step); the runtime (`runtime.py`) decides the device, bf16 autocast and
+torch.compile. After every epoch the dev split is scored as a whole; the best-dev-MCC weights are kept
+(checkpoint selection on dev only) and training stops early after `patience` epochs without improvement.
+A non-finite training loss raises `DivergedError` so the tuner can record the trial as diverged.
+
+The torch arms call `fit` and `predict` through this module, so `benchmarks/plain_loop.py` can put the plain
+reference loop in their place to check this one against it.
 """
 
 from __future__ import annotations
@@ -22,21 +25,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .errors import DivergedError
 from .metrics import classification_metrics
 from .models import logits_of
+from .runtime import Runtime, autocast
+from .schema import Metric
 from .tokenizers import MASK, SPECIAL_TOKENS, TokenizedSplit
 
 
-class DivergedError(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
-class DeviceError(RuntimeError):
-    """The requested device is not available."""
-
-
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
+    """The hyperparameters of one fit and its share of the study's budget."""
+
     lr: float = 1e-3
     weight_decay: float = 0.01
     batch_size: int = 32
@@ -45,16 +45,6 @@ class TrainConfig:
     warmup_ratio: float = 0.06
     grad_clip: float = 1.0
     seed: int = 0
-    device: str = "cpu"
-    eval_batch_size: int = 256
-    precision: str = "fp32"  # or "bf16" (autocast); "auto" picks per device, see resolve_precision
-    compile: bool = False  # torch.compile the model: minutes of compilation, repaid on a GPU over long runs
-    # False: the plain loop the fast path is checked against (benchmarks/fast_path_parity.py): shuffled
-    # batches padded to the split's longest sequence, for-loop AdamW, a host sync per step, fp32.
-    fast_path: bool = True
-
-    def __post_init__(self) -> None:
-        check_plain_loop(self.precision, self.compile, self.fast_path)
 
 
 @dataclass
@@ -83,40 +73,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceError(f"device={device!r} was requested but CUDA is not available; use device=cpu or auto")
-    return torch.device(device)
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def resolve_precision(precision: str, device: torch.device, fast_path: bool = True) -> str:
-    """auto: bf16 on a GPU that supports it, fp32 elsewhere (bf16 autocast on a CPU is rarely faster).
-    The plain reference loop (fast_path=False) is fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if not fast_path:
-        return "fp32"
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    return precision
-
-
-def check_plain_loop(precision: str, compile_model: bool, fast_path: bool) -> None:
-    """The plain reference loop has none of the fast path's options."""
-    if not fast_path and (precision == "bf16" or compile_model):
-        raise ValueError("fast_path=false is the plain fp32 loop: leave precision=auto (or fp32) and compile=false")
-
-
-def autocast(precision: str, device: torch.device):
-    """Matmuls and convolutions in bf16 with fp32 weights and optimiser state; losses stay fp32."""
-    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-
-
 def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffle, sort by length within windows of 50 batches, cut into batches, shuffle the batches:
     similar lengths share a batch (little padding) while the order stays random."""
@@ -128,12 +84,6 @@ def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
         batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
-
-
-def shuffled_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """The textbook order (no bucketing), for the plain loop."""
-    order = rng.permutation(len(lengths))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def collate(split: TokenizedSplit, idx: np.ndarray, pad_id: int, device: torch.device, pad_to: int | None = None):
@@ -149,15 +99,16 @@ def collate(split: TokenizedSplit, idx: np.ndarray, pad_id: int, device: torch.d
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, split: TokenizedSplit, pad_id: int, device: torch.device,
-            batch_size: int = 256, precision: str = "fp32", pad_to: int | None = None) -> np.ndarray:
-    """Class probabilities [N, C] for a whole split, in the split's order."""
+def predict(model: nn.Module, split: TokenizedSplit, pad_id: int, runtime: Runtime,
+            pad_to: int | None = None) -> np.ndarray:
+    """Class probabilities [N, C] for a whole split, in the split's order (batches of similar lengths)."""
     model.eval()
     order = np.argsort(split.lengths, kind="stable")
     chunks = []
-    for start in range(0, len(order), batch_size):
-        input_ids, mask, _ = collate(split, order[start:start + batch_size], pad_id, device, pad_to)
-        with autocast(precision, device):
+    for start in range(0, len(order), runtime.eval_batch_size):
+        input_ids, mask, _ = collate(split, order[start:start + runtime.eval_batch_size], pad_id, runtime.device,
+                                     pad_to)
+        with runtime.autocast():
             logits = logits_of(model(input_ids, mask))
         chunks.append(torch.softmax(logits.float(), dim=-1).cpu())
     probs = torch.cat(chunks).numpy()
@@ -166,16 +117,15 @@ def predict(model: nn.Module, split: TokenizedSplit, pad_id: int, device: torch.
     return out
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int):
+def make_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int, fused: bool = True):
+    """AdamW with linear warm-up and decay. Fused (CPU and CUDA): one kernel per tensor, no temporaries; on
+    CPU the for-loop version (fused=False) took 0.47 s per step for DNABERT-2-117M against 0.05 s fused."""
     # Biases, norms and embeddings are not decayed (the usual BERT/AdamW convention).
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    # Fused AdamW (CPU and CUDA): one kernel per tensor, no temporaries; on CPU the for-loop version
-    # took 0.47 s per step for DNABERT-2-117M against 0.05 s fused.
-    kernel = {"fused": True} if cfg.fast_path else {"foreach": False}
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, **kernel,
+        lr=cfg.lr, **({"fused": True} if fused else {"foreach": False}),
     )
     warmup = max(1, int(cfg.warmup_ratio * total_steps))
 
@@ -214,59 +164,63 @@ def compiled(model: nn.Module) -> nn.Module:
     return torch.compile(model, dynamic=True)
 
 
+class BestEpoch:
+    """Checkpoint selection on dev: the weights of the best dev-MCC epoch so far, and the epochs since it."""
+
+    def __init__(self) -> None:
+        self.epoch, self.dev, self.state, self.stale = 0, {"mcc": -math.inf}, None, 0
+
+    def update(self, model: nn.Module, record: EpochResult) -> None:
+        if record.dev["mcc"] > self.dev["mcc"]:
+            self.epoch, self.dev, self.stale = record.epoch, record.dev, 0
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.stale += 1
+
+
 def fit(model: nn.Module, train: TokenizedSplit, dev: TokenizedSplit, pad_id: int, cfg: TrainConfig,
-        on_epoch: EpochCallback | None = None) -> FitResult:
+        runtime: Runtime, on_epoch: EpochCallback | None = None) -> FitResult:
     """Train `model` in place; on return it holds the weights of its best dev-MCC epoch."""
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device, cfg.fast_path)
-    model.to(device)
-    forward = compiled(model) if cfg.compile else model
-    batches = length_bucketed_batches if cfg.fast_path else shuffled_batches
-    pad_train, pad_dev = (None, None) if cfg.fast_path else (int(train.lengths.max()), int(dev.lengths.max()))
+    model.to(runtime.device)
+    forward = compiled(model) if runtime.compile else model
     rng = np.random.default_rng(cfg.seed)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    optimizer, scheduler = make_optimizer(model, cfg, steps_per_epoch * cfg.max_epochs)
-    result = FitResult(best_dev={"mcc": -math.inf})
-    best_state, stale, flops_per_token, tokens_seen, counted = None, 0, 0.0, 0, False
+    optimizer, scheduler = make_optimizer(model, cfg, math.ceil(len(train) / cfg.batch_size) * cfg.max_epochs)
+    result, best = FitResult(), BestEpoch()
+    flops_per_token, tokens_seen, counted = 0.0, 0, False
     start = time.perf_counter()
 
     for epoch in range(1, cfg.max_epochs + 1):
         t0 = time.perf_counter()
         model.train()
-        loss_sum = torch.zeros((), device=device)  # accumulated on device: no sync per step
-        for step, idx in enumerate(batches(train.lengths, cfg.batch_size, rng)):
-            input_ids, mask, labels = collate(train, idx, pad_id, device, pad_train)
+        loss_sum = torch.zeros((), device=runtime.device)  # accumulated on device: no sync per step
+        for step, idx in enumerate(length_bucketed_batches(train.lengths, cfg.batch_size, rng)):
+            input_ids, mask, labels = collate(train, idx, pad_id, runtime.device)
             # FLOPs are counted on the first step only (in eager mode: a FLOP counter stops torch.compile
             # for good) and scaled by the tokens trained on.
             loss, flops = train_step(forward if counted else model, input_ids, mask, labels, optimizer,
-                                     scheduler, cfg.grad_clip, count_flops=not counted, precision=precision)
+                                     scheduler, cfg.grad_clip, count_flops=not counted, precision=runtime.precision)
             if not counted:
                 flops_per_token, counted = flops / input_ids.numel(), True
-            loss_sum += loss if cfg.fast_path else loss.item()
+            loss_sum += loss
             tokens_seen += input_ids.numel()
         train_loss = float(loss_sum) / (step + 1)
         if not math.isfinite(train_loss):
             raise DivergedError(f"training loss is {train_loss} in epoch {epoch} (lr={cfg.lr:g})")
 
-        dev_metrics = classification_metrics(dev.labels, predict(forward, dev, pad_id, device, cfg.eval_batch_size,
-                                                                 precision, pad_dev))
+        dev_metrics = classification_metrics(dev.labels, predict(forward, dev, pad_id, runtime))
         record = EpochResult(epoch, train_loss, dev_metrics, time.perf_counter() - t0)
         result.history.append(record)
-        if dev_metrics["mcc"] > result.best_dev["mcc"]:
-            result.best_epoch, result.best_dev, stale = epoch, dev_metrics, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            stale += 1
+        best.update(model, record)
         if on_epoch is not None:
             on_epoch(record)  # may raise optuna.TrialPruned
-        if cfg.patience and stale >= cfg.patience:
+        if cfg.patience and best.stale >= cfg.patience:
             break
 
-    model.load_state_dict(best_state)
+    model.load_state_dict(best.state)
+    result.best_epoch, result.best_dev = best.epoch, best.dev
     result.train_seconds = time.perf_counter() - start
     result.flops = flops_per_token * tokens_seen
     return result
-
 
 
 # ------------------------------------------------------------------------------ masked-LM pretraining
@@ -300,10 +254,10 @@ class PretrainResult:
 
 @torch.inference_mode()
 def masked_lm_eval(model: nn.Module, split: TokenizedSplit, pad_id: int, vocab_size: int, mask_prob: float,
-                   device: torch.device, batch_size: int) -> dict[str, float]:
+                   runtime: Runtime) -> dict[str, float]:
     """Loss and accuracy on masked positions of held-out windows, with a fixed masking pattern."""
     model.eval()
-    generator = torch.Generator().manual_seed(0)
+    generator, batch_size, device = torch.Generator().manual_seed(0), runtime.eval_batch_size, runtime.device
     loss_sum, correct, count = 0.0, 0, 0
     for start in range(0, len(split), batch_size):
         input_ids, mask, _ = collate(split, np.arange(start, min(start + batch_size, len(split))), pad_id, torch.device("cpu"))
@@ -315,14 +269,14 @@ def masked_lm_eval(model: nn.Module, split: TokenizedSplit, pad_id: int, vocab_s
         correct += int((logits.argmax(-1)[picked] == labels[picked]).sum())
         count += int(picked.sum())
     model.train()
-    return {"eval_mlm_loss": loss_sum / max(count, 1), "eval_mlm_accuracy": correct / max(count, 1)}
+    return {Metric.EVAL_MLM_LOSS: loss_sum / max(count, 1), Metric.EVAL_MLM_ACCURACY: correct / max(count, 1)}
 
 
 def fit_masked_lm(model: nn.Module, windows: TokenizedSplit, held_out: TokenizedSplit, pad_id: int,
-                  vocab_size: int, cfg: TrainConfig, steps: int, mask_prob: float = 0.15, log_every: int = 50,
-                  on_log: Callable[[int, dict[str, float]], None] | None = None) -> PretrainResult:
-    """Masked-LM pretraining for a fixed number of optimiser steps (epochs over the windows as needed)."""
-    device = resolve_device(cfg.device)
+                  vocab_size: int, cfg: TrainConfig, runtime: Runtime, steps: int, mask_prob: float = 0.15,
+                  log_every: int = 50, on_log: Callable[[int, dict[str, float]], None] | None = None) -> PretrainResult:
+    """Masked-LM pretraining for a fixed number of optimiser steps (epochs over the windows as needed), fp32."""
+    device = runtime.device
     model.to(device).train()
     rng, generator = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
     optimizer, scheduler = make_optimizer(model, cfg, steps)
@@ -339,11 +293,11 @@ def fit_masked_lm(model: nn.Module, windows: TokenizedSplit, held_out: Tokenized
             loss_sum, since_log = loss_sum + loss, since_log + 1
             result.steps, result.tokens = result.steps + 1, result.tokens + inputs.numel()
             if result.steps % log_every == 0 or result.steps == steps:
-                row = {"mlm_loss": float(loss_sum) / since_log, "tokens": result.tokens,
+                row = {Metric.MLM_LOSS: float(loss_sum) / since_log, "tokens": result.tokens,
                        "seconds": time.perf_counter() - start}
-                if not math.isfinite(row["mlm_loss"]):
-                    raise DivergedError(f"masked-LM loss is {row['mlm_loss']} at step {result.steps} (lr={cfg.lr:g})")
-                row.update(masked_lm_eval(model, held_out, pad_id, vocab_size, mask_prob, device, cfg.eval_batch_size))
+                if not math.isfinite(row[Metric.MLM_LOSS]):
+                    raise DivergedError(f"masked-LM loss is {row[Metric.MLM_LOSS]} at step {result.steps} (lr={cfg.lr:g})")
+                row.update(masked_lm_eval(model, held_out, pad_id, vocab_size, mask_prob, runtime))
                 result.history.append({"step": result.steps, **row})
                 loss_sum, since_log = torch.zeros((), device=device), 0
                 if on_log is not None:

@@ -4,6 +4,9 @@ Any number of processes, on any machines, run the same command against one Optun
 one machine, PostgreSQL for a cluster). What they share lives in that storage, and every decision that
 two workers could race on goes through an operation the storage makes atomic:
 
+  - **The study.** Exactly one worker creates a cell's study (the storage refuses a second) and records
+    the run configuration on it; every worker, now or on a resume, must bring the same configuration.
+
   - **Trial budget.** A worker only starts a trial while `finished + running < n_trials`; a trial that
     still finds itself beyond the budget once created (two workers asked at the same moment) is skipped:
     a trial may run only if the finished trials plus the running trials numbered before it leave room.
@@ -22,20 +25,25 @@ two workers could race on goes through an operation the storage makes atomic:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import random
 import socket
 import time
+import uuid
 import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy
-from optuna.storages import fail_stale_trials
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
 from . import tracking
+from .errors import ParameterError, StorageError, StudyError
+from .schema import final_study_name
 
 log = logging.getLogger("harness")
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)  # the states that use up the trial budget
@@ -54,10 +62,6 @@ STORAGE_RETRIES = int(os.environ.get("HARNESS_STORAGE_RETRIES", 5))
 STORAGE_BACKOFF_S = env_seconds("HARNESS_STORAGE_BACKOFF_S", 2)  # 2, 4, 8, 16, 32 s: about a minute in all
 
 
-class StorageError(RuntimeError):
-    """The Optuna storage cannot be reached; the message names the URL without its password."""
-
-
 class StorageLost(RuntimeError):
     """A trial ended in an error while the storage was unreachable (Optuna's own bookkeeping of the
     failure then fails too, with whatever error that gives)."""
@@ -70,6 +74,68 @@ STORAGE_ERRORS = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError
 class SkippedTrial(Exception):
     """A trial that must not run (beyond the budget, or a configuration another trial already has).
     Optuna records it as FAIL, which the budget does not count."""
+
+
+def open_storage(url: str) -> RDBStorage:
+    """An RDB storage with heartbeats: a trial whose process died is marked failed and re-queued."""
+    # A database server may drop idle connections between trials: test each before use.
+    engine = {} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
+    for attempt in range(5):
+        try:
+            return RDBStorage(
+                url, heartbeat_interval=int(HEARTBEAT_INTERVAL_S), grace_period=int(HEARTBEAT_GRACE_S),
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3), engine_kwargs=engine,
+            )
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError) as err:
+            # Workers starting together on an empty database race to create its tables: the losers retry.
+            racing = isinstance(err, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)) \
+                or "already exists" in str(err)
+            if racing and attempt < 4:
+                time.sleep(random.uniform(0.2, 1.0))
+                continue
+            raise ParameterError(f"cannot open Optuna storage {tracking.redact(url)}: {type(err).__name__}: "
+                                 f"{str(err).splitlines()[0]}") from None
+    raise AssertionError("unreachable")
+
+
+def open_study(name: str, storage: RDBStorage, sampler: optuna.samplers.BaseSampler,
+               pruner: optuna.pruners.BasePruner, config: dict[str, Any], fix: str) -> optuna.Study:
+    """Create or resume the Optuna study `name`; refuse a resume under another configuration (it would mix
+    two comparisons); `fix` says what the user may restore."""
+    try:  # exactly one worker creates the study (the storage says which) and records its configuration
+        storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], name)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        created = False
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    if created:
+        study.set_user_attr("config", config)
+        study.set_user_attr("study_uid", uuid.uuid4().hex)  # tells this study from a namesake in another DB
+    recorded = wait_for_user_attr(study, "study_uid") and study.user_attrs.get("config")
+    if json.loads(json.dumps(config)) != recorded:
+        changed = sorted(k for k in config.keys() | recorded.keys() if recorded.get(k) != json.loads(json.dumps(config.get(k))))
+        raise StudyError(
+            f"Optuna study {name!r} in this storage was run with a different configuration "
+            f"(changed: {', '.join(changed)}); resuming would mix two comparisons. Restore the original "
+            f"settings ({fix}) or use another study name or storage."
+        )
+    return study
+
+
+def wait_for_user_attr(study: optuna.Study, key: str, timeout_s: float = 60) -> Any:
+    """A study another worker has just created gets its attributes a moment later."""
+    deadline = time.monotonic() + timeout_s
+    while key not in study.user_attrs:
+        if time.monotonic() > deadline:
+            raise StudyError(f"Optuna study {study.study_name!r} has no {key!r}: it was not created by the harness, "
+                             "or its creator died while creating it; delete it (optuna delete-study) and rerun")
+        time.sleep(0.2)
+    return study.user_attrs[key]
+
+
+def counted_trials(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=COUNTED))
 
 
 def with_storage_retries(call: Callable[[], T], what: str, url: str) -> T:
@@ -200,7 +266,7 @@ class FinalSeeds:
     def __init__(self, storage: optuna.storages.BaseStorage, name: str, seeds: int, done: set[int]) -> None:
         self.seeds, self.url, self.done_before = seeds, getattr(storage, "url", "the Optuna storage"), done
         self.study = with_storage_retries(
-            lambda: optuna.create_study(study_name=f"{name}/final", storage=storage, load_if_exists=True,
+            lambda: optuna.create_study(study_name=final_study_name(name), storage=storage, load_if_exists=True,
                                         direction="maximize"), "opening the final-seed study", self.url)
         with_storage_retries(self.enqueue_missing, "queueing final seeds", self.url)
 
@@ -211,9 +277,6 @@ class FinalSeeds:
         for seed in range(self.seeds):
             if seed not in live and seed not in self.done_before:
                 self.study.enqueue_trial({"seed": seed})
-
-    def completed(self) -> set[int]:
-        return {seed_of(t) for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
 
     def run_all(self, run_seed: Callable[[int, optuna.Trial], float], label: str,
                 between: Callable[[], None] = lambda: None) -> None:

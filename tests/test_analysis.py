@@ -14,12 +14,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 from scipy import stats as sps
 
 from analysis import stats
-from analysis.cli import build_parser as analysis_parser
 from analysis.cli import main as analyze
 from analysis.contrasts import default_contrasts
 from conftest import REPO, TINY_STUDY
@@ -299,7 +297,7 @@ def test_a_failed_report_leaves_the_previous_one_and_marks_the_run_failed(at_exp
     root, uri, _ = at_experiment
     assert analyze(["--experiment", "tiny_analysis", "--out", "kept", "--no-log"]) == 0
     before = (root / "kept" / "report.md").read_text()
-    from analysis import figures
+    from harness import figures
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
@@ -325,14 +323,6 @@ def test_bad_requests_get_clear_errors(at_experiment, capsys):
     assert "--rope must be" in capsys.readouterr().err
     assert analyze(["--experiment", "tiny_analysis", "--study", "other", "--no-log"]) == 2
     assert "no harness runs" in capsys.readouterr().err
-
-
-def test_mlproject_analyze_parameters_match_the_cli():
-    entry = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["analyze"]
-    cli = {a.dest for a in analysis_parser()._actions} - {"help", "tracking_uri", "no_log"}
-    assert set(entry["parameters"]) == cli
-    for name in entry["parameters"]:
-        assert f"--{name.replace('_', '-')} {{{name}}}" in entry["command"]
 
 
 @pytest.mark.slow

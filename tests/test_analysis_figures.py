@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import figures
+from harness import figures
 
 # Demšar (2006), section 3.2.2: four C4.5 variants over 14 data sets, Nemenyi CD = 1.25 at alpha 0.05.
 DEMSAR = {"C4.5": 3.143, "C4.5+m": 2.000, "C4.5+cf": 2.893, "C4.5+m+cf": 1.964}

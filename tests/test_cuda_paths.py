@@ -15,7 +15,8 @@ import torch
 
 from conftest import tiny_dnabert2, toy_splits
 from harness.models.dnabert2 import DNABERT2Config, Encoder, SelfAttention
-from harness.train import TrainConfig, autocast, fit, resolve_precision
+from harness.runtime import Runtime, autocast, resolve_precision
+from harness.train import TrainConfig, fit
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA GPU (none here); CI has none, the GPU machine runs these")
@@ -127,7 +128,7 @@ def test_fit_on_cuda_places_model_and_batches_on_the_gpu_in_bf16():
     model = tiny_dnabert2(tok)
     seen: set[tuple[str, str]] = set()
     hook = model.classifier.register_forward_hook(lambda m, a, out: seen.add((a[0].device.type, str(out.dtype))))
-    result = fit(model, train, dev, tok.pad_id, TrainConfig(batch_size=16, max_epochs=2, device="cuda", precision="auto"))
+    result = fit(model, train, dev, tok.pad_id, TrainConfig(batch_size=16, max_epochs=2), Runtime.resolve("cuda", "auto"))
     hook.remove()
     assert all(p.device.type == "cuda" and p.dtype == torch.float32 for p in model.parameters())
     assert seen == {("cuda", "torch.bfloat16")}

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import mlflow
 import optuna
@@ -12,10 +10,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
 from harness.arms import TorchArm
 from harness.cli import main
-from harness.train import DivergedError
+from harness.errors import (CheckpointError, DataError, DivergedError, NoCompletedTrialError, StorageError,
+                            StudyError)
 
 
 def run_cli(study, data, arm="unet_char", *extra):
@@ -59,7 +57,6 @@ def test_tiny_study_logs_the_schema(workdir, tiny_gue, tiny_study, caplog):
         "tokenizer": "char", "init": "scratch"}
     assert parent.data.params["n_trials"] == "3" and parent.data.params["max_epochs"] == "2"
     assert json.loads(parent.data.params["search_space"]).keys() == {"lr", "dropout", "batch_size"}
-    assert -1 <= parent.data.metrics["best_dev_mcc"] <= 1
     assert "git_commit" in parent.data.tags and parent.data.tags["storage"] == "sqlite:///optuna.db"
 
     trials, finals = runs["trial"], runs["final"]
@@ -156,6 +153,31 @@ def test_bad_data_gives_clear_error_and_no_run(workdir, tiny_gue, tiny_study, ca
     assert expected in capsys.readouterr().err
     exp = MlflowClient().get_experiment_by_name("tiny")
     assert exp is None or not MlflowClient().search_runs([exp.experiment_id])
+
+
+@pytest.mark.parametrize("error, code", [
+    (DataError("train.csv, line 3: bad"), 2), (StudyError("s.yaml: bad key"), 2), (CheckpointError("does not fit"), 2),
+    (StorageError("lost the Optuna storage"), 1), (NoCompletedTrialError("none of the 3 trials completed"), 1),
+])
+def test_user_errors_exit_with_their_code(monkeypatch, capsys, error, code):
+    def tune(request):
+        raise error
+
+    monkeypatch.setattr("harness.tuning.tune", tune)
+    assert main(["run", "--arm", "unet_char"]) == code
+    assert capsys.readouterr().err == f"error: {error}\n"
+
+
+@pytest.mark.parametrize("bug", [ValueError("a bug"), KeyError("a bug"), FileNotFoundError(2, "No such file", "x")])
+def test_a_bug_keeps_its_traceback(monkeypatch, bug):
+    """Only HarnessErrors (and a full or read-only disk) become `error: ...`; a ValueError, KeyError or a
+    missing file inside the harness is a bug: it propagates with its traceback."""
+    def tune(request):
+        raise bug
+
+    monkeypatch.setattr("harness.tuning.tune", tune)
+    with pytest.raises(type(bug)):
+        main(["run", "--arm", "unet_char"])
 
 
 def test_unknown_arm_and_bad_parameters(workdir, tiny_study, capsys):
@@ -268,22 +290,23 @@ def test_arm_and_search_space_must_fit(workdir, tiny_gue, tiny_study, capsys):
     assert exp is None or not MlflowClient().search_runs([exp.experiment_id])
 
 
-def test_cli_lists_registries():
-    out = subprocess.run([sys.executable, "-m", "harness", "list"], capture_output=True, text=True, cwd=REPO,
-                         check=True).stdout
+def test_cli_lists_registries(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
     for name in ("unet_char", "unet_bpe", "kmer_logreg", "synthetic/motif_multiclass", "tf/0", "smoke"):
         assert name in out
 
 
-def test_compile_and_plain_loop_options_reach_every_fit(workdir, tiny_gue, tiny_study, monkeypatch, capsys):
-    """compile=true compiles the model of every fit, and the runs say so; fast_path=false is part of the
-    study's configuration, so resuming a fast-path study with it is refused."""
+def test_runtime_options_reach_every_fit(workdir, tiny_gue, tiny_study, monkeypatch, capsys):
+    """compile=true compiles the model of every fit, and the runs say so; the precision is part of the study's
+    configuration, so resuming an fp32 study in bf16 is refused."""
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda model, **kwargs: compiled.append(model) or model)
-    assert run_cli(tiny_study, tiny_gue, "unet_char", "--seeds", "1", "--compile", "true") == 0
+    assert run_cli(tiny_study, tiny_gue, "unet_char", "--seeds", "1", "--compile", "true", "--precision", "fp32") == 0
     runs = runs_by_stage()
     fits = runs["trial"] + runs["final"]
     assert len(compiled) == len(fits) == 3 + 1
     assert {r.data.tags["compile"] for r in fits} == {"true"}
-    assert run_cli(tiny_study, tiny_gue, "unet_char", "--seeds", "1", "--fast-path", "false") == 2
-    assert "changed: fast_path" in capsys.readouterr().err
+    assert runs["study"][0].data.params["precision"] == "fp32"
+    assert run_cli(tiny_study, tiny_gue, "unet_char", "--seeds", "1", "--precision", "bf16") == 2
+    assert "changed: precision" in capsys.readouterr().err

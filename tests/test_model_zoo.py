@@ -15,13 +15,15 @@ from mlflow.tracking import MlflowClient
 
 from analysis.cli import main as analyze
 from conftest import shared_path
-from harness.arms import ARMS, Budget, RunOptions, check_arm_setup
+from harness.arms import ARMS, Budget, RunOptions
 from harness.checkpoints import open_checkpoint, save_checkpoint
 from harness.cli import main
-from harness.data import DataError
+from harness.errors import CheckpointError, DataError, ParameterError
 from harness.models import MODELS, count_parameters, logits_of
 from harness.models.convnova import ConvNova, ConvNovaConfig, dilation_schedule, load_original_state_dict
+from harness.models.weights import read_state_dict
 from harness.pretrain import cut_windows, read_corpus
+from harness.runtime import CPU
 from harness.studies import load_study
 from harness.tasks import load_task
 from harness.tokenizers import MASK, PAD, BPETokenizer, CharTokenizer
@@ -67,12 +69,13 @@ def test_convnova_reads_harness_nucleotide_tokens_like_the_original():
 def test_convnova_strict_loading_names_the_problem():
     model, _ = fixture_convnova()
     state = model.state_dict()
-    with pytest.raises(KeyError, match="missing.*convs.4.weight"):
+    with pytest.raises(CheckpointError, match="lacks 1 weight.*convs.4.weight"):
         load_original_state_dict(ConvNova(model.config), {k: v for k, v in state.items() if k != "convs.4.weight"})
-    with pytest.raises(KeyError, match="unexpected.*final_conv"):
+    with pytest.raises(CheckpointError, match="does not know.*final_conv"):
         load_original_state_dict(ConvNova(model.config), {**state, "final_conv.0.weight": torch.zeros(1)})
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(CheckpointError, match="does not fit this model's architecture.*size mismatch"):
         load_original_state_dict(ConvNova(ConvNovaConfig(hidden_dim=64)), state)
+    load_original_state_dict(ConvNova(model.config), {**state, "out_linear.weight": torch.zeros(1)})  # a head: unused
 
 
 def test_convnova_sizes_are_near_the_published_ones():
@@ -134,10 +137,15 @@ def test_classifier_refuses_a_checkpoint_that_does_not_fit():
     mlm = spec.masked_lm({"hidden_dim": 16, "kernel_size": 9, "num_conv1d": 5, "dilation_base": 4}, tok, 0.0)
     clf = spec.classifier({"hidden_dim": 16, "kernel_size": 9, "num_conv1d": 5, "dilation_base": 4}, tok, 2, 0.0)
     state = mlm.state_dict()
-    with pytest.raises(KeyError, match="lacks 1 weight.*encoder.linear.bias"):
+    with pytest.raises(CheckpointError, match="lacks 1 weight.*encoder.linear.bias"):
         clf.load_published_state_dict({k: v for k, v in state.items() if k != "encoder.linear.bias"})
-    with pytest.raises(KeyError, match="does not know.*encoder.extra"):
+    with pytest.raises(CheckpointError, match="does not know.*encoder.extra"):
         clf.load_published_state_dict({**state, "encoder.extra": torch.zeros(1)})
+    # Another classifier's head (3 classes) is never taken: this one's is new.
+    other = spec.classifier({"hidden_dim": 16, "kernel_size": 9, "num_conv1d": 5, "dilation_base": 4}, tok, 3, 0.0)
+    before = clf.classifier.weight.detach().clone()
+    clf.load_published_state_dict(other.state_dict())
+    torch.testing.assert_close(clf.classifier.weight, before, atol=0, rtol=0)
 
 
 def test_init_must_fit_the_arm(tmp_path):
@@ -145,13 +153,13 @@ def test_init_must_fit_the_arm(tmp_path):
     arch = spec.architecture(tok, {"hidden_dim": 16})
     folder = save_checkpoint(tmp_path / "c", "convnova", arch, spec.masked_lm(arch, tok, 0.0), tok, {})
     study = load_study("smoke")
-    check_arm_setup(ARMS.get("convnova_char"), study, RunOptions(init=str(folder)))
-    with pytest.raises(ValueError, match="holds a convnova model on char tokens; arm unet_char is unet"):
-        check_arm_setup(ARMS.get("unet_char"), study, RunOptions(init=str(folder)))
-    with pytest.raises(ValueError, match="kmer_logreg is not a neural network"):
-        check_arm_setup(ARMS.get("kmer_logreg"), study, RunOptions(init=str(folder)))
-    with pytest.raises(FileNotFoundError, match="no such folder"):
-        check_arm_setup(ARMS.get("convnova_char"), study, RunOptions(init=str(tmp_path / "nowhere")))
+    ARMS.get("convnova_char").validate(study, RunOptions(CPU, init=str(folder)))
+    with pytest.raises(CheckpointError, match="holds a convnova model on char tokens; arm unet_char is unet"):
+        ARMS.get("unet_char").validate(study, RunOptions(CPU, init=str(folder)))
+    with pytest.raises(ParameterError, match="kmer_logreg is not a neural network"):
+        ARMS.get("kmer_logreg").validate(study, RunOptions(CPU, init=str(folder)))
+    with pytest.raises(CheckpointError, match="no such folder"):
+        ARMS.get("convnova_char").validate(study, RunOptions(CPU, init=str(tmp_path / "nowhere")))
 
 
 # ------------------------------------------------------------------------------ dnabert2_pretrained arm
@@ -160,19 +168,18 @@ def test_dnabert2_pretrained_fine_tunes_the_published_layout(tiny_gue, tmp_path,
     checkpoint = str(shared_path("fixtures", "dnabert2_tiny", "mlm"))
     tokenizer = str(shared_path("dnabert2", "tokenizer.json"))
     arm, study = ARMS.get("dnabert2_pretrained"), load_study("smoke")
-    with pytest.raises(ValueError, match="needs? checkpoint=|pass checkpoint="):
-        check_arm_setup(arm, study, RunOptions())
-    options = RunOptions(device="cpu", init=checkpoint)
-    with pytest.raises(ValueError, match="has no tokenizer.json; pass its tokenizer with tokenizer="):
-        check_arm_setup(arm, study, options)
-    options = RunOptions(device="cpu", init=checkpoint, tokenizer_path=tokenizer)
-    check_arm_setup(arm, study, options)
+    with pytest.raises(ParameterError, match="needs? checkpoint=|pass checkpoint="):
+        arm.validate(study, RunOptions(CPU))
+    options = RunOptions(CPU, init=checkpoint)
+    with pytest.raises(CheckpointError, match="has no tokenizer.json; pass its tokenizer with tokenizer="):
+        arm.validate(study, options)
+    options = RunOptions(CPU, init=checkpoint, tokenizer_path=tokenizer)
+    arm.validate(study, options)
     task = load_task("toy/motif_binary", str(tiny_gue))
     fitted = arm.fit(task, {"lr": 1e-3, "batch_size": 16}, 0, Budget(1, None), options)
     assert fitted.architecture["hidden_size"] == 96 and fitted.n_params > 400_000  # the checkpoint's size
     assert arm.tags(options)["init"] == "pretrained" and arm.inherited_cost(options) == {}
     # The encoder started from the checkpoint: its word embeddings are the checkpoint's, before training.
-    from harness.models.dnabert2 import read_state_dict
     model, _ = arm.build_model(fitted.tokenizer, 2, {}, options)
     torch.testing.assert_close(model.bert.embeddings.word_embeddings.weight,
                                read_state_dict(open_checkpoint(checkpoint).folder)["bert.embeddings.word_embeddings.weight"])
@@ -211,6 +218,7 @@ def write_corpus(path, n=12, length=400, seed=0):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arm", ["convnova_char", "dnabert2_char_scratch"])
 def test_pretrain_then_fine_tune_records_source_and_cost(arm, workdir, tiny_gue, tiny_study):
     corpus = write_corpus(workdir / "corpus.fa.gz")

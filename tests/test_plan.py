@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import pytest
-import yaml
-
-from conftest import REPO
-from harness.arms import RunOptions
-from harness.cli import build_parser
-from harness.cli import main as harness
-from harness.plan import Projection, format_plan, timed_configuration, project, sample_task
-from harness.studies import load_study
-from harness.tasks import load_task
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from harness.cli import main as harness
+from harness.plan import Projection, format_plan, project, sample_task, timed_configuration
+from harness.request import RunRequest
+from harness.tasks import load_task
+
+
+def plan_request(study, data, arms: str, **overrides: str) -> RunRequest:
+    return RunRequest.parse({"study": str(study), "data": str(data), "arms": arms, "device": "cpu", **overrides})
 
 
 def test_timed_configuration_and_sample():
@@ -28,10 +28,9 @@ def test_timed_configuration_and_sample():
 
 
 def test_projection_is_fits_times_epochs_times_measured_epoch(tiny_study, tiny_gue):
-    spec = load_study(str(tiny_study))
-    task = load_task("toy/motif_binary", str(tiny_gue))
-    rows = project(spec, ["unet_char", "kmer_logreg"], [task], RunOptions(bpe_vocab_size=64), n_trials=3, seeds=2,
-                   sample=64)
+    request = plan_request(tiny_study, tiny_gue, "unet_char,kmer_logreg", n_trials="3", seeds="2")
+    spec, (task,) = request.spec, request.load_tasks()
+    rows = project(request, [task], sample=64)
     unet, kmer = rows
     assert (unet.fits, unet.epochs, kmer.epochs, unet.n_train) == (5, spec.max_epochs, 1, len(task.train))
     assert unet.epoch_seconds > 0 and unet.seconds == pytest.approx(5 * spec.max_epochs * unet.epoch_seconds)
@@ -52,14 +51,6 @@ def test_format_plan_totals():
     rows = [Projection("a", "t1", 100, 23, 10, 18.0), Projection("a", "t2", 100, 23, 10, 2.0)]
     text = format_plan(rows, "cuda")
     assert "  a  1.28 h" in text and "whole study: 1.28 h" in text  # 23 x 10 x 20 s = 4600 s
-
-
-def test_mlproject_plan_parameters_match_the_cli():
-    entry = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["plan"]
-    cli = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["plan"]._actions} - {"help", "mlflow_style"}
-    assert set(entry["parameters"]) == cli
-    for name in entry["parameters"]:
-        assert f"--{name.replace('_', '-')} {{{name}}}" in entry["command"]
 
 
 def test_plan_times_a_steady_state_epoch_at_the_smallest_batch(tiny_study, tiny_gue, monkeypatch):
@@ -83,11 +74,13 @@ def test_plan_times_a_steady_state_epoch_at_the_smallest_batch(tiny_study, tiny_
     text = tiny_study.read_text()
     tiny_study.write_text(text.replace("dropout: {type: float, low: 0.0, high: 0.2}\n    batch_size: {type: categorical, choices: [16]}",
                                        "dropout: {type: float, low: 0.0, high: 0.2}\n    batch_size: {type: categorical, choices: [32, 8, 64]}"))
-    spec = load_study(str(tiny_study))
-    task = load_task("toy/motif_binary", str(tiny_gue))
-    unet, kmer = project(spec, ["unet_char", "kmer_logreg"], [task], RunOptions(), n_trials=3, seeds=2, sample=40)
+    request = plan_request(tiny_study, tiny_gue, "unet_char,kmer_logreg,dnabert2_pretrained", n_trials="3", seeds="2")
+    spec, task = request.spec, load_task("toy/motif_binary", str(tiny_gue))
+    unet, kmer, pretrained = project(request, [task], sample=40)
     scale = len(task.train) / 40
     assert unet.epoch_seconds == pytest.approx(2.0 * scale)  # the second epoch, not the first (10 s)
     assert kmer.epoch_seconds == pytest.approx(1.0 * scale)  # the second fit, not the first (10 s)
     assert spec.space("cnn")["batch_size"].choices == (32, 8, 64)
-    assert calls[0] == ("unet_char", 2, 8) and calls[1:] == [("kmer_logreg", 1, None)] * 2
+    assert calls[0] == ("unet_char", 2, 8) and calls[1:3] == [("kmer_logreg", 1, None)] * 2
+    # Without a checkpoint, the pretrained arm is timed by the arm of its architecture that needs none.
+    assert calls[3:] == [("dnabert2_scratch", 2, 16)] and pretrained.arm == "dnabert2_pretrained"

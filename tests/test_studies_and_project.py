@@ -65,12 +65,25 @@ def test_unknown_study_lists_known_ones():
         load_study("nope")
 
 
-@pytest.mark.parametrize("entry,command", [("main", "run"), ("pretrain", "pretrain"), ("tokenizer", "tokenizer")])
+def cli_options(command: str) -> set[str]:
+    """The options of a command line; those MLproject cannot pass (a tracking URI comes from the environment,
+    -P is the MLflow-style spelling of the same options) left out."""
+    if command == "analyze":
+        from analysis.cli import build_parser as analysis_parser
+
+        parser = analysis_parser()
+    else:
+        parser = build_parser()._subparsers._group_actions[0].choices[command]
+    return {a.dest for a in parser._actions} - {"help", "tracking_uri", "no_log", "mlflow_style"}
+
+
+@pytest.mark.parametrize("entry,command", [("main", "run"), ("sweep", "sweep"), ("plan", "plan"),
+                                           ("pretrain", "pretrain"), ("tokenizer", "tokenizer"),
+                                           ("analyze", "analyze")])
 def test_mlproject_parameters_match_the_cli(entry, command):
     project = yaml.safe_load((REPO / "MLproject").read_text())
     params = project["entry_points"][entry]["parameters"]
-    cli = {a.dest for a in build_parser()._subparsers._group_actions[0].choices[command]._actions} - {"help"}
-    assert set(params) == cli
+    assert set(params) == cli_options(command)
     for name in params:  # every parameter reaches the command line
         assert f"--{name.replace('_', '-')} {{{name}}}" in project["entry_points"][entry]["command"]
     if entry != "main":

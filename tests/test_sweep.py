@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import shlex
 
-import yaml
-
-from conftest import REPO, TINY_STUDY
-from harness.cli import build_parser
+from conftest import TINY_STUDY
 from harness.cli import main as harness
 
 STUDY = TINY_STUDY.replace("tasks: [toy/motif_binary]", "tasks: [toy/motif_binary, toy/motif_multiclass]") + \
@@ -55,9 +52,18 @@ def test_unknown_arm_in_a_sweep_is_a_clear_error(capsys):
     assert "nope" in capsys.readouterr().err
 
 
-def test_mlproject_sweep_parameters_match_the_cli():
-    entry = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["sweep"]
-    cli = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["sweep"]._actions} - {"help"}
-    assert set(entry["parameters"]) == cli
-    for name in entry["parameters"]:
-        assert f"--{name.replace('_', '-')} {{{name}}}" in entry["command"]
+
+def test_a_checkpoint_goes_only_to_the_arms_that_require_one(tmp_path):
+    from harness.request import RunRequest
+    from harness.sweep import cell_requests, command
+
+    study = tmp_path / "tiny.yaml"
+    study.write_text(STUDY)
+    request = RunRequest.parse({"study": str(study), "arms": "kmer_logreg,dnabert2_pretrained", "checkpoint": "/ckpt",
+                                "n_trials": "2"})
+    cells = {(c.arms, c.tasks): c for c in cell_requests(request)}
+    assert len(cells) == 4
+    assert {c.init for (arms, _), c in cells.items() if arms == ("dnabert2_pretrained",)} == {"/ckpt"}
+    assert {c.init for (arms, _), c in cells.items() if arms == ("kmer_logreg",)} == {None}
+    line = command(cells[(("dnabert2_pretrained",), ("toy/motif_binary",))])
+    assert "-P checkpoint=/ckpt" in line and "-P n_trials=2" in line and "-P seeds" not in line  # the study's

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import numpy as np
@@ -11,22 +10,13 @@ import pytest
 from conftest import shared_path
 from harness import tokenizers as T
 from harness.data import Split
+from harness.errors import ParameterError
 
 
 def test_char_tokenizer_ids():
     (ids,) = T.CharTokenizer().encode(["ACGTN"])
     assert ids.tolist() == [T.CLS, 5, 6, 7, 8, 9, T.SEP]
     assert T.CharTokenizer.vocab_size == 10
-
-
-@pytest.mark.parametrize("k", [1, 3, 6])
-def test_kmer_tokenizer_matches_brute_force(k):
-    tok = T.KmerTokenizer(k)
-    vocab = {"".join(p): 5 + i for i, p in enumerate(itertools.product("ACGT", repeat=k))}
-    seq = "ACGTTGCANGGATCCA"
-    expected = [vocab.get(seq[i:i + k], T.UNK) for i in range(len(seq) - k + 1)]
-    assert tok.encode([seq])[0].tolist() == [T.CLS, *expected, T.SEP]
-    assert tok.vocab_size == 5 + 4**k
 
 
 def test_bpe_trained_on_a_split(tmp_path, monkeypatch):
@@ -90,5 +80,7 @@ def test_truncation_to_max_length_is_counted(tmp_path, monkeypatch, caplog):
 def test_malformed_tokenizer_file(tmp_path):
     bad = tmp_path / "tokenizer.json"
     bad.write_text("{not json")
-    with pytest.raises(ValueError, match="not a `tokenizers` tokenizer.json"):
+    with pytest.raises(ParameterError, match="not a `tokenizers` tokenizer.json"):
         T.BPETokenizer.from_file(bad)
+    with pytest.raises(ParameterError, match="tokenizer file .*missing.json not found"):
+        T.BPETokenizer.from_file(tmp_path / "missing.json")

@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .weights import load_by_key_name
+
 ALPHABET = 5  # A C G T N
 N_ID = 4
 
@@ -136,10 +138,6 @@ class ConvNova(nn.Module):
 
 def load_original_state_dict(model: ConvNova, state: dict[str, torch.Tensor]) -> None:
     """Load an original ConvNova `CNNModel` state dict (its key names; strict). A pretraining head
-    (`out_linear.*`) is dropped: the harness gives every model its own heads."""
-    state = {k: v for k, v in state.items() if not k.startswith("out_linear.")}
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise KeyError(f"not a ConvNova state dict for this configuration: missing {result.missing_keys[:8]}, "
-                       f"unexpected {result.unexpected_keys[:8]}")
+    (`out_linear.*`) is left out: the harness gives every model its own heads."""
+    load_by_key_name(model, state, may_leave=("out_linear.",))
 

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .weights import download_from_hub, load_by_key_name, read_state_dict
+
 
 @dataclass
 class ModelOutput:
@@ -199,6 +201,8 @@ class PreTrainedMixin:
     config: DNABERT2Config
     # Keys a fresh head may lack when loading a checkpoint of another kind (e.g. MLM -> classifier).
     optional_missing: tuple[str, ...] = ()
+    # A classification checkpoint's pooler/classifier, or a masked-LM's head, unused by another kind.
+    unused_heads = ("bert.pooler", "classifier", "cls.")
 
     def _init_weights(self) -> None:
         for m in self.modules():  # BERT's initialisation: N(0, 0.02) weights, zero biases, unit norms
@@ -221,15 +225,7 @@ class PreTrainedMixin:
         return model
 
     def load_published_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        result = self.load_state_dict(state, strict=False)  # type: ignore[attr-defined]
-        missing = [k for k in result.missing_keys if not k.startswith(self.optional_missing)]
-        if missing:
-            raise KeyError(f"checkpoint lacks {len(missing)} weight(s) this model needs: {missing[:8]}")
-        if result.unexpected_keys:
-            # The pooler/classifier of a classification checkpoint are unused by the encoder or MLM.
-            unused = [k for k in result.unexpected_keys if not k.startswith(("bert.pooler", "classifier", "cls."))]
-            if unused:
-                raise KeyError(f"checkpoint has {len(unused)} weight(s) this model does not know: {unused[:8]}")
+        load_by_key_name(self, state, may_lack=self.optional_missing, may_leave=self.unused_heads)  # type: ignore[arg-type]
 
     def save_pretrained(self, path: str | Path) -> None:
         from safetensors.torch import save_file
@@ -239,31 +235,6 @@ class PreTrainedMixin:
         (folder / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
         state = {k: v.contiguous() for k, v in self.state_dict().items() if k != "cls.predictions.decoder.weight"}  # type: ignore[attr-defined]
         save_file(state, str(folder / "model.safetensors"))
-
-
-def download_from_hub(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=[
-            "config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json", "tokenizer_config.json"]))
-    except Exception as err:  # offline, unknown id, no access: all end the same way for the user
-        raise FileNotFoundError(
-            f"{repo_id}: not a local checkpoint folder, and the hub could not provide it "
-            f"({type(err).__name__}). Download it where you have network (e.g. `hf download {repo_id} "
-            f"--local-dir DNABERT-2-117M`) and pass that folder instead."
-        ) from None
-
-
-def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    """model.safetensors, else pytorch_model.bin read with weights_only=True (no pickle code runs)."""
-    if (folder / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(folder / "model.safetensors"))
-    if (folder / "pytorch_model.bin").is_file():
-        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"{folder}: neither model.safetensors nor pytorch_model.bin")
 
 
 class BertBody(nn.Module):

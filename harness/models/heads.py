@@ -7,7 +7,7 @@ An encoder maps input_ids, attention_mask [B, L] to features [B, L, H] and has `
 
 Both keep the encoder under `encoder.`, so a masked-LM checkpoint loads into a classifier by key name:
 the classifier's `classifier.*` is new, the checkpoint's `lm_head.*` is left out, and anything else
-that does not match is an error.
+that does not match is an error (`weights.load_by_key_name`).
 """
 
 from __future__ import annotations
@@ -15,18 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def load_by_key_name(model: nn.Module, state: dict[str, torch.Tensor], new_head: tuple[str, ...],
-                     unused_head: tuple[str, ...]) -> None:
-    """Load `state` into `model`; only keys under `new_head` may be missing and only keys under
-    `unused_head` may be left over. Shapes must match (a different architecture is an error)."""
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(new_head)]
-    unexpected = [k for k in result.unexpected_keys if not k.startswith(unused_head)]
-    if missing:
-        raise KeyError(f"checkpoint lacks {len(missing)} weight(s) this model needs: {missing[:8]}")
-    if unexpected:
-        raise KeyError(f"checkpoint has {len(unexpected)} weight(s) this model does not know: {unexpected[:8]}")
+from .weights import load_by_key_name
 
 
 class SequenceClassifier(nn.Module):
@@ -44,8 +33,7 @@ class SequenceClassifier(nn.Module):
 
     def load_published_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """A MaskedLM checkpoint (or another classifier's) -> this classifier, with a new head."""
-        encoder_only = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-        load_by_key_name(self, encoder_only, new_head=("classifier.",), unused_head=("lm_head.",))
+        load_by_key_name(self, state, fresh=("classifier.",), may_leave=("lm_head.",))
 
 
 class MaskedLM(nn.Module):

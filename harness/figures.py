@@ -1,8 +1,9 @@
-"""Figures of a report (PNG): critical-difference diagram, scores per task, paired differences, cost.
+"""Every figure the harness draws (PNG): a run's confusion matrix, learning curve and tuning history, and
+a report's critical-difference diagram, scores per task, paired differences and cost.
 
-Each function draws one figure, saves it at 150 dpi with a tight bounding box, closes it and returns the
-path, so a report can build many figures without holding them in memory. Arms keep one colour across
-figures: `arm_colors` hands out the default colour cycle in sorted-name order.
+Each function draws one figure, saves it, closes it and returns the path, so a report can build many figures
+without holding them in memory. Arms keep one colour across a report's figures: `arm_colors` hands out the
+default colour cycle in sorted-name order.
 """
 
 from __future__ import annotations
@@ -67,6 +68,56 @@ def _require(frame: pd.DataFrame, columns: Iterable[str], what: str) -> None:
     if missing:
         raise ValueError(f"{what} lacks column(s) {missing}; it has {list(frame.columns)}")
 
+
+# ------------------------------------------------------------------------------------ one run's figures
+def confusion_matrix(cm: np.ndarray, path: Path, title: str) -> Path:
+    size = max(3.6, 0.6 * len(cm) + 1.8)
+    with plt.style.context("default"):
+        fig, ax = plt.subplots(figsize=(size, size))
+        ax.imshow(cm, cmap="Blues")
+        for (i, j), n in np.ndenumerate(cm):
+            ax.text(j, i, str(n), ha="center", va="center", color="white" if n > cm.max() / 2 else "black")
+        ax.set(xlabel="predicted class", ylabel="true class", xticks=range(len(cm)), yticks=range(len(cm)))
+        ax.set_title(title, fontsize=9)
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+    return path
+
+
+def learning_curve(history: list, path: Path, title: str) -> Path:
+    """Train loss and dev MCC per epoch of one fit (`train.EpochResult`s)."""
+    epochs = [r.epoch for r in history]
+    with plt.style.context("default"):
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.plot(epochs, [r.train_loss for r in history], "o-", color="tab:red", label="train loss")
+        ax.set(xlabel="epoch", ylabel="train loss", title=title)
+        ax2 = ax.twinx()
+        ax2.plot(epochs, [r.dev["mcc"] for r in history], "s-", color="tab:blue", label="dev MCC")
+        ax2.set_ylabel("dev MCC")
+        fig.legend(loc="lower center", ncol=2, fontsize=8)
+        fig.tight_layout(rect=(0, 0.08, 1, 1))
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+    return path
+
+
+def optuna_history(study, path: Path) -> Path:
+    """Optuna's optimisation history of a cell's tuning: every trial's dev MCC and the best so far."""
+    import warnings
+
+    import optuna
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    # Optuna's plots switch matplotlib to its own style; the context restores ours afterwards.
+    with warnings.catch_warnings(), plt.style.context("default"):
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = plot_optimization_history(study)
+        ax.set_ylabel("dev MCC")
+        ax.set_title(f"{study.study_name}: optimisation history", fontsize=9)
+        ax.figure.set_size_inches(7, 3.5)
+        ax.figure.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(ax.figure)
+    return path
 
 # ------------------------------------------------------------------------ critical-difference diagram
 def _rank_order(avg_ranks: dict[str, float]) -> list[tuple[str, float]]:

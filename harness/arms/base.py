@@ -1,0 +1,132 @@
+"""The arm interface: what every arm declares and answers, and what it is given.
+
+An arm is one model x tokenizer x initialisation. It declares its name, the study family whose search space
+it takes, its model and tokenizer, and whether it is a neural network (trained epoch by epoch by
+`train.fit`, able to start from a checkpoint) or a one-pass estimator. Before anything runs, `validate`
+checks that the study, the tokenizer file and the checkpoint fit it; then every arm answers the same call,
+`fit(task, params, seed, budget, options, on_epoch)`, with a `Fitted` whose `predict(split)` scores dev or
+test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..checkpoints import Checkpoint, open_checkpoint
+from ..data import TaskData
+from ..errors import ParameterError, StudyError
+from ..models import MODELS
+from ..runtime import Runtime
+from ..schema import Init, Tag, variant_name
+from ..studies import StudySpec
+from ..tokenizers import BPETokenizer
+from ..train import EpochCallback, FitResult
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every arm gets alike (from the study): the epoch cap and the early-stopping patience."""
+
+    max_epochs: int
+    patience: int | None = None
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What an arm is given besides its hyperparameters: the runtime, tokenizer, token cap and initial weights."""
+
+    runtime: Runtime = field(default_factory=Runtime.resolve)
+    tokenizer_path: str | None = None  # a tokenizer.json for BPE arms
+    bpe_vocab_size: int = 4096  # when a BPE arm trains its own tokenizer
+    max_length: int | None = None  # tokens, truncating longer sequences (reported)
+    init: str | None = None  # a checkpoint to fine-tune from (folder, MLflow URI or DNABERT-2 hub id)
+
+    @property
+    def checkpoint(self) -> Checkpoint | None:
+        return open_checkpoint(self.init) if self.init else None
+
+
+class Fitted(Protocol):
+    result: FitResult
+    n_params: int
+
+    def predict(self, split: str) -> np.ndarray: ...
+
+    def artifacts(self, folder: Path) -> list[Path]: ...
+
+    def truncated(self) -> dict[str, int]: ...
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    family: str  # the study's search space for it: cnn, transformer, kmer, ...
+    model: str  # a harness.models name, or the estimator of a non-neural arm
+    tokenizer: str  # char | bpe | kmer
+    description: str
+    neural: bool = True  # trained by train.fit epoch by epoch; can be pretrained and start from a checkpoint
+    requires_checkpoint: bool = False  # checkpoint= is the point of the arm (dnabert2_pretrained)
+    stand_in: str = ""  # an arm of the same architecture that needs no checkpoint: what `plan` times instead
+
+    @property
+    def hyperparameters(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(required, optional) hyperparameter names of the arm's search space."""
+        raise NotImplementedError
+
+    def budget(self, spec: StudySpec) -> Budget:
+        """The study's epoch cap and patience; a one-pass estimator has one "epoch"."""
+        return Budget(spec.max_epochs if self.neural else 1, spec.patience)
+
+    def tags(self, options: RunOptions) -> dict[str, str]:
+        """The arm variant's factors, tagged on its runs."""
+        return {Tag.FAMILY: self.family, Tag.MODEL: self.model, Tag.TOKENIZER: self.tokenizer, Tag.INIT: Init.SCRATCH}
+
+    def inherited_cost(self, options: RunOptions) -> dict[str, float]:
+        """The pretraining compute a fine-tuned arm inherits, where its checkpoint recorded it."""
+        return {}
+
+    def variant(self, options: RunOptions) -> str:
+        """The label results are filed under: an arm fine-tuned from `init=` is its own variant
+        (`convnova_char@1a2b3c4d`, the checkpoint's weight fingerprint), so that it has its own Optuna study and
+        sits beside its scratch twin in one experiment. An arm that requires a checkpoint is pretrained by
+        definition."""
+        fine_tuned = options.init and not self.requires_checkpoint
+        return variant_name(self.name, options.checkpoint.fingerprint if fine_tuned else None)
+
+    def validate(self, spec: StudySpec, options: RunOptions) -> None:
+        """Before anything runs: the study's search space, a tokenizer= file and a checkpoint fit the arm."""
+        self.check_search_space(spec)
+        if options.tokenizer_path:
+            if self.tokenizer != "bpe":
+                raise ParameterError(f"tokenizer={options.tokenizer_path} applies to BPE arms; {self.name} uses "
+                                     f"{self.tokenizer} tokens. Leave tokenizer empty.")
+            BPETokenizer.from_file(options.tokenizer_path)  # a missing or broken file fails here, not in trial 0
+        if self.requires_checkpoint and not options.init:
+            raise ParameterError(
+                f"arm {self.name} fine-tunes a pretrained model: pass checkpoint=<a DNABERT-2 folder (config.json + "
+                "weights, e.g. from `hf download zhihan1996/DNABERT-2-117M`), a hub id, or runs:/<run_id>/checkpoint "
+                "from the pretrain entry point>")
+        if options.init and not self.neural:
+            raise ParameterError(f"init={options.init}: arm {self.name} is not a neural network; init applies to "
+                                 "torch arms")
+
+    def check_search_space(self, spec: StudySpec) -> None:
+        names = set(spec.space(self.family)) | set(spec.fixed.get(self.family, {}))
+        required, optional = self.hyperparameters
+        # A family's fixed architecture of one model (ConvNova's hidden_dim) does not concern another (U-Net).
+        other_architectures = {k for _, m in MODELS.items() for k in m.architecture_keys} & set(spec.fixed.get(self.family, {}))
+        missing, unknown = set(required) - names, names - set(required) - set(optional) - other_architectures
+        if missing or unknown:
+            raise StudyError(
+                f"{spec.path}: search space {self.family!r} does not fit arm {self.name}: "
+                + (f"missing {sorted(missing)}; " if missing else "") + (f"unused {sorted(unknown)}; " if unknown else "")
+                + f"it takes {list(required)} and optionally {list(optional)}"
+            )
+
+    def fit(self, task: TaskData, params: dict[str, Any], seed: int, budget: Budget, options: RunOptions,
+            on_epoch: EpochCallback | None = None) -> Fitted:
+        raise NotImplementedError

@@ -1,0 +1,134 @@
+"""The torch arms: a model of `harness.models` on a tokenizer, from random weights or a checkpoint, trained
+by the one training loop (`train.fit`) and scored by `train.predict`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from .. import train
+from ..data import TaskData
+from ..errors import CheckpointError
+from ..models import DEFAULT_DROPOUT, MODELS, count_parameters
+from ..schema import Init, Metric, Tag
+from ..studies import StudySpec
+from ..tokenizers import BPETokenizer, DNATokenizer, TokenizedSplit, TokenizerRequest, build_tokenizer, tokenize
+from ..tracking import redact
+from .base import Arm, Budget, RunOptions
+
+
+@dataclass
+class TorchFitted:
+    model: nn.Module
+    tokenizer: DNATokenizer
+    task: TaskData
+    options: RunOptions
+    result: train.FitResult
+    architecture: dict[str, Any]
+
+    @property
+    def n_params(self) -> int:
+        return count_parameters(self.model)
+
+    def tokens(self, split: str) -> TokenizedSplit:
+        return tokenize(self.tokenizer, self.task.split(split), self.options.max_length)
+
+    def predict(self, split: str) -> np.ndarray:
+        return train.predict(self.model, self.tokens(split), self.tokenizer.pad_id, self.options.runtime)
+
+    def truncated(self) -> dict[str, int]:
+        return {split: self.tokens(split).truncated for split in ("train", "dev", "test")}
+
+    def artifacts(self, folder: Path) -> list[Path]:
+        path = folder / ("tokenizer.json" if self.tokenizer.name == "bpe" else "tokenizer.txt")
+        self.tokenizer.save(path)
+        config = folder / "model_config.json"
+        config.write_text(json.dumps({"model": type(self.model).__name__, "architecture": self.architecture,
+                                      "init": self.options.init or Init.SCRATCH}, indent=2, default=str))
+        return [path, config]
+
+
+class TorchArm(Arm):
+    @property
+    def hyperparameters(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return ("lr", "batch_size"), ("weight_decay", "warmup_ratio", "dropout", *MODELS.get(self.model).architecture_keys)
+
+    def tags(self, options: RunOptions) -> dict[str, str]:
+        source = options.tokenizer_path or (f"trained on train split, vocab {options.bpe_vocab_size}"
+                                            if self.tokenizer == "bpe" else "built-in")
+        tags = {**super().tags(options), Tag.TOKENIZER_SOURCE: source,
+                Tag.COMPILE: str(options.runtime.compile).lower()}
+        ckpt = options.checkpoint
+        if ckpt is not None:
+            if ckpt.tokenizer == "bpe" and not options.tokenizer_path:
+                tags[Tag.TOKENIZER_SOURCE] = f"checkpoint {redact(ckpt.source)}"
+            tags.update({Tag.INIT: Init.PRETRAINED, Tag.INIT_SOURCE: redact(ckpt.source),
+                         Tag.INIT_WEIGHTS: ckpt.fingerprint, Tag.ARCHITECTURE: "from checkpoint",
+                         Tag.PRETRAIN_RUN: ckpt.pretraining.get("run_id", "not recorded (external checkpoint)")})
+        return tags
+
+    def inherited_cost(self, options: RunOptions) -> dict[str, float]:
+        ckpt = options.checkpoint
+        if ckpt is None or "seconds" not in ckpt.pretraining:
+            return {}
+        return {Metric.PRETRAIN_SECONDS: float(ckpt.pretraining["seconds"]),
+                Metric.PRETRAIN_FLOPS: float(ckpt.pretraining["flops"])}
+
+    def validate(self, spec: StudySpec, options: RunOptions) -> None:
+        """Also: a checkpoint must exist and fit the arm (model, tokenizer, vocabulary)."""
+        super().validate(spec, options)
+        ckpt = options.checkpoint
+        if ckpt is None:
+            return
+        if ckpt.model != self.model or ckpt.tokenizer != self.tokenizer:
+            raise CheckpointError(f"checkpoint {ckpt.source} holds a {ckpt.model} model on {ckpt.tokenizer} tokens; "
+                                  f"arm {self.name} is {self.model} on {self.tokenizer} tokens. Pick the matching arm.")
+        if ckpt.tokenizer == "bpe":
+            tok = self.build_tokenizer(None, options)  # type: ignore[arg-type]  (a checkpoint's never needs data)
+            expected = ckpt.architecture.get("vocab_size", tok.vocab_size)
+            if tok.vocab_size != expected or ckpt.tokenizer_fingerprint not in (None, tok.fingerprint):
+                raise CheckpointError(
+                    f"tokenizer {options.tokenizer_path or ckpt.tokenizer_file} is not the one checkpoint {ckpt.source} "
+                    f"was trained with (vocabulary {tok.vocab_size} vs {expected}); leave tokenizer= empty to use the "
+                    "checkpoint's own")
+
+    def build_tokenizer(self, task: TaskData, options: RunOptions) -> DNATokenizer:
+        ckpt = options.checkpoint
+        if ckpt is not None and ckpt.tokenizer == "bpe":  # a pretrained model keeps its tokenizer
+            path = options.tokenizer_path or ckpt.tokenizer_file
+            if path is None:
+                raise CheckpointError(f"checkpoint {ckpt.source} has no tokenizer.json; pass its tokenizer with "
+                                      "tokenizer= (for DNABERT-2, the published tokenizer.json)")
+            return BPETokenizer.from_file(path)
+        return build_tokenizer(self.tokenizer, TokenizerRequest(task.train, options.tokenizer_path,
+                                                                options.bpe_vocab_size))
+
+    def build_model(self, tok: DNATokenizer, num_classes: int, params: dict[str, Any],
+                    options: RunOptions) -> tuple[nn.Module, dict[str, Any]]:
+        spec, ckpt = MODELS.get(self.model), options.checkpoint
+        dropout = float(params.get("dropout", DEFAULT_DROPOUT))
+        architecture = ckpt.architecture if ckpt is not None else spec.architecture(tok, params)
+        model = spec.classifier(architecture, tok, num_classes, dropout)
+        if ckpt is not None:
+            model.load_published_state_dict(ckpt.state_dict())
+        return model, architecture
+
+    def fit(self, task: TaskData, params: dict[str, Any], seed: int, budget: Budget, options: RunOptions,
+            on_epoch: train.EpochCallback | None = None) -> TorchFitted:
+        tok = self.build_tokenizer(task, options)
+        train_split = tokenize(tok, task.train, options.max_length)
+        dev_split = tokenize(tok, task.dev, options.max_length)
+        train.seed_everything(seed)  # before the model exists: its initial weights depend on the seed
+        model, architecture = self.build_model(tok, task.num_classes, params, options)
+        cfg = train.TrainConfig(
+            lr=float(params["lr"]), weight_decay=float(params.get("weight_decay", 0.0)),
+            batch_size=int(params["batch_size"]), warmup_ratio=float(params.get("warmup_ratio", 0.06)),
+            max_epochs=budget.max_epochs, patience=budget.patience, seed=seed,
+        )
+        result = train.fit(model, train_split, dev_split, tok.pad_id, cfg, options.runtime, on_epoch)
+        return TorchFitted(model, tok, task, options, result, architecture)

@@ -1,0 +1,182 @@
+"""The MLflow schema and the Optuna study names: every stage, tag, metric and artifact name the harness
+writes and the analysis reads. Writers and readers import these names; none is spelled out elsewhere.
+
+One experiment per study:
+  parent run (arm variant, task)  stage=study; tags arm, variant (arm, or arm@<init sha> when fine-tuned
+                                  from init=), task, study, the arm's factors (family, model, tokenizer, init...),
+                                  provenance (git_commit, command, data, storage, device); params: the run
+                                  configuration; metrics best_dev_mcc, test_mcc_mean/std; artifacts study.yaml...
+    trial run (nested)            stage=trial, trial_number, trial_state (COMPLETE/PRUNED), fail_reason; params:
+                                  the sampled hyperparameters; per epoch train_loss, dev_* (step = epoch)
+    final run (nested)            stage=final, seed; test_*, dev_* (of the selected checkpoint), cost; per epoch
+                                  epoch_train_loss, epoch_dev_*; confusion matrix, learning curve, predictions
+  analysis run                    stage=analysis; the report folder
+Elsewhere: stage=pretrain (experiment `pretrain`), stage=tokenizer (`tokenizers`), and under `mlflow run` the
+launcher's own run, stage=launch, pointing at the study's experiment.
+
+Optuna: one study per (study, arm variant, task) named `study/variant/task`, and its final seeds' queue
+`study/variant/task/final`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Stage:
+    STUDY = "study"  # the parent run of an (arm variant, task)
+    TRIAL = "trial"
+    FINAL = "final"
+    ANALYSIS = "analysis"
+    PRETRAIN = "pretrain"
+    TOKENIZER = "tokenizer"
+    LAUNCH = "launch"  # the run `mlflow run` opens itself, pointing at the results
+
+
+class Tag:
+    STAGE = "stage"
+    PARENT = "mlflow.parentRunId"  # MLflow's own
+    # what a parent run is: its identity, and the factors of its arm variant
+    STUDY = "study"
+    ARM = "arm"
+    VARIANT = "variant"
+    TASK = "task"
+    STUDY_UID = "study_uid"  # tells a study from a namesake in another storage
+    OPTUNA_STUDY = "optuna_study"
+    FAMILY = "family"
+    MODEL = "model"
+    TOKENIZER = "tokenizer"
+    TOKENIZER_SOURCE = "tokenizer_source"
+    INIT = "init"  # scratch | pretrained
+    INIT_SOURCE = "init_source"
+    INIT_WEIGHTS = "init_weights_sha256"
+    PRETRAIN_RUN = "pretrain_run_id"
+    ARCHITECTURE = "architecture"
+    COMPILE = "compile"
+    SEEDS = "seeds"
+    # provenance
+    GIT_COMMIT = "git_commit"
+    COMMAND = "command"
+    DATA = "data"
+    TASK_SOURCE = "task_source"
+    STORAGE = "storage"  # password removed
+    DEVICE = "device"
+    DEVICE_REQUESTED = "device_requested"
+    # trial and final runs
+    TRIAL_NUMBER = "trial_number"
+    TRAIN_SEED = "train_seed"
+    TRIAL_STATE = "trial_state"  # COMPLETE | PRUNED
+    FAIL_REASON = "fail_reason"
+    SEED = "seed"
+    CLAIM_TRIAL = "claim_trial"  # the final seed's trial in the `/final` Optuna study
+    # other stages
+    RESULTS_EXPERIMENT = "results_experiment"  # on the launcher run
+    ANALYSED_EXPERIMENT = "analysed_experiment"
+    CORPUS = "corpus"
+    CORPUS_FINGERPRINT = "corpus_fingerprint"
+
+
+class Init:  # values of Tag.INIT
+    SCRATCH = "scratch"
+    PRETRAINED = "pretrained"
+
+
+def variant_name(arm: str, init_weights_sha: str | None = None) -> str:
+    """An arm fine-tuned from a checkpoint is its own variant, `arm@<8 hex digits of the weights' sha256>`."""
+    return f"{arm}@{init_weights_sha[:8]}" if init_weights_sha else arm
+
+
+# The factors of an arm variant as the analysis reads them from its parent runs.
+ARM_TAGS = (Tag.ARM, Tag.FAMILY, Tag.MODEL, Tag.TOKENIZER, Tag.INIT, Tag.INIT_SOURCE, Tag.PRETRAIN_RUN)
+
+
+class Metric:
+    TEST_MCC = "test_mcc"  # final runs: GUE's metric on test, scored once
+    DEV_MCC = "dev_mcc"  # final runs: the selected checkpoint's; trial runs: per epoch
+    # parent runs
+    BEST_DEV_MCC = "best_dev_mcc"  # also on trial runs: the best epoch's dev MCC
+    BEST_TRIAL = "best_trial_number"
+    TEST_MCC_MEAN = "test_mcc_mean"
+    TEST_MCC_STD = "test_mcc_std"
+    N_SEEDS = "n_seeds"
+    # cost, on trial and final runs (pretraining also on parents)
+    PARAMS = "params"
+    TRAIN_SECONDS = "train_seconds"
+    FLOPS = "flops"
+    BEST_EPOCH = "best_epoch"
+    PRETRAIN_SECONDS = "pretrain_seconds"
+    PRETRAIN_FLOPS = "pretrain_flops"
+    PRETRAIN_TOKENS = "pretrain_tokens"
+    # per epoch (step = epoch)
+    TRAIN_LOSS = "train_loss"
+    EPOCH_SECONDS = "epoch_seconds"
+    EPOCH_PREFIX = "epoch_"  # final runs: their plain dev_* are the selected checkpoint's
+    # masked-LM pretraining and tokenizers
+    MLM_LOSS = "mlm_loss"
+    EVAL_MLM_LOSS = "eval_mlm_loss"
+    EVAL_MLM_ACCURACY = "eval_mlm_accuracy"
+    VOCAB_SIZE_TRAINED = "vocab_size_trained"
+    NT_PER_TOKEN = "nt_per_token"
+    TOKENS_PER_WINDOW = "tokens_per_window"
+
+
+CLASSIFICATION_METRICS = ("mcc", "f1", "accuracy", "auroc")  # harness.metrics computes them
+TEST_METRICS = tuple(f"test_{m}" for m in CLASSIFICATION_METRICS)
+COST_METRICS = (Metric.TRAIN_SECONDS, Metric.FLOPS, Metric.PARAMS, Metric.PRETRAIN_SECONDS, Metric.PRETRAIN_FLOPS)
+
+
+def split_metrics(split: str, metrics: dict[str, float], prefix: str = "") -> dict[str, float]:
+    """{'mcc': 0.5} -> {'<prefix><split>_mcc': 0.5}: dev_mcc, test_f1, epoch_dev_mcc, ..."""
+    return {f"{prefix}{split}_{name}": value for name, value in metrics.items()}
+
+
+def overlap_metric(pair: str) -> str:
+    return f"overlap_{pair}"  # e.g. overlap_train_test: sequences of test also in train
+
+
+def truncated_metric(split: str) -> str:
+    return f"truncated_{split}"
+
+
+def trial_count_metric(state: str) -> str:
+    return f"n_trials_{state.lower()}"  # n_trials_complete, n_trials_pruned, n_trials_fail
+
+
+class Artifact:
+    STUDY_FILE = "study.yaml"  # the study file as run: the analysis reads its contrasts here
+    TASK_SUMMARY = "task_summary.json"
+    BEST_PARAMS = "best_params.json"
+    OPTUNA_HISTORY = "optuna_history.png"
+    CONFUSION_MATRIX = "confusion_matrix.png"
+    LEARNING_CURVE = "learning_curve.png"
+    TEST_PREDICTIONS = "test_predictions.csv"
+    CHECKPOINT = "checkpoint"  # a pretraining run's folder: init=runs:/<run_id>/checkpoint
+    TOKENIZER = "tokenizer.json"
+    REPORT = "report"
+
+
+# ------------------------------------------------------------------------------------------ names
+def optuna_study_name(study: str, variant: str, task: str) -> str:
+    return f"{study}/{variant}/{task}"
+
+
+def final_study_name(optuna_study: str) -> str:
+    """The queue of a cell's final seeds, beside its tuning study."""
+    return f"{optuna_study}/final"
+
+
+def parent_run_name(variant: str, task: str) -> str:
+    return f"{variant} | {task}"
+
+
+def trial_run_name(number: int) -> str:
+    return f"trial-{number}"
+
+
+def final_run_name(seed: int) -> str:
+    return f"final-seed{seed}"
+
+
+def query(tags: dict[str, Any]) -> str:
+    """An MLflow filter string that matches these tags, e.g. query({Tag.STAGE: Stage.FINAL})."""
+    return " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
