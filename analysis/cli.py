@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> Path:
 
     from harness import tracking
     from harness.errors import StudyError
-    from harness.request import number
+    from harness.parameters import number
     from harness.schema import Artifact, Stage, Tag
     from harness.studies import load_study, parse_study
 
@@ -86,12 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from harness.errors import HarnessError
+    from harness.errors import reported
 
     try:
         report = run(args)
-    except HarnessError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
+    except Exception as err:
+        message = reported(err)
+        if message is None:
+            raise  # a bug: its traceback says where
+        print(f"error: {message[0]}", file=sys.stderr)
+        return message[1]
     print(f"report: {report}")
     return 0

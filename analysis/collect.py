@@ -46,7 +46,7 @@ def variant_of(run: Run) -> str:
     return run.data.tags.get(Tag.VARIANT) or run.data.tags[Tag.ARM]
 
 
-def collect(experiment: str, metric: str = "test_mcc", study: str | None = None) -> Results:
+def collect(experiment: str, metric: str = Metric.TEST_MCC, study: str | None = None) -> Results:
     """All finished final runs of `experiment` (optionally of one study), with exclusions stated."""
     uri = redact(mlflow.get_tracking_uri())
     exp = mlflow.get_experiment_by_name(experiment)

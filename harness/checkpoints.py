@@ -84,18 +84,31 @@ def open_checkpoint(source: str) -> Checkpoint:
         folder = download_from_hub(source)  # a hub id such as zhihan1996/DNABERT-2-117M
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint {source}: no such folder. Pass a folder written by "
-                                "`python -m harness pretrain`, an MLflow URI such as runs:/<run_id>/checkpoint, "
-                                "or a DNABERT-2 folder (config.json + weights)")
+                              "`python -m harness pretrain`, an MLflow URI such as runs:/<run_id>/checkpoint, "
+                              "or a DNABERT-2 folder (config.json + weights)")
     if (folder / MANIFEST).is_file():
-        meta = json.loads((folder / MANIFEST).read_text())
+        meta = read_json(folder / MANIFEST, ("model", "architecture", "tokenizer"))
         return Checkpoint(source, folder, meta["model"], meta["architecture"], meta["tokenizer"],
                           meta.get("pretraining", {}), meta.get("tokenizer_fingerprint"))
     if (folder / "config.json").is_file():  # DNABERT-2's published layout
         if not any((folder / name).is_file() for name in WEIGHT_FILES):
             raise CheckpointError(f"checkpoint {folder}: config.json but neither {' nor '.join(WEIGHT_FILES)}")
-        return Checkpoint(source, folder, "dnabert2", json.loads((folder / "config.json").read_text()), "bpe")
+        return Checkpoint(source, folder, "dnabert2", read_json(folder / "config.json", ()), "bpe")
     raise CheckpointError(f"checkpoint {folder}: neither {MANIFEST} (a harness checkpoint) nor config.json "
                           "(a DNABERT-2 checkpoint) is in it")
+
+
+def read_json(path: Path, required: tuple[str, ...]) -> dict[str, Any]:
+    """A checkpoint's JSON file as a mapping with the `required` keys, or a CheckpointError saying what is wrong."""
+    try:
+        content = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"checkpoint file {path} is not valid JSON ({err})") from None
+    missing = [k for k in required if not isinstance(content, dict) or k not in content]
+    if not isinstance(content, dict) or missing:
+        raise CheckpointError(f"checkpoint file {path} lacks {missing or 'a mapping'}: it was not written by "
+                              "`python -m harness pretrain` (or was changed since)")
+    return content
 
 
 def save_checkpoint(folder: Path, model_name: str, architecture: dict[str, Any], module: nn.Module,

@@ -9,7 +9,6 @@ traceback.
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import shlex
@@ -18,8 +17,6 @@ import sys
 import warnings
 
 log = logging.getLogger("harness")
-# A full disk, a read-only or forbidden artifact folder: the machine's state, not a bug.
-ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,8 +141,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from .errors import ParameterError
+    from .parameters import number
     from .plan import format_plan, project
-    from .request import RunRequest, number
+    from .request import RunRequest
 
     params = vars(args)
     for pair in args.mlflow_style:  # -P study=gue, as `mlflow run` passes parameters
@@ -164,9 +162,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .checkpoints import local_path
     from .errors import ParameterError
+    from .parameters import number
     from .pretrain import PretrainRequest, pretrain
-    from .request import number
 
+    if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise ParameterError(f"output={args.output} is a file; pass a folder (new or existing) for the checkpoint")
     req = PretrainRequest(
         arm=args.arm, corpus=args.corpus, study=args.study, window=number(args.window, "window"),
         steps=number(args.steps, "steps"), batch_size=number(args.batch_size, "batch_size"),
@@ -181,8 +181,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenizer(args: argparse.Namespace) -> int:
+    from .parameters import number
     from .pretrain import train_tokenizer
-    from .request import number
 
     train_tokenizer(args.corpus, number(args.vocab_size, "vocab_size"), number(args.window, "window"), args.experiment)
     return 0
@@ -220,26 +220,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         return cmd_list(args)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    from mlflow.exceptions import MlflowException
-
-    from .errors import HarnessError
+    from .errors import reported
 
     quiet_libraries()
     try:
         return COMMANDS[args.command](args)
-    except HarnessError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    except MlflowException as err:  # the tracking server refused or could not be reached
-        print(f"error: MLflow: {err.message}", file=sys.stderr)
-        return 1
-    except OSError as err:
-        if err.errno not in ENVIRONMENT_ERRNOS:
-            raise
-        print(f"error: cannot write {err.filename or 'results'}: {err.strerror or err}. Runs in progress were "
-              "marked FAILED; completed trials and final runs are kept: fix it and run the same command again",
-              file=sys.stderr)
-        return 1
+    except Exception as err:
+        report = reported(err)
+        if report is None:
+            raise  # a bug: its traceback says where
+        print(f"error: {report[0]}", file=sys.stderr)
+        return report[1]
     except KeyboardInterrupt:
         print("interrupted: runs were marked KILLED; run the same command again to resume", file=sys.stderr)
         return 130

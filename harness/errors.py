@@ -12,6 +12,12 @@ Any other exception is a bug: it is not caught, so it keeps its traceback.
 
 from __future__ import annotations
 
+import errno
+
+# A full disk, a read-only or forbidden folder, a path that is a file: the machine's state, not a bug.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO, errno.EEXIST,
+                      errno.ENOTDIR, errno.EISDIR}
+
 
 class HarnessError(Exception):
     exit_code = 1
@@ -59,3 +65,19 @@ class NoCompletedTrialError(RunError):
 
 class DivergedError(RunError):
     """The training loss became NaN or infinite (a tuning trial records it as pruned; a final run fails)."""
+
+
+def reported(err: Exception) -> tuple[str, int] | None:
+    """What a command line prints for `err` (after `error: `) and its exit code; None for a bug, which keeps
+    its traceback. Besides HarnessErrors: MLflow refusing or unreachable, and a disk or folder that cannot
+    be written, end a run (exit 1); what it completed is kept."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(err, HarnessError):
+        return str(err), err.exit_code
+    if isinstance(err, MlflowException):
+        return f"MLflow: {err.message}", 1
+    if isinstance(err, OSError) and err.errno in ENVIRONMENT_ERRNOS:
+        return (f"cannot write {err.filename or 'results'}: {err.strerror or err}. Runs in progress were marked "
+                "FAILED; completed trials and final runs are kept: fix it and run the same command again"), 1
+    return None

@@ -143,7 +143,7 @@ class PretrainRequest:
 
 def pretrain(req: PretrainRequest) -> tuple[str, Path | None]:
     """Run masked-LM pretraining; returns the MLflow run id and the local checkpoint folder (if asked)."""
-    arm = ARMS.get(req.arm)
+    arm = ARMS.get(req.arm, parameter="arm")
     if not arm.neural:
         raise ParameterError(f"arm {req.arm} is not a neural network; pretraining applies to torch arms")
     spec = load_study(req.study)

@@ -11,8 +11,11 @@ from .errors import ParameterError
 T = TypeVar("T")
 
 
-class UnknownNameError(ParameterError):
-    """A name that is not registered; the message lists the registered ones."""
+class UnknownNameError(KeyError):
+    """A name the harness itself looked up and did not find (a bug); the message lists the registered ones."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0])
 
 
 class Registry(Generic[T]):
@@ -26,12 +29,17 @@ class Registry(Generic[T]):
         self._items[name] = item
         return item
 
-    def get(self, name: str) -> T:
+    def get(self, name: str, parameter: str | None = None) -> T:
+        """The item registered as `name`. A name the user gave is looked up with the `parameter` it came in:
+        an unknown one is then a ParameterError (exit 2), not a bug."""
         try:
             return self._items[name]
         except KeyError:
             known = ", ".join(sorted(self._items)) or "(none)"
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; registered: {known}") from None
+            message = f"unknown {self.kind} {name!r}; registered: {known}"
+            if parameter:
+                raise ParameterError(f"{parameter}={name}: {message}") from None
+            raise UnknownNameError(message) from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

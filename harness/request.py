@@ -2,7 +2,7 @@
 `RunRequest`, expanded into (arm, task) `Cell`s, each carrying what the tuning of that cell needs.
 
 `run`, `sweep` and `plan` all parse their parameters here: `RunRequest.parse` takes the parameters as the
-strings MLproject passes ("" for unset) and checks each, naming the parameter in its error. Nothing is
+strings MLproject passes ("" for unset) and checks each (`parameters.py`), naming the parameter in its error. Nothing is
 resolved against this machine until it is used: `runtime` (device, precision, compile) and
 `tokenizer_path` (an MLflow URI is downloaded) are resolved once, on first use, so that `sweep --action
 print` on a login node without a GPU can still write the commands for the GPU nodes.
@@ -18,37 +18,13 @@ from . import tracking
 from .arms import ARMS, Arm, Budget, RunOptions
 from .data import TaskData
 from .errors import ParameterError
+from .parameters import names, optional_int
 from .runtime import Runtime
 from .schema import Tag, optuna_study_name, parent_run_name
 from .studies import StudySpec, load_study
 from .tasks import load_task
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
-
-
-def number(value: str, name: str, kind: type = int, low: float | None = None,
-           high: float | None = None) -> int | float:
-    """A number from a parameter's string: positive, or in [low, high) when given; the error names the
-    parameter."""
-    try:
-        parsed = kind(value)
-    except ValueError:
-        raise ParameterError(f"{name} must be a{'n integer' if kind is int else ' number'}, got {value!r}") from None
-    if low is not None:
-        if parsed < low or (high is not None and parsed >= high):
-            raise ParameterError(f"{name} must be in [{low}, {high if high is not None else 'inf'}), got {value!r}")
-    elif parsed <= 0:
-        raise ParameterError(f"{name} must be >= 1, got {parsed}" if kind is int else f"{name} must be > 0, got {parsed}")
-    return parsed
-
-
-def optional_int(value: str | None, name: str) -> int | None:
-    return None if value in ("", None) else int(number(value, name))
-
-
-def names(value: str | None) -> tuple[str, ...]:
-    """A comma-separated list, e.g. tasks=tf/0,tf/1 (blanks ignored)."""
-    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
 
 
 def default_arms(spec: StudySpec, checkpoint: str | None = None) -> tuple[str, ...]:
@@ -78,6 +54,7 @@ class RunRequest:
     max_length: int | None = None  # overrides the study's per-task token caps
     init: str | None = None  # a checkpoint to fine-tune from
     command: str = ""  # the command line, password removed
+    explicit: frozenset[str] = frozenset()  # budget parameters given, not taken from the study (printed again)
 
     @classmethod
     def parse(cls, params: Mapping[str, str], command: str = "") -> RunRequest:
@@ -87,9 +64,13 @@ class RunRequest:
         init, checkpoint = params.get("init") or None, params.get("checkpoint") or None
         if init and checkpoint and init != checkpoint:
             raise ParameterError("pass either init= or checkpoint=, not both")
-        arms = names(params.get("arms") or params.get("arm")) or default_arms(spec, checkpoint)
+        if "arm" in params:  # run: exactly the one arm named
+            arms = (params["arm"],)
+        else:
+            arms = names(params.get("arms")) or default_arms(spec, checkpoint)
         for arm in arms:
-            ARMS.get(arm)  # an unknown arm fails here, listing the known ones
+            ARMS.get(arm, parameter="arm")  # an unknown arm fails here, listing the known ones
+        explicit = frozenset(k for k in ("n_trials", "seeds") if params.get(k))
         return cls(
             study=study, spec=spec, arms=arms,
             tasks=names(params.get("tasks")) or tuple(spec.tasks),
@@ -99,7 +80,7 @@ class RunRequest:
             experiment=params.get("experiment") or "", device=params.get("device") or "auto",
             precision=params.get("precision") or "auto", compile=params.get("compile") == "true",
             tokenizer=params.get("tokenizer") or None, max_length=optional_int(params.get("max_length"), "max_length"),
-            init=init or checkpoint, command=command,
+            init=init or checkpoint, command=command, explicit=explicit,
         )
 
     def parameters(self) -> dict[str, str]:
@@ -107,8 +88,8 @@ class RunRequest:
         password): what `sweep --action print` writes for each cell."""
         params = {"arm": ",".join(self.arms), "tasks": ",".join(self.tasks), "study": self.study,
                   "data": self.data, "storage": tracking.redact(self.storage), "experiment": self.experiment,
-                  "n_trials": self.n_trials if self.n_trials != self.spec.n_trials else "",
-                  "seeds": self.seeds if self.seeds != self.spec.seeds else "",
+                  "n_trials": self.n_trials if "n_trials" in self.explicit else "",
+                  "seeds": self.seeds if "seeds" in self.explicit else "",
                   "device": self.device if self.device != "auto" else "",
                   "precision": self.precision if self.precision != "auto" else "",
                   "compile": "true" if self.compile else "", "tokenizer": self.tokenizer,

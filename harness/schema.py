@@ -1,5 +1,5 @@
 """The MLflow schema and the Optuna study names: every stage, tag, metric and artifact name the harness
-writes and the analysis reads. Writers and readers import these names; none is spelled out elsewhere.
+writes and the analysis reads. Writers and readers import these names from here.
 
 One experiment per study:
   parent run (arm variant, task)  stage=study; tags arm, variant (arm, or arm@<init sha> when fine-tuned
@@ -107,6 +107,7 @@ class Metric:
     PRETRAIN_SECONDS = "pretrain_seconds"
     PRETRAIN_FLOPS = "pretrain_flops"
     PRETRAIN_TOKENS = "pretrain_tokens"
+    TOKENS = "tokens"  # pretraining runs, per logged step: tokens trained on so far
     # per epoch (step = epoch)
     TRAIN_LOSS = "train_loss"
     EPOCH_SECONDS = "epoch_seconds"
@@ -151,7 +152,9 @@ class Artifact:
     LEARNING_CURVE = "learning_curve.png"
     TEST_PREDICTIONS = "test_predictions.csv"
     CHECKPOINT = "checkpoint"  # a pretraining run's folder: init=runs:/<run_id>/checkpoint
-    TOKENIZER = "tokenizer.json"
+    TOKENIZER = "tokenizer.json"  # final runs of BPE arms, tokenizer runs, checkpoints
+    TOKENIZER_TEXT = "tokenizer.txt"  # final runs of other torch arms: the tokenizer's name and version
+    MODEL_CONFIG = "model_config.json"  # final runs of torch arms: model class, architecture, init
     REPORT = "report"
 
 

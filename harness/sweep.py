@@ -20,7 +20,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .arms import ARMS
-from .errors import HarnessError
+from .errors import reported
 from .request import RunRequest
 from .schema import final_study_name, optuna_study_name
 from .workers import COUNTED, open_storage, seed_of
@@ -29,14 +29,15 @@ log = logging.getLogger("harness")
 
 
 def cell_requests(request: RunRequest) -> list[RunRequest]:
-    """The request narrowed to each (arm, task); checkpoint= goes only to the arms that require one."""
+    """The request narrowed to each (arm, task): one `run` each. checkpoint= goes only to the arms that
+    require one."""
     return [replace(request, arms=(arm,), tasks=(task,), init=request.init if ARMS.get(arm).requires_checkpoint else None)
             for arm in request.arms for task in request.tasks]
 
 
-def command(cell: RunRequest) -> str:
-    """The `mlflow run` line of one cell; storage URLs are printed without their password."""
-    params = cell.parameters()
+def command(one: RunRequest) -> str:
+    """The `mlflow run` line of a one-cell request; storage URLs are printed without their password."""
+    params = one.parameters()
     return "mlflow run . --env-manager local " + " ".join(f"-P {k}={shlex.quote(v)}" for k, v in params.items())
 
 
@@ -50,9 +51,10 @@ class CellStatus:
     seeds: int  # final seeds completed
 
 
-def cell_status(cell: RunRequest, storage: optuna.storages.BaseStorage) -> CellStatus:
-    (arm,), (task,) = cell.arms, cell.tasks
-    name = optuna_study_name(cell.spec.name, arm, task)
+def cell_status(one: RunRequest, storage: optuna.storages.BaseStorage) -> CellStatus:
+    """Progress of a one-cell request, from its Optuna studies (tuning and final seeds)."""
+    (arm,), (task,) = one.arms, one.tasks
+    name = optuna_study_name(one.spec.name, arm, task)
     try:
         trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
     except KeyError:
@@ -64,7 +66,7 @@ def cell_status(cell: RunRequest, storage: optuna.storages.BaseStorage) -> CellS
     finished = sum(t.state in COUNTED for t in trials)
     running = sum(t.state == TrialState.RUNNING for t in trials + finals)
     seeds = len({seed_of(t) for t in finals if t.state == TrialState.COMPLETE})
-    state = ("done" if finished >= cell.n_trials and seeds >= cell.seeds else "running" if running else "partial")
+    state = ("done" if finished >= one.n_trials and seeds >= one.seeds else "running" if running else "partial")
     return CellStatus(arm, task, state, finished, running, seeds)
 
 
@@ -86,20 +88,24 @@ def sweep(request: RunRequest, action: str) -> int:
 
     cells = cell_requests(request)
     if action == "print":
-        print("\n".join(command(cell) for cell in cells))
+        print("\n".join(command(one) for one in cells))
         return 0
     if action == "status":
         storage = open_storage(request.storage)
-        print(format_status([cell_status(cell, storage) for cell in cells], request.n_trials, request.seeds))
+        print(format_status([cell_status(one, storage) for one in cells], request.n_trials, request.seeds))
         return 0
     failed = []
-    for i, cell in enumerate(cells, 1):
-        log.info("sweep | cell %d/%d: %s on %s", i, len(cells), cell.arms[0], cell.tasks[0])
+    for i, one in enumerate(cells, 1):
+        where = f"{one.arms[0]} on {one.tasks[0]}"
+        log.info("sweep | cell %d/%d: %s", i, len(cells), where)
         try:
-            tune(cell)
-        except HarnessError as err:
-            log.error("sweep | %s on %s failed: %s: %s", cell.arms[0], cell.tasks[0], type(err).__name__, err)
-            failed.append(f"{cell.arms[0]} on {cell.tasks[0]} ({type(err).__name__}: {err})")
+            tune(one)
+        except Exception as err:  # what `main` would report ends this cell only; a bug ends the sweep
+            message = reported(err)
+            if message is None:
+                raise
+            log.error("sweep | %s failed: %s: %s", where, type(err).__name__, message[0])
+            failed.append(f"{where} ({type(err).__name__}: {message[0]})")
     if failed:
         print("failed cells (run the sweep again to resume them):\n  " + "\n  ".join(failed), file=sys.stderr)
         return 1

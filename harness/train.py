@@ -293,7 +293,7 @@ def fit_masked_lm(model: nn.Module, windows: TokenizedSplit, held_out: Tokenized
             loss_sum, since_log = loss_sum + loss, since_log + 1
             result.steps, result.tokens = result.steps + 1, result.tokens + inputs.numel()
             if result.steps % log_every == 0 or result.steps == steps:
-                row = {Metric.MLM_LOSS: float(loss_sum) / since_log, "tokens": result.tokens,
+                row = {Metric.MLM_LOSS: float(loss_sum) / since_log, Metric.TOKENS: result.tokens,
                        "seconds": time.perf_counter() - start}
                 if not math.isfinite(row[Metric.MLM_LOSS]):
                     raise DivergedError(f"masked-LM loss is {row[Metric.MLM_LOSS]} at step {result.steps} (lr={cfg.lr:g})")

@@ -185,6 +185,21 @@ def test_unknown_arm_and_bad_parameters(workdir, tiny_study, capsys):
     assert "unknown arm 'gpt5'; registered: convnova_bpe, convnova_char, dnabert2_char_scratch, dnabert2_pretrained, dnabert2_scratch, kmer_logreg, unet_bpe, unet_char" in capsys.readouterr().err
     assert main(["run", "--arm", "unet_char", "--study", str(tiny_study), "--n-trials", "two"]) == 2
     assert "n_trials must be an integer" in capsys.readouterr().err
+    for arms in ("", "unet_char,kmer_logreg"):  # run takes exactly one arm (an empty -P arm= is not "all")
+        assert main(["run", "--arm", arms, "--study", str(tiny_study)]) == 2
+        assert f"arm={arms}: unknown arm {arms!r}" in capsys.readouterr().err
+    assert not (workdir / "optuna.db").exists()  # refused before anything was opened
+
+
+def test_an_unknown_name_the_harness_looks_up_itself_is_a_bug():
+    from harness.errors import ParameterError
+    from harness.models import MODELS
+    from harness.registry import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="unknown model 'resnet'; registered: convnova, dnabert2, unet"):
+        MODELS.get("resnet")
+    with pytest.raises(ParameterError, match="model=resnet: unknown model"):
+        MODELS.get("resnet", parameter="model")
 
 
 def test_failure_mid_study_marks_runs_failed(workdir, tiny_gue, tiny_study, monkeypatch):
@@ -218,6 +233,7 @@ def test_unavailable_device_is_refused_early(workdir, tiny_gue, tiny_study, caps
         pytest.skip("this machine has CUDA")
     assert run_cli(tiny_study, tiny_gue, "unet_char", "--device", "cuda") == 2
     assert "CUDA is not available" in capsys.readouterr().err
+    assert not (workdir / "optuna.db").exists()  # refused before anything was opened
 
 
 def change_search_space(study, data):

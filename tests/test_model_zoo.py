@@ -160,6 +160,11 @@ def test_init_must_fit_the_arm(tmp_path):
         ARMS.get("kmer_logreg").validate(study, RunOptions(CPU, init=str(folder)))
     with pytest.raises(CheckpointError, match="no such folder"):
         ARMS.get("convnova_char").validate(study, RunOptions(CPU, init=str(tmp_path / "nowhere")))
+    for name, text, problem in (("broken", "{not json", "is not valid JSON"), ("foreign", '{"model": "x"}', "lacks")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "harness.json").write_text(text)
+        with pytest.raises(CheckpointError, match=f"harness.json {problem}"):
+            ARMS.get("convnova_char").validate(study, RunOptions(CPU, init=str(tmp_path / name)))
 
 
 # ------------------------------------------------------------------------------ dnabert2_pretrained arm
@@ -260,6 +265,14 @@ def test_pretrain_then_fine_tune_records_source_and_cost(arm, workdir, tiny_gue,
     (pretraining,) = [r for r in csv.DictReader(open(workdir / "report" / "contrasts.csv")) if r["effect"] == "pretraining"]
     assert pretraining["a"].startswith(f"{arm}@") and pretraining["b"] == arm and pretraining["n_tasks"] == "1"
     assert float(pretraining["a_pretrain_seconds"]) == pytest.approx(pre.data.metrics["pretrain_seconds"])
+
+
+def test_pretrain_refuses_an_output_that_is_a_file_before_training(workdir, capsys):
+    (workdir / "taken").write_text("a file")
+    assert main(["pretrain", "--arm", "convnova_char", "--corpus", "nowhere.fa", "--output", "taken"]) == 2
+    assert "output=taken is a file" in capsys.readouterr().err
+    assert main(["pretrain", "--arm", "kmer_logreg", "--corpus", "nowhere.fa"]) == 2
+    assert "not a neural network" in capsys.readouterr().err
 
 
 def test_tokenizer_entry_point_logs_a_usable_tokenizer(workdir, tiny_gue):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shlex
 
+import pytest
+
 from conftest import TINY_STUDY
 from harness.cli import main as harness
 
@@ -60,10 +62,36 @@ def test_a_checkpoint_goes_only_to_the_arms_that_require_one(tmp_path):
     study = tmp_path / "tiny.yaml"
     study.write_text(STUDY)
     request = RunRequest.parse({"study": str(study), "arms": "kmer_logreg,dnabert2_pretrained", "checkpoint": "/ckpt",
-                                "n_trials": "2"})
+                                "n_trials": "3"})
     cells = {(c.arms, c.tasks): c for c in cell_requests(request)}
     assert len(cells) == 4
     assert {c.init for (arms, _), c in cells.items() if arms == ("dnabert2_pretrained",)} == {"/ckpt"}
     assert {c.init for (arms, _), c in cells.items() if arms == ("kmer_logreg",)} == {None}
     line = command(cells[(("dnabert2_pretrained",), ("toy/motif_binary",))])
-    assert "-P checkpoint=/ckpt" in line and "-P n_trials=2" in line and "-P seeds" not in line  # the study's
+    # The budget given stays in the job line even where it equals the study's now (3): the study file may change.
+    assert "-P checkpoint=/ckpt" in line and "-P n_trials=3" in line and "-P seeds" not in line
+
+
+def test_a_failed_cell_does_not_stop_the_others_but_a_bug_does(tmp_path, monkeypatch, capsys):
+    from mlflow.exceptions import MlflowException
+
+    study = tmp_path / "tiny.yaml"
+    study.write_text(STUDY)
+    ran = []
+
+    def tune(one):
+        ran.append((one.arms, one.tasks))
+        if len(ran) == 1:
+            raise MlflowException("tracking server unreachable")
+
+    monkeypatch.setattr("harness.tuning.tune", tune)
+    assert harness(["sweep", "--action", "run", "--study", str(study)]) == 1
+    assert len(ran) == 4  # every cell was tried
+    assert "failed cells" in capsys.readouterr().err
+
+    def buggy(one):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr("harness.tuning.tune", buggy)
+    with pytest.raises(ZeroDivisionError):
+        harness(["sweep", "--action", "run", "--study", str(study)])

@@ -36,5 +36,4 @@ register(TorchArm("dnabert2_scratch", "transformer", "dnabert2", "bpe",
 register(TorchArm("dnabert2_char_scratch", "transformer", "dnabert2", "char",
                   "DNABERT-2 architecture on single-nucleotide tokens, random init"))
 register(KmerLogRegArm("kmer_logreg", "kmer", "logistic_regression", "kmer",
-                       "k-mer counts + logistic regression (scikit-learn), the cheapest honest baseline",
-                       neural=False))
+                       "k-mer counts + logistic regression (scikit-learn), the cheapest honest baseline"))

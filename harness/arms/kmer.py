@@ -41,7 +41,10 @@ class SklearnFitted:
         return {}  # k-mer counts use whole sequences
 
 
+@dataclass(frozen=True)
 class KmerLogRegArm(Arm):
+    neural: bool = False  # one scikit-learn fit: one "epoch", fp32, no checkpoint
+
     @property
     def hyperparameters(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return ("k", "C"), ()

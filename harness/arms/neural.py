@@ -15,7 +15,7 @@ from .. import train
 from ..data import TaskData
 from ..errors import CheckpointError
 from ..models import DEFAULT_DROPOUT, MODELS, count_parameters
-from ..schema import Init, Metric, Tag
+from ..schema import Artifact, Init, Metric, Tag
 from ..studies import StudySpec
 from ..tokenizers import BPETokenizer, DNATokenizer, TokenizedSplit, TokenizerRequest, build_tokenizer, tokenize
 from ..tracking import redact
@@ -45,9 +45,9 @@ class TorchFitted:
         return {split: self.tokens(split).truncated for split in ("train", "dev", "test")}
 
     def artifacts(self, folder: Path) -> list[Path]:
-        path = folder / ("tokenizer.json" if self.tokenizer.name == "bpe" else "tokenizer.txt")
+        path = folder / (Artifact.TOKENIZER if self.tokenizer.name == "bpe" else Artifact.TOKENIZER_TEXT)
         self.tokenizer.save(path)
-        config = folder / "model_config.json"
+        config = folder / Artifact.MODEL_CONFIG
         config.write_text(json.dumps({"model": type(self.model).__name__, "architecture": self.architecture,
                                       "init": self.options.init or Init.SCRATCH}, indent=2, default=str))
         return [path, config]
