@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import warnings
 from pathlib import Path
 
@@ -86,15 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from harness.errors import reported
+    from harness.errors import print_error
 
     try:
         report = run(args)
     except Exception as err:
-        message = reported(err)
-        if message is None:
-            raise  # a bug: its traceback says where
-        print(f"error: {message[0]}", file=sys.stderr)
-        return message[1]
+        return print_error(err)
     print(f"report: {report}")
     return 0

@@ -220,17 +220,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         return cmd_list(args)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    from .errors import reported
+    from .errors import print_error
 
     quiet_libraries()
     try:
         return COMMANDS[args.command](args)
     except Exception as err:
-        report = reported(err)
-        if report is None:
-            raise  # a bug: its traceback says where
-        print(f"error: {report[0]}", file=sys.stderr)
-        return report[1]
+        return print_error(err)
     except KeyboardInterrupt:
         print("interrupted: runs were marked KILLED; run the same command again to resume", file=sys.stderr)
         return 130

@@ -13,6 +13,7 @@ Any other exception is a bug: it is not caught, so it keeps its traceback.
 from __future__ import annotations
 
 import errno
+import sys
 
 # A full disk, a read-only or forbidden folder, a path that is a file: the machine's state, not a bug.
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO, errno.EEXIST,
@@ -81,3 +82,13 @@ def reported(err: Exception) -> tuple[str, int] | None:
         return (f"cannot write {err.filename or 'results'}: {err.strerror or err}. Runs in progress were marked "
                 "FAILED; completed trials and final runs are kept: fix it and run the same command again"), 1
     return None
+
+
+def print_error(err: Exception) -> int:
+    """At a command line's top: print a reported error as `error: ...` and return its exit code; raise a bug
+    again, with its traceback."""
+    report = reported(err)
+    if report is None:
+        raise err
+    print(f"error: {report[0]}", file=sys.stderr)
+    return report[1]

@@ -2,9 +2,9 @@
 `RunRequest`, expanded into (arm, task) `Cell`s, each carrying what the tuning of that cell needs.
 
 `run`, `sweep` and `plan` all parse their parameters here: `RunRequest.parse` takes the parameters as the
-strings MLproject passes ("" for unset) and checks each (`parameters.py`), naming the parameter in its error. Nothing is
-resolved against this machine until it is used: `runtime` (device, precision, compile) and
-`tokenizer_path` (an MLflow URI is downloaded) are resolved once, on first use, so that `sweep --action
+strings MLproject passes ("" for unset) and checks each (`parameters.py`), naming the parameter in its
+error. Nothing is resolved against this machine until it is used: `runtime` (device, precision, compile)
+and `tokenizer_path` (an MLflow URI is downloaded) are resolved once, on first use, so that `sweep --action
 print` on a login node without a GPU can still write the commands for the GPU nodes.
 """
 
@@ -130,8 +130,8 @@ class RunRequest:
         return [load_task(t, self.data or None) for t in self.tasks]
 
     def cells(self, tasks: list[TaskData]) -> list[Cell]:
-        return [Cell(self, ARMS.get(arm), task, self.options(ARMS.get(arm), task.name))
-                for arm in self.arms for task in tasks]
+        arms = [ARMS.get(name) for name in self.arms]
+        return [Cell(self, arm, task, self.options(arm, task.name)) for arm in arms for task in tasks]
 
     def provenance(self) -> dict[str, str]:
         """Where a run came from, tagged on its parent run."""
