@@ -15,7 +15,7 @@ import pandas as pd
 from mlflow.entities import Run
 
 from harness.errors import InputError
-from harness.schema import ARM_TAGS, COST_METRICS, TEST_METRICS, Artifact, Metric, Stage, Tag, query
+from harness.schema import ARM_TAGS, COST_METRICS, FACTORS, TEST_METRICS, Artifact, Metric, Stage, Tag, query
 from harness.tracking import redact
 
 
@@ -95,7 +95,8 @@ def collect(experiment: str, metric: str = Metric.TEST_MCC, study: str | None = 
         raise AnalysisError(f"experiment {experiment!r} has no finished final runs with {metric}; "
                             "see the exclusions:\n" + "\n".join(f"  {e['what']}: {e['reason']}" for e in excluded))
     arms = arm_table(parents)
-    cells = cell_table(runs, metric, tuning_cost(exp.experiment_id, by_id))
+    cells = cell_table(runs, metric, tuning_cost(exp.experiment_id, by_id)).merge(
+        parent_table(parents), on=["arm", "task"], how="left")
     for _, c in cells[cells["n_seeds"] == 1].iterrows():
         excluded.append({"what": f"{c['arm']} | {c['task']}",
                          "reason": "one seed only: no standard deviation and no per-task test over seeds "
@@ -146,6 +147,17 @@ def arm_table(parents: list[Run]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant").sort_index()
 
 
+PARENT_TAGS = (*FACTORS, Tag.SEARCH_SPACE, Tag.TUNING_BOUNDARY, Tag.TUNING_BOUNDARY_SIDES, Tag.DEVICE)
+
+
+def parent_table(parents: list[Run]) -> pd.DataFrame:
+    """Per (arm variant, task): the factors its parent run recorded (what a contrast may vary or must hold
+    equal), how well it was tuned, and where it ran. A factor an older run did not record is ""."""
+    rows = [{"arm": variant_of(p), "task": p.data.tags[Tag.TASK], **{k: p.data.tags.get(k, "") for k in PARENT_TAGS},
+             Metric.BEST_EPOCH_AT_CAP: p.data.metrics.get(Metric.BEST_EPOCH_AT_CAP, math.nan)} for p in parents]
+    return pd.DataFrame(rows, columns=["arm", "task", *PARENT_TAGS, Metric.BEST_EPOCH_AT_CAP])
+
+
 def tuning_cost(experiment_id: str, parents: dict[str, Run]) -> pd.DataFrame:
     """Compute spent on tuning per parent: every trial that trained, whatever its state."""
     rows = []
@@ -157,7 +169,7 @@ def tuning_cost(experiment_id: str, parents: dict[str, Run]) -> pd.DataFrame:
                          "tuning_flops": t.data.metrics.get(Metric.FLOPS, 0.0)})
     frame = pd.DataFrame(rows, columns=["arm", "task", "tuning_seconds", "tuning_flops"])
     return frame.groupby(["arm", "task"], as_index=False).agg(
-        n_trials=("tuning_seconds", "size"), tuning_seconds=("tuning_seconds", "sum"),
+        trials_run=("tuning_seconds", "size"), tuning_seconds=("tuning_seconds", "sum"),
         tuning_flops=("tuning_flops", "sum"))
 
 
@@ -169,9 +181,10 @@ def cell_table(runs: pd.DataFrame, metric: str, tuning: pd.DataFrame) -> pd.Data
                   **{f"{m}_sd": (m, "std") for m in TEST_METRICS},
                   final_seconds=("train_seconds", "sum"), final_flops=("flops", "sum"),
                   params=("params", "first"), pretrain_seconds=("pretrain_seconds", "first"),
-                  pretrain_flops=("pretrain_flops", "first")).reset_index()
+                  pretrain_flops=("pretrain_flops", "first"),
+                  pretrain_gpu_hours=("pretrain_gpu_hours", "first")).reset_index()
     cells = cells.merge(tuning, on=["arm", "task"], how="left")
-    cells[["n_trials", "tuning_seconds", "tuning_flops"]] = cells[["n_trials", "tuning_seconds", "tuning_flops"]].fillna(0)
+    cells[["trials_run", "tuning_seconds", "tuning_flops"]] = cells[["trials_run", "tuning_seconds", "tuning_flops"]].fillna(0)
     # What this arm's number on this task cost, tuning and final seeds together (pretraining apart).
     cells["compute_seconds"] = cells["tuning_seconds"] + cells["final_seconds"]
     cells["compute_flops"] = cells["tuning_flops"] + cells["final_flops"]

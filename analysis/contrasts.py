@@ -1,51 +1,73 @@
-"""Named contrasts (arm A − arm B) and their evaluation over the tasks both arms completed.
+"""Named contrasts (arm A − arm B) and their evaluation over the tasks where they compare like with like.
 
-The three questions of the study are asked by default, from the arms present:
-  pretraining   dnabert2_pretrained − dnabert2_scratch, and every arm fine-tuned from a harness
-                checkpoint (variant `arm@<sha>`) − its scratch twin `arm`;
-  bpe           the BPE arm − the single-nucleotide arm of the same model, both from scratch;
-  architecture  each transformer arm − each CNN arm with the same tokenizer, both from scratch.
-A study file adds its own under `analysis: contrasts: [{a: ARM, b: ARM, name: ...}]`.
+The study's questions are asked by default, from the arm variants present. Each contrast varies only the
+factors its question is about (schema.FACTORS, recorded on every parent run); on each task every other factor
+must be equal, or the task is left out with the factor that differs (exclusions.csv), and a contrast with no
+such task is not evaluated:
+  pretraining        a variant fine-tuned from a checkpoint − a scratch variant of the same model and
+                     tokenizer kind (e.g. dnabert2_pretrained − dnabert2_scratch~<sha>, its twin: the
+                     checkpoint's architecture and tokenizer from random weights). Varies: init.
+  bpe                the BPE variant − the single-nucleotide variant of a model, both from scratch. Varies: the
+                     tokenizer and what it forces: the embedding and the token-scaled design (architecture_sha),
+                     the token cap (max_length).
+  architecture       each transformer − each CNN, both from scratch, same tokenizer. Varies: model, architecture.
+  pretrained_vs_cnn  question 1 as posed: each pretrained transformer − each CNN trained from scratch, the
+                     systems as one would use them (their own tokenizers), pretraining cost counted. Varies:
+                     model, architecture, init, tokenizer, max_length.
+Never varied by any contrast: the budget (n_trials, max_epochs, patience, seeds), the precision and the data.
+A study file adds its own under `analysis: contrasts: [{a: ARM, b: ARM, name: ..., varies: [factor, ...]}]`
+(without `varies`, every factor of the model may differ; budget, precision and data may not).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from harness.schema import Init, Tag
+from harness.schema import FACTORS, MODEL_FACTORS, NOT_APPLICABLE, Init, Tag
 
 from . import stats
 from .collect import Results
 
 DIFF_DECIMALS = 10  # float noise must not break ties between equal differences
 
+VARIES = {
+    "pretraining": frozenset({Tag.INIT}),
+    "bpe": frozenset({Tag.TOKENIZER_SHA, Tag.ARCHITECTURE_SHA, Tag.MAX_LENGTH}),
+    "architecture": frozenset({Tag.MODEL, Tag.ARCHITECTURE_SHA}),
+    "pretrained_vs_cnn": frozenset(MODEL_FACTORS),
+    "user": frozenset(MODEL_FACTORS),
+}
+
 
 @dataclass(frozen=True)
 class Contrast:
-    effect: str  # pretraining | bpe | architecture | user
+    effect: str  # pretraining | bpe | architecture | pretrained_vs_cnn | user
     a: str
     b: str
     name: str = ""
+    varies: frozenset[str] = field(default=frozenset())  # the factors A and B may differ in; default VARIES[effect]
 
     @property
     def label(self) -> str:
         return self.name or f"{self.effect}: {self.a} − {self.b}"
 
+    @property
+    def allowed(self) -> frozenset[str]:
+        return self.varies or VARIES[self.effect]
+
 
 def default_contrasts(arms: pd.DataFrame) -> list[Contrast]:
-    """The study's three questions over the arm variants present (index of `arms`)."""
-    present = set(arms.index)
-    scratch = arms[arms[Tag.INIT] != Init.PRETRAINED]
+    """The study's questions over the arm variants present (index of `arms`)."""
+    pretrained = arms[arms[Tag.INIT] != Init.SCRATCH]
+    scratch = arms[arms[Tag.INIT] == Init.SCRATCH]
     out = []
-    if {"dnabert2_pretrained", "dnabert2_scratch"} <= present:
-        out.append(Contrast("pretraining", "dnabert2_pretrained", "dnabert2_scratch"))
-    for variant, row in arms.iterrows():
-        if variant != row[Tag.ARM] and row[Tag.ARM] in scratch.index:  # arm@<sha>: fine-tuned from a checkpoint
-            out.append(Contrast("pretraining", variant, row[Tag.ARM]))
+    for variant, row in pretrained.iterrows():
+        twins = scratch[(scratch[Tag.MODEL] == row[Tag.MODEL]) & (scratch[Tag.TOKENIZER] == row[Tag.TOKENIZER])]
+        out += [Contrast("pretraining", variant, twin) for twin in twins.index]
     for _, same_model in scratch.groupby(Tag.MODEL):
         for bpe in same_model.index[same_model[Tag.TOKENIZER] == "bpe"]:
             for char in same_model.index[same_model[Tag.TOKENIZER] == "char"]:
@@ -54,11 +76,27 @@ def default_contrasts(arms: pd.DataFrame) -> list[Contrast]:
         for transformer in same_tokens.index[same_tokens[Tag.FAMILY] == "transformer"]:
             for cnn in same_tokens.index[same_tokens[Tag.FAMILY] == "cnn"]:
                 out.append(Contrast("architecture", transformer, cnn))
+    for transformer in pretrained.index[pretrained[Tag.FAMILY] == "transformer"]:
+        out += [Contrast("pretrained_vs_cnn", transformer, cnn) for cnn in scratch.index[scratch[Tag.FAMILY] == "cnn"]]
     return out
 
 
-def user_contrasts(declared: list[dict[str, str]]) -> list[Contrast]:
-    return [Contrast("user", c["a"], c["b"], c.get("name", "")) for c in declared]
+def differing_factors(c: Contrast, cells: pd.DataFrame, task: str) -> list[str]:
+    """The factors (other than those `c` varies) in which A and B differ on `task`, e.g. 'tokenizer_sha
+    (a: bpe-1a2b…, b: char)'. A factor an arm does not have (n/a) differs from nothing."""
+    a, b = (cells[(cells["arm"] == arm) & (cells["task"] == task)].iloc[0] for arm in (c.a, c.b))
+    out = []
+    for factor in FACTORS:
+        if factor in c.allowed or factor not in cells.columns:
+            continue
+        x, y = str(a[factor]) if pd.notna(a[factor]) else "", str(b[factor]) if pd.notna(b[factor]) else ""
+        if x != y and NOT_APPLICABLE not in (x, y):
+            out.append(f"{factor} differs ({c.a}: {x or 'not recorded'}, {c.b}: {y or 'not recorded'})")
+    return out
+
+
+def user_contrasts(declared: list[dict]) -> list[Contrast]:
+    return [Contrast("user", c["a"], c["b"], c.get("name", ""), frozenset(c.get("varies", ()))) for c in declared]
 
 
 @dataclass
@@ -67,14 +105,22 @@ class Evaluation:
     row: dict  # one line of contrasts.csv
     diffs: pd.Series  # per task: mean(a) − mean(b)
     per_task: pd.DataFrame  # per task: the paired test over seeds
+    unlike: dict[str, list[str]] = field(default_factory=dict)  # task -> factors that differ (left out)
+
+
+def comparable_tasks(c: Contrast, results: Results) -> tuple[list[str], list[str], dict[str, list[str]]]:
+    """(tasks where A and B differ only in what `c` varies, tasks one of them lacks, task -> differing factors)."""
+    cells = results.cells
+    tasks_a, tasks_b = (set(cells.loc[cells["arm"] == arm, "task"]) for arm in (c.a, c.b))
+    missing = [f"{t} (no {c.b})" for t in sorted(tasks_a - tasks_b)] + [f"{t} (no {c.a})" for t in sorted(tasks_b - tasks_a)]
+    unlike = {t: d for t in sorted(tasks_a & tasks_b) if (d := differing_factors(c, cells, t))}
+    return [t for t in sorted(tasks_a & tasks_b) if t not in unlike], missing, unlike
 
 
 def evaluate(c: Contrast, results: Results, alpha: float, rope: float, seed: int = 0) -> Evaluation:
     cells = results.cells.set_index(["arm", "task"])
-    tasks_a = set(results.cells.loc[results.cells["arm"] == c.a, "task"])
-    tasks_b = set(results.cells.loc[results.cells["arm"] == c.b, "task"])
-    common = sorted(tasks_a & tasks_b)
-    left_out = [f"{t} (no {c.b})" for t in sorted(tasks_a - tasks_b)] + [f"{t} (no {c.a})" for t in sorted(tasks_b - tasks_a)]
+    common, left_out, unlike = comparable_tasks(c, results)
+    left_out += [f"{t} ({'; '.join(d)})" for t, d in unlike.items()]
     a = np.array([cells.loc[(c.a, t), "score_mean"] for t in common], dtype=float)
     b = np.array([cells.loc[(c.b, t), "score_mean"] for t in common], dtype=float)
     d = np.round(a - b, DIFF_DECIMALS)
@@ -82,7 +128,8 @@ def evaluate(c: Contrast, results: Results, alpha: float, rope: float, seed: int
     lo, hi = stats.median_ci(d, seed=seed)
     p_a, p_equal, p_b = stats.bayesian_signed_rank(a, b, rope, seed) if len(d) >= 2 else (math.nan,) * 3
     row = {
-        "contrast": c.label, "effect": c.effect, "a": c.a, "b": c.b, "metric": results.metric,
+        "contrast": c.label, "effect": c.effect, "a": c.a, "b": c.b, "varies": ",".join(sorted(c.allowed)),
+        "metric": results.metric,
         "n_tasks": len(d), "tasks_left_out": "; ".join(left_out),
         "wins": int(np.sum(d > 0)), "ties": int(np.sum(d == 0)), "losses": int(np.sum(d < 0)),
         "median_difference": float(np.median(d)) if len(d) else math.nan, "ci_low": lo, "ci_high": hi,
@@ -92,18 +139,25 @@ def evaluate(c: Contrast, results: Results, alpha: float, rope: float, seed: int
         "p_a_better": p_a, "p_equivalent": p_equal, "p_b_better": p_b, "rope": rope,
         **cost_columns(results.cells, c, common),
     }
-    return Evaluation(c, row, pd.Series(d, index=common, name=c.label), per_task_tests(c, results, common, alpha))
+    return Evaluation(c, row, pd.Series(d, index=common, name=c.label), per_task_tests(c, results, common, alpha),
+                      unlike)
 
 
-def cost_columns(cells: pd.DataFrame, c: Contrast, tasks: list[str]) -> dict[str, float]:
-    """The compute behind each side over the same tasks: mean per task, and pretraining where recorded."""
-    out: dict[str, float] = {}
+def cost_columns(cells: pd.DataFrame, c: Contrast, tasks: list[str]) -> dict[str, float | str]:
+    """The compute behind each side over the same tasks: mean per task in seconds, device-hours and FLOPs
+    (tuning trials and final seeds), and the pretraining its weights inherit (seconds, FLOPs and GPU-hours,
+    where recorded or declared), counted once."""
+    out: dict[str, float | str] = {}
     for side, arm in (("a", c.a), ("b", c.b)):
         mine = cells[(cells["arm"] == arm) & cells["task"].isin(tasks)]
         out[f"{side}_compute_seconds"] = float(mine["compute_seconds"].mean()) if len(mine) else math.nan
+        out[f"{side}_compute_hours"] = out[f"{side}_compute_seconds"] / 3600
         out[f"{side}_compute_flops"] = float(mine["compute_flops"].mean()) if len(mine) else math.nan
-        pre = mine["pretrain_seconds"].dropna()
-        out[f"{side}_pretrain_seconds"] = float(pre.iloc[0]) if len(pre) else math.nan
+        out[f"{side}_device"] = ", ".join(sorted(set(mine["device"].dropna().astype(str)) - {""})) \
+            if "device" in mine else ""
+        for kind in ("seconds", "flops", "gpu_hours"):
+            pre = mine[f"pretrain_{kind}"].dropna() if f"pretrain_{kind}" in mine else pd.Series(dtype=float)
+            out[f"{side}_pretrain_{kind}"] = float(pre.iloc[0]) if len(pre) else math.nan
     out["compute_ratio"] = ratio(out["a_compute_seconds"], out["b_compute_seconds"])
     out["flops_ratio"] = ratio(out["a_compute_flops"], out["b_compute_flops"])
     return out
@@ -137,7 +191,8 @@ def adjust(evaluations: list[Evaluation]) -> None:
 
 
 PHRASES = {"pretraining": "pretraining", "bpe": "BPE tokens (vs single nucleotides)",
-           "architecture": "the transformer (vs the CNN)", "user": "{name}"}
+           "architecture": "the transformer (vs the CNN)",
+           "pretrained_vs_cnn": "the pretrained transformer (vs the CNN trained from scratch)", "user": "{name}"}
 
 
 def sentence(row: dict, alpha: float) -> str:
@@ -165,11 +220,25 @@ def sentence(row: dict, alpha: float) -> str:
     if math.isfinite(row["p_a_better"]):
         text += (f"; P({row['a']} better) = {row['p_a_better']:.2f}, P(equivalent within ±{row['rope']:g}) = "
                  f"{row['p_equivalent']:.2f}, P({row['b']} better) = {row['p_b_better']:.2f}")
-    if math.isfinite(row["compute_ratio"]):
-        text += f"; it costs {row['compute_ratio']:.2g}x the fine-tuning compute"
-        if math.isfinite(row["a_pretrain_seconds"]):
-            text += f" plus {duration(row['a_pretrain_seconds'])} of pretraining"
+    if math.isfinite(row["flops_ratio"]) or math.isfinite(row["compute_ratio"]):
+        text += (f"; it costs {row['flops_ratio']:.2g}x the fine-tuning FLOPs" if math.isfinite(row["flops_ratio"])
+                 else f"; it costs {row['compute_ratio']:.2g}x the fine-tuning compute time")
+        pretraining = pretraining_phrase(row, "a")
+        if pretraining:
+            text += f" plus {pretraining} of pretraining"
     return text + "."
+
+
+def pretraining_phrase(row: dict, side: str) -> str:
+    """'2.7e+03 GPU-hours, 1.1e+21 FLOPs' (whatever is known) of a side's inherited pretraining."""
+    parts = []
+    if math.isfinite(row[f"{side}_pretrain_gpu_hours"]):
+        parts.append(f"{row[f'{side}_pretrain_gpu_hours']:.3g} GPU-hours")
+    elif math.isfinite(row[f"{side}_pretrain_seconds"]):
+        parts.append(duration(row[f"{side}_pretrain_seconds"]))
+    if math.isfinite(row[f"{side}_pretrain_flops"]):
+        parts.append(f"{row[f'{side}_pretrain_flops']:.2g} FLOPs")
+    return ", ".join(parts)
 
 
 def duration(seconds: float) -> str:

@@ -59,8 +59,16 @@ def write_report(results: Results, contrasts: list[Contrast], folder: Path, s: S
         if missing:
             exclusions.loc[len(exclusions)] = [f"contrast {c.label}", f"no results for {', '.join(missing)} in "
                                                "this experiment"]
-        else:
-            evaluations.append(evaluate(c, results, s.alpha, s.rope, s.seed))
+            continue
+        e = evaluate(c, results, s.alpha, s.rope, s.seed)
+        for task, factors in e.unlike.items():
+            exclusions.loc[len(exclusions)] = [f"contrast {c.label} | {task}", "; ".join(factors)
+                                               + f" (this contrast may vary only {', '.join(sorted(c.allowed))})"]
+        if e.row["n_tasks"]:
+            evaluations.append(e)
+        elif e.unlike:
+            exclusions.loc[len(exclusions)] = [f"contrast {c.label}", "not evaluated: on no task do its arms differ "
+                                               f"only in {', '.join(sorted(c.allowed))} (see the rows above)"]
     adjust(evaluations)
     contrast_table = pd.DataFrame([e.row for e in evaluations])
     per_task = pd.concat([e.per_task for e in evaluations], ignore_index=True) if evaluations else pd.DataFrame()
@@ -68,6 +76,7 @@ def write_report(results: Results, contrasts: list[Contrast], folder: Path, s: S
     if block_note:
         exclusions.loc[len(exclusions)] = ["Friedman / Nemenyi", block_note]
     cost = cost_table(results, rank_block)
+    adequacy = tuning_adequacy(results.cells)
 
     fig = folder / "figures"
     figures.scores_by_task(results.runs, results.metric, fig / "scores_by_task.png",
@@ -90,11 +99,13 @@ def write_report(results: Results, contrasts: list[Contrast], folder: Path, s: S
     per_task.to_csv(folder / "per_task_tests.csv", index=False)
     cost.to_csv(folder / "cost.csv", index=False)
     exclusions.to_csv(folder / "exclusions.csv", index=False)
+    adequacy.to_csv(folder / "tuning_adequacy.csv", index=False)
     if friedman is not None:
         friedman.avg_ranks.rename("average_rank").rename_axis("arm").to_csv(folder / "ranks.csv")
         pd.DataFrame([friedman_row(friedman)]).to_csv(folder / "friedman.csv", index=False)
         stats.nemenyi_pairs(friedman).to_csv(folder / "nemenyi.csv", index=False)
-    (folder / "report.md").write_text(markdown(results, evaluations, per_task, friedman, cost, exclusions, s, notes))
+    (folder / "report.md").write_text(markdown(results, evaluations, per_task, friedman, cost, exclusions, adequacy,
+                                               s, notes))
 
 
 def difference_png(c: Contrast) -> str:
@@ -142,18 +153,48 @@ def cost_table(results: Results, block: pd.DataFrame) -> pd.DataFrame:
     for arm, cells in results.cells.groupby("arm"):
         common = cells[cells["task"].isin(block.index)] if arm in block.columns and len(block) else cells
         pre_s, pre_f = cells["pretrain_seconds"].dropna(), cells["pretrain_flops"].dropna()
+        pre_h = cells["pretrain_gpu_hours"].dropna() if "pretrain_gpu_hours" in cells else pd.Series(dtype=float)
         pretrain_s = float(pre_s.iloc[0]) if len(pre_s) else 0.0
+        devices = sorted(set(cells["device"].dropna().astype(str)) - {""}) if "device" in cells else []
         rows.append({"arm": arm, "n_tasks": len(common), "score_mean": common["score_mean"].mean(),
                      "score_sd": common["score_mean"].std() if len(common) > 1 else math.nan,
                      "compute_seconds_per_task": common["compute_seconds"].mean(),
-                     "compute_flops_per_task": common["compute_flops"].mean(),
+                     "compute_hours_per_task": common["compute_seconds"].mean() / 3600,
+                     "compute_flops_per_task": common["compute_flops"].mean(), "device": ", ".join(devices),
                      "pretrain_seconds": pretrain_s, "pretrain_flops": float(pre_f.iloc[0]) if len(pre_f) else 0.0,
+                     "pretrain_gpu_hours": float(pre_h.iloc[0]) if len(pre_h) else 0.0,
                      "cost_seconds": common["compute_seconds"].mean() + pretrain_s,
                      "params": cells["params"].iloc[0]})
     return pd.DataFrame(rows)
 
 
+def tuning_adequacy(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per arm: on how many of its tasks the best trial's parameters sat at a bound of their range (each
+    parameter and side), and on how many the best trial was still improving at the epoch cap, with what to do."""
+    rows = []
+    for arm, mine in cells.groupby("arm"):
+        n = len(mine)
+        sides = [side for value in mine.get("tuning_boundary_sides", pd.Series(dtype=str)).fillna("")
+                 for side in str(value).split(",") if side]
+        for item, count in pd.Series(sides).value_counts().sort_index().items():
+            name, _, side = item.partition(":")
+            rows.append({"arm": arm, "finding": f"{name} at its {side} bound", "tasks": int(count), "of": n,
+                         "advice": f"widen the {name} range {'upwards' if side == 'upper' else 'downwards'}"})
+        at_cap = mine.get("best_epoch_at_cap", pd.Series(dtype=float)).fillna(0)
+        if at_cap.sum():
+            rows.append({"arm": arm, "finding": "best epoch at the epoch cap (still improving)",
+                         "tasks": int(at_cap.sum()), "of": n, "advice": "raise max_epochs"})
+    return pd.DataFrame(rows, columns=["arm", "finding", "tasks", "of", "advice"])
+
+
 # -------------------------------------------------------------------------------------------- Markdown
+def pretrain_cell(row) -> str:
+    parts = [f"{row.pretrain_gpu_hours:.3g} GPU-h" if row.pretrain_gpu_hours else
+             (duration(row.pretrain_seconds) if row.pretrain_seconds else ""),
+             f"{row.pretrain_flops:.2g} FLOPs" if row.pretrain_flops else ""]
+    return ", ".join(p for p in parts if p) or "–"
+
+
 def md_table(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
     def cell(v) -> str:
         if isinstance(v, float):
@@ -171,7 +212,7 @@ def fmt_p(p: float) -> str:
 
 def markdown(results: Results, evaluations: list[Evaluation], per_task: pd.DataFrame,
              friedman: stats.Friedman | None, cost: pd.DataFrame, exclusions: pd.DataFrame,
-             s: Settings, notes: list[str]) -> str:
+             adequacy: pd.DataFrame, s: Settings, notes: list[str]) -> str:
     m = results.metric
     lines = [f"# Analysis of experiment `{results.experiment}`", "",
              f"Tracking URI `{results.tracking_uri}`; study {', '.join(results.studies)}; metric `{m}` on test; "
@@ -248,14 +289,27 @@ def markdown(results: Results, evaluations: list[Evaluation], per_task: pd.DataF
 
     lines += ["## Cost", "",
               f"Mean {m} over the tasks in the rank block, and the compute one task costs (all tuning trials and "
-              "final seeds); pretraining is what a checkpoint's run recorded, counted once.", "",
-              md_table(cost.assign(pretrain=[duration(x) if x else "–" for x in cost["pretrain_seconds"]])
-                       [["arm", "n_tasks", "score_mean", "score_sd", "compute_seconds_per_task",
-                         "compute_flops_per_task", "pretrain", "params"]], ".3g"),
+              "final seeds) in FLOPs (counted by torch on the first step, scaled by the tokens trained on) and in "
+              "hours of the device it ran on; pretraining is what a checkpoint's run recorded or its authors "
+              "declared (pretrain_cost.json or pretrain_cost=), counted once, in GPU-hours and FLOPs.", "",
+              md_table(cost.assign(pretrain=[pretrain_cell(r) for r in cost.itertuples()])
+                       [["arm", "n_tasks", "score_mean", "score_sd", "compute_flops_per_task",
+                         "compute_hours_per_task", "device", "pretrain", "params"]], ".3g"),
               "", "![cost-benefit](figures/cost_benefit.png)", ""]
+
+    lines += ["## Tuning adequacy", "",
+              "Where the best trial's continuous parameters lie in the outer 5% of their range (in log space for "
+              "log ranges), the optimum may lie outside it; where its best epoch is the epoch cap, the arm was "
+              "still improving. An arm that is not tuned well enough loses for that reason, not on its merits.", ""]
+    if len(adequacy):
+        lines += [f"- {r.arm}: {r.finding} on {r.tasks} of {r.of} tasks: {r.advice}." for r in adequacy.itertuples()]
+    else:
+        lines += ["No arm's best trial sat at a bound of its search space or at the epoch cap."]
+    lines += [""]
 
     lines += ["## Exclusions", ""]
     lines += [md_table(exclusions) if len(exclusions) else "Nothing was excluded.", ""]
-    lines += ["Files: runs.csv (one row per arm, task, seed), cells.csv (per arm and task), contrasts.csv, "
-              "per_task_tests.csv, ranks.csv, friedman.csv, nemenyi.csv, cost.csv, exclusions.csv, figures/.", ""]
+    lines += ["Files: runs.csv (one row per arm, task, seed), cells.csv (per arm and task, with the factors each "
+              "contrast checks), contrasts.csv, per_task_tests.csv, ranks.csv, friedman.csv, nemenyi.csv, cost.csv, "
+              "tuning_adequacy.csv, exclusions.csv, figures/.", ""]
     return "\n".join(lines)

@@ -64,7 +64,7 @@ def same_configuration(arm_name: str, task_name: str, params: dict, seeds: int) 
     from harness.tasks import load_task
 
     spec, task, arm = load_study("smoke"), load_task(task_name), ARMS.get(arm_name)
-    full, options = {**spec.fixed.get(arm.family, {}), **params}, RunOptions(CPU, bpe_vocab_size=spec.bpe_vocab_size)
+    full, options = {**spec.fixed.get(spec.space_name(arm.family, "scratch"), {}), **params}, RunOptions(CPU, bpe_vocab_size=spec.bpe_vocab_size)
 
     def dev_mcc(seed: int) -> float:
         return arm.fit(task, full, seed, arm.budget(spec), options).result.best_dev["mcc"]

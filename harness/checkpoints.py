@@ -26,6 +26,7 @@ from torch import nn
 from .errors import CheckpointError, ParameterError
 from .models.weights import WEIGHT_FILES, download_from_hub, read_state_dict
 
+COST_FILE = "pretrain_cost.json"  # beside external weights: {"gpu_hours": ..., "flops": ..., "source": "..."}
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:", "dbfs:", "s3://", "gs://", "wasbs://", "file://")
 MANIFEST = "harness.json"
 
@@ -48,6 +49,22 @@ def local_path(source: str) -> Path:
     return Path(source).expanduser()
 
 
+def looks_like_hub_id(source: str) -> bool:
+    return source.count("/") == 1 and not source.startswith((".", "/", "~")) and not is_mlflow_uri(source)
+
+
+@functools.cache
+def tokenizer_file(source: str) -> str:
+    """A local tokenizer.json for `source`: a file, a folder holding one, an MLflow artifact URI, or a hub id
+    (e.g. zhihan1996/DNABERT-2-117M, whose tokenizer.json is downloaded once; offline, a clear error)."""
+    path = local_path(source)
+    if not path.exists() and looks_like_hub_id(source):
+        path = download_from_hub(source, ("tokenizer.json",), what="tokenizer", fix="tokenizer=<its tokenizer.json>")
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    return str(path)
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     source: str
@@ -62,6 +79,34 @@ class Checkpoint:
     def tokenizer_file(self) -> Path | None:
         path = self.folder / "tokenizer.json"
         return path if path.is_file() else None
+
+    @functools.cached_property
+    def declared_cost(self) -> dict[str, Any]:
+        """What an external checkpoint's `pretrain_cost.json` declares (its authors' figures), or {}."""
+        path = self.folder / COST_FILE
+        return read_json(path, ()) if path.is_file() else {}
+
+    @property
+    def pretraining_cost(self) -> dict[str, float]:
+        """seconds / flops / gpu_hours of making these weights, as far as known: recorded by `harness pretrain`
+        (GPU-hours only when it ran on a GPU), else declared in pretrain_cost.json."""
+        if "seconds" in self.pretraining:
+            cost = {"seconds": float(self.pretraining["seconds"]), "flops": float(self.pretraining["flops"])}
+            if str(self.pretraining.get("device", "")).startswith("cuda"):
+                cost["gpu_hours"] = cost["seconds"] / 3600
+            return cost
+        declared = self.declared_cost
+        wrong = [k for k in ("gpu_hours", "flops", "seconds") if k in declared
+                 and not isinstance(declared[k], (int, float))]
+        if wrong:
+            raise CheckpointError(f"{self.folder / COST_FILE}: {wrong} must be numbers")
+        return {k: float(declared[k]) for k in ("gpu_hours", "flops", "seconds") if declared.get(k) is not None}
+
+    @property
+    def cost_source(self) -> str:
+        if "seconds" in self.pretraining:
+            return f"recorded by pretraining run {self.pretraining.get('run_id', '?')}"
+        return f"declared in {COST_FILE}: {self.declared_cost.get('source', 'no source given')}"[:500]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return read_state_dict(self.folder)
@@ -80,7 +125,7 @@ class Checkpoint:
 def open_checkpoint(source: str) -> Checkpoint:
     """Read a checkpoint's manifest (not its weights). Errors name the source and what to pass."""
     folder = local_path(source)
-    if not folder.exists() and source.count("/") == 1 and not source.startswith((".", "/", "~")):
+    if not folder.exists() and looks_like_hub_id(source):
         folder = download_from_hub(source)  # a hub id such as zhihan1996/DNABERT-2-117M
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint {source}: no such folder. Pass a folder written by "

@@ -29,9 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_tracking_arguments(run)
     run.add_argument("--tokenizer", default="", help="tokenizer.json for BPE arms (default: train one on the task)")
     run.add_argument("--max-length", default="", help="truncate tokenized sequences to this many tokens")
-    run.add_argument("--init", default="", help="fine-tune from this checkpoint: a folder or an MLflow URI "
-                                                "(runs:/<run_id>/checkpoint from the pretrain entry point)")
-    run.add_argument("--checkpoint", default="", help="dnabert2_pretrained: a DNABERT-2 folder or hub id")
+    run.add_argument("--init", default="", help="fine-tune a scratch arm from this checkpoint (variant arm@sha): a "
+                                                "folder or an MLflow URI (runs:/<run_id>/checkpoint from pretrain)")
+    add_checkpoint_arguments(run)
 
     sweep = sub.add_parser("sweep", help="a study's (arm, task) grid: run it here, print a command per cell, "
                                          "or show which cells are done, running, partial or missing")
@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_tracking_arguments(sweep)
     sweep.add_argument("--action", default="status", choices=["run", "print", "status"],
                        help="run every cell here in turn, print one `mlflow run` per cell, or report progress")
-    sweep.add_argument("--checkpoint", default="", help="include dnabert2_pretrained with this checkpoint")
+    sweep.add_argument("--tokenizer", default="", help="tokenizer.json for the BPE arms (default: the study's)")
+    add_checkpoint_arguments(sweep)
 
     plan = sub.add_parser("plan", help="projected compute of a study per arm, from throughput measured here")
     add_arms_argument(plan)
@@ -91,6 +92,15 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-trials", default="", help="override the study's trial budget (the same for every arm!)")
     parser.add_argument("--seeds", default="", help="override the study's number of final seeds K")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device")
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """The pretrained checkpoint (run and sweep)."""
+    parser.add_argument("--checkpoint", default="", help="a DNABERT-2 (or harness) checkpoint folder, MLflow URI or hub "
+                        "id: the weights of dnabert2_pretrained; a scratch arm of the same model and tokenizer kind "
+                        "becomes its twin (its architecture and tokenizer, random weights; variant arm~sha)")
+    parser.add_argument("--pretrain-cost", default="", help="the checkpoint's pretraining cost where it recorded none, "
+                        "e.g. gpu_hours=2688,flops=1e21 (any of gpu_hours, flops, seconds)")
 
 
 def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:

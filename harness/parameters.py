@@ -28,3 +28,19 @@ def optional_int(value: str | None, name: str) -> int | None:
 def names(value: str | None) -> tuple[str, ...]:
     """A comma-separated list, e.g. tasks=tf/0,tf/1 (blanks ignored)."""
     return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+
+
+COSTS = ("gpu_hours", "flops", "seconds")
+
+
+def costs(value: str | None, name: str) -> dict[str, float]:
+    """A declared compute cost, e.g. pretrain_cost=gpu_hours=2688,flops=1.1e21 (any of gpu_hours, flops,
+    seconds)."""
+    out: dict[str, float] = {}
+    for item in names(value):
+        key, sep, amount = item.partition("=")
+        if not sep or key.strip() not in COSTS:
+            raise ParameterError(f"{name}: expected KEY=NUMBER with KEY one of {', '.join(COSTS)} "
+                                 f"(e.g. {name}=gpu_hours=2688), got {item!r}")
+        out[key.strip()] = float(number(amount.strip(), f"{name} {key.strip()}", float))
+    return out

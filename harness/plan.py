@@ -74,7 +74,8 @@ def measure_epoch_seconds(arm: Arm, task: TaskData, spec: StudySpec, options: Ru
     """Seconds for one epoch over the whole task, from a steady-state epoch over a sample of it: the second
     of two, since the first also pays one-off costs (the FLOP count of the first step, warm-up), which on a
     few-step sample epoch would dominate (the projection came out 1.3x too high on mouse/2)."""
-    params = {**spec.fixed.get(arm.family, {}), **timed_configuration(spec.space(arm.family))}
+    space = arm.space(spec, options)
+    params = {**spec.fixed.get(space, {}), **timed_configuration(spec.space(space))}
     part = sample_task(task, sample)
     fitted = arm.fit(part, params, seed=0, budget=Budget(2 if arm.neural else 1, None), options=options)
     if not arm.neural:  # one pass (k-mer): time a second fit, the first paid the warm-up

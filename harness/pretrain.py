@@ -147,7 +147,7 @@ def pretrain(req: PretrainRequest) -> tuple[str, Path | None]:
     if not arm.neural:
         raise ParameterError(f"arm {req.arm} is not a neural network; pretraining applies to torch arms")
     spec = load_study(req.study)
-    params = {**spec.fixed.get(arm.family, {})}
+    params = {**spec.fixed.get(spec.space_name(arm.family, "scratch"), {})}  # pretraining starts from scratch
     runtime = Runtime.resolve(req.device, precision="fp32")
     corpus = Corpus.load(req.corpus, req.window, req.seed)
     tok = pretraining_tokenizer(arm, corpus, req.tokenizer, req.vocab_size)

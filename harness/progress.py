@@ -41,5 +41,9 @@ class Progress:
         """A fit ended before its epoch cap: those epochs will not run."""
         self.planned -= max(epochs, 0)
 
+    def redo(self, epochs: int) -> None:
+        """A fit is rerun (it ran out of memory): the epochs its failed attempt ran are planned again."""
+        self.planned += max(epochs, 0)
+
     def elapsed(self) -> str:
         return format_seconds(time.perf_counter() - self.start)

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 from . import tracking
 from .arms import ARMS, Arm, Budget, RunOptions
+from .arms.base import digest
 from .data import TaskData
 from .errors import ParameterError
-from .parameters import names, optional_int
+from .parameters import costs, names, optional_int
 from .runtime import Runtime
-from .schema import Tag, optuna_study_name, parent_run_name
+from .schema import NOT_APPLICABLE, Tag, optuna_study_name, parent_run_name
 from .studies import StudySpec, load_study
 from .tasks import load_task
 
@@ -32,7 +33,8 @@ def default_arms(spec: StudySpec, checkpoint: str | None = None) -> tuple[str, .
     that need a checkpoint only when one is given)."""
     if spec.arms:
         return tuple(spec.arms)
-    return tuple(name for name, arm in ARMS.items() if arm.family in spec.search_spaces
+    return tuple(name for name, arm in ARMS.items()
+                 if any(space == arm.family or space.startswith(f"{arm.family}_") for space in spec.search_spaces)
                  and (checkpoint or not arm.requires_checkpoint))
 
 
@@ -52,25 +54,25 @@ class RunRequest:
     compile: bool = False
     tokenizer: str | None = None  # a tokenizer.json or an MLflow artifact URI, for BPE arms
     max_length: int | None = None  # overrides the study's per-task token caps
-    init: str | None = None  # a checkpoint to fine-tune from
+    init: str | None = None  # a checkpoint whose weights a scratch arm fine-tunes from (its own variant arm@sha)
+    checkpoint: str | None = None  # the pretrained arms' weights, and the shape of their scratch twins (arm~sha)
+    pretrain_cost: tuple[tuple[str, float], ...] = ()  # declared cost of the checkpoint: gpu_hours, flops, seconds
     command: str = ""  # the command line, password removed
-    explicit: frozenset[str] = frozenset()  # budget parameters given, not taken from the study (printed again)
+    explicit: frozenset[str] = frozenset()  # parameters given, not taken from the study (printed again)
 
     @classmethod
     def parse(cls, params: Mapping[str, str], command: str = "") -> RunRequest:
         """From the parameters of `run` (arm=), `sweep` or `plan` (arms=), as MLproject passes them."""
         study = params.get("study") or "smoke"
         spec = load_study(study)
-        init, checkpoint = params.get("init") or None, params.get("checkpoint") or None
-        if init and checkpoint and init != checkpoint:
-            raise ParameterError("pass either init= or checkpoint=, not both")
+        init, checkpoint = params.get("init") or None, params.get("checkpoint") or spec.checkpoint
         if "arm" in params:  # run: exactly the one arm named
             arms = (params["arm"],)
         else:
             arms = names(params.get("arms")) or default_arms(spec, checkpoint)
         for arm in arms:
             ARMS.get(arm, parameter="arm")  # an unknown arm fails here, listing the known ones
-        explicit = frozenset(k for k in ("n_trials", "seeds") if params.get(k))
+        explicit = frozenset(k for k in ("n_trials", "seeds", "tokenizer", "checkpoint") if params.get(k))
         return cls(
             study=study, spec=spec, arms=arms,
             tasks=names(params.get("tasks")) or tuple(spec.tasks),
@@ -79,22 +81,45 @@ class RunRequest:
             data=params.get("data") or "", storage=params.get("storage") or DEFAULT_STORAGE,
             experiment=params.get("experiment") or "", device=params.get("device") or "auto",
             precision=params.get("precision") or "auto", compile=params.get("compile") == "true",
-            tokenizer=params.get("tokenizer") or None, max_length=optional_int(params.get("max_length"), "max_length"),
-            init=init or checkpoint, command=command, explicit=explicit,
+            tokenizer=params.get("tokenizer") or spec.bpe_tokenizer,
+            max_length=optional_int(params.get("max_length"), "max_length"),
+            init=init, checkpoint=checkpoint, pretrain_cost=tuple(costs(params.get("pretrain_cost"), "pretrain_cost").items()),
+            command=command, explicit=explicit,
         )
 
     def parameters(self) -> dict[str, str]:
-        """The MLproject parameters that make this request again, defaults left out (storage without its
-        password): what `sweep --action print` writes for each cell."""
+        """The MLproject parameters that make this request again, defaults and what the study file says left out
+        (storage without its password): what `sweep --action print` writes for each cell."""
         params = {"arm": ",".join(self.arms), "tasks": ",".join(self.tasks), "study": self.study,
                   "data": self.data, "storage": tracking.redact(self.storage), "experiment": self.experiment,
                   "n_trials": self.n_trials if "n_trials" in self.explicit else "",
                   "seeds": self.seeds if "seeds" in self.explicit else "",
                   "device": self.device if self.device != "auto" else "",
                   "precision": self.precision if self.precision != "auto" else "",
-                  "compile": "true" if self.compile else "", "tokenizer": self.tokenizer,
-                  "max_length": self.max_length, "checkpoint": self.init}
+                  "compile": "true" if self.compile else "",
+                  "tokenizer": self.tokenizer if "tokenizer" in self.explicit else "",
+                  "max_length": self.max_length, "init": self.init,
+                  "checkpoint": self.checkpoint if "checkpoint" in self.explicit else "",
+                  "pretrain_cost": ",".join(f"{k}={v:g}" for k, v in self.pretrain_cost)}
         return {k: str(v) for k, v in params.items() if v not in ("", None)}
+
+    def takes_checkpoint(self, arm: Arm) -> bool:
+        """Whether `checkpoint` concerns `arm`: an arm that requires one takes its weights; a scratch arm of the
+        same model and tokenizer kind takes its shape (a twin). The study's `checkpoint: {arms: [...]}` names
+        them; otherwise a run of one named arm takes it (a mismatch is then an error), and the arms of a sweep
+        or plan take it where the checkpoint fits them."""
+        if not self.checkpoint or not arm.neural:
+            return False
+        if arm.requires_checkpoint:
+            return True
+        if self.spec.checkpoint_arms is not None and "checkpoint" not in self.explicit:
+            return arm.name in self.spec.checkpoint_arms
+        if len(self.arms) == 1 and "checkpoint" in self.explicit:
+            return True
+        from .checkpoints import open_checkpoint
+
+        ckpt = open_checkpoint(self.checkpoint)
+        return (ckpt.model, ckpt.tokenizer) == (arm.model, arm.tokenizer)
 
     @functools.cached_property
     def runtime(self) -> Runtime:
@@ -103,25 +128,40 @@ class RunRequest:
 
     @functools.cached_property
     def tokenizer_path(self) -> str | None:
-        from .checkpoints import local_path
+        from .checkpoints import tokenizer_file
 
-        return str(local_path(self.tokenizer)) if self.tokenizer else None
+        return tokenizer_file(self.tokenizer) if self.tokenizer else None
 
     @property
     def experiment_name(self) -> str:
         return self.experiment or self.spec.name
 
     def options(self, arm: Arm, task: str | None = None) -> RunOptions:
-        """What `arm` is given on `task`: max_length= overrides the study's per-task cap (set so as not to
-        truncate)."""
+        """What `arm` is given on `task`: the BPE tokenizer (BPE arms only); max_length= overrides the study's
+        per-task cap (set so as not to truncate); init= (weights to fine-tune from) or the checkpoint this arm
+        takes, as weights or, for a scratch arm, as shape only."""
         cap = self.max_length or (self.spec.max_length(task, arm.tokenizer) if task else None)
-        return RunOptions(self.runtime, self.tokenizer_path, self.spec.bpe_vocab_size, cap, self.init)
+        if self.init and self.takes_checkpoint(arm) and not arm.requires_checkpoint and self.init != self.checkpoint:
+            raise ParameterError(f"arm {arm.name}: init= fine-tunes from {self.init}, checkpoint= makes it a scratch "
+                                 f"twin of {self.checkpoint}; pass one of them")
+        if self.init and arm.requires_checkpoint and self.checkpoint and self.init != self.checkpoint:
+            raise ParameterError("pass either init= or checkpoint=, not both")
+        source = self.init or (self.checkpoint if self.takes_checkpoint(arm) else None)
+        twin = source is not None and source != self.init and not arm.requires_checkpoint
+        return RunOptions(self.runtime, self.tokenizer_path if arm.tokenizer == "bpe" else None,
+                          self.spec.bpe_vocab_size, cap, source, twin, dict(self.pretrain_cost))
 
     def validate(self) -> list[TaskData]:
         """Fail now, not after an hour: the runtime, every arm against the study, tokenizer and checkpoint,
         then every task's data. Returns the loaded tasks."""
-        for name in self.arms:
-            arm = ARMS.get(name)
+        arms = [ARMS.get(name) for name in self.arms]
+        if "tokenizer" in self.explicit and not any(arm.tokenizer == "bpe" for arm in arms):
+            raise ParameterError(f"tokenizer={self.tokenizer} applies to BPE arms; {', '.join(self.arms)} use other "
+                                 "tokens. Leave tokenizer empty.")
+        if "checkpoint" in self.explicit and not any(self.takes_checkpoint(arm) for arm in arms):
+            raise ParameterError(f"checkpoint={self.checkpoint} fits none of the arms {', '.join(self.arms)} (its model "
+                                 "and tokenizer kind must match the arm's)")
+        for arm in arms:
             arm.validate(self.spec, self.options(arm))
         return self.load_tasks()
 
@@ -164,6 +204,23 @@ class Cell:
     @property
     def label(self) -> str:
         return parent_run_name(self.variant, self.task.name)
+
+    @property
+    def space(self) -> str:
+        """The study's search space this cell is tuned in."""
+        return self.arm.space(self.spec, self.options)
+
+    def factors(self) -> dict[str, str]:
+        """Every factor of this cell that a contrast may vary or must hold equal (schema.FACTORS), as tags:
+        the arm variant's (model, architecture, tokenizer, initial weights, token cap, search space), the budget
+        offered (the study's epoch cap, also to one-pass estimators), the precision (`n/a` for estimators that
+        have none) and the data."""
+        request = self.request
+        return {**self.arm.factors(self.spec, self.task, self.options),
+                Tag.N_TRIALS: str(request.n_trials), Tag.MAX_EPOCHS: str(self.spec.max_epochs),
+                Tag.PATIENCE: str(self.spec.patience or "none"), Tag.SEEDS: str(request.seeds),
+                Tag.PRECISION: self.options.runtime.precision if self.arm.neural else NOT_APPLICABLE,
+                Tag.DATA_SHA: digest({s: self.task.split(s).fingerprint for s in ("train", "dev", "test")})}
 
     @property
     def optuna_study(self) -> str:

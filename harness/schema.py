@@ -2,14 +2,17 @@
 writes and the analysis reads. Writers and readers import these names from here.
 
 One experiment per study:
-  parent run (arm variant, task)  stage=study; tags arm, variant (arm, or arm@<init sha> when fine-tuned
-                                  from init=), task, study, the arm's factors (family, model, tokenizer, init...),
+  parent run (arm variant, task)  stage=study; tags arm, variant (arm; arm@<init sha> when fine-tuned from
+                                  init=; arm~<sha> for a checkpoint's scratch twin), task, study, the factors
+                                  (FACTORS: model, architecture_sha, tokenizer_sha, init, budget, data...),
                                   provenance (git_commit, command, data, storage, device); params: the run
                                   configuration; metrics best_dev_mcc, test_mcc_mean/std; artifacts study.yaml...
-    trial run (nested)            stage=trial, trial_number, trial_state (COMPLETE/PRUNED), fail_reason; params:
-                                  the sampled hyperparameters; per epoch train_loss, dev_* (step = epoch)
-    final run (nested)            stage=final, seed; test_*, dev_* (of the selected checkpoint), cost; per epoch
-                                  epoch_train_loss, epoch_dev_*; confusion matrix, learning curve, predictions
+    trial run (nested)            stage=trial, trial_number, trial_state (COMPLETE/PRUNED), fail_reason,
+                                  grad_accumulation; params: the sampled hyperparameters; per epoch train_loss,
+                                  dev_* (step = epoch)
+    final run (nested)            stage=final, seed, grad_accumulation; test_*, dev_* (of the selected
+                                  checkpoint), cost; per epoch epoch_train_loss, epoch_dev_*; confusion
+                                  matrix, learning curve, predictions
   analysis run                    stage=analysis; the report folder
 Elsewhere: stage=pretrain (experiment `pretrain`), stage=tokenizer (`tokenizers`), and under `mlflow run` the
 launcher's own run, stage=launch, pointing at the study's experiment.
@@ -47,13 +50,26 @@ class Tag:
     MODEL = "model"
     TOKENIZER = "tokenizer"
     TOKENIZER_SOURCE = "tokenizer_source"
-    INIT = "init"  # scratch | pretrained
+    INIT = "init"  # scratch, or the sha256 (16 hex digits) of the weights fine-tuned from
     INIT_SOURCE = "init_source"
-    INIT_WEIGHTS = "init_weights_sha256"
+    SHAPE_SOURCE = "shape_source"  # a scratch twin: the checkpoint whose architecture and tokenizer it takes
     PRETRAIN_RUN = "pretrain_run_id"
+    PRETRAIN_COST_SOURCE = "pretrain_cost_source"  # where a pretrained arm's inherited cost comes from
     ARCHITECTURE = "architecture"
-    COMPILE = "compile"
+    ARCHITECTURE_SHA = "architecture_sha"  # hash of the resolved architecture (+ the tuned architecture keys)
+    TOKENIZER_SHA = "tokenizer_sha"  # hash of the vocabulary and merges used; `char` for single nucleotides
+    SEARCH_SPACE = "search_space"  # the study's space this variant is tuned in (e.g. transformer_scratch)
+    N_TRIALS = "n_trials"
+    MAX_EPOCHS = "max_epochs"
+    PATIENCE = "patience"
     SEEDS = "seeds"
+    MAX_LENGTH = "max_length"
+    PRECISION = "precision"
+    DATA_SHA = "data_sha"  # the task's three splits' content
+    COMPILE = "compile"
+    # tuning adequacy, on parent runs
+    TUNING_BOUNDARY = "tuning_boundary"  # parameters of the best trial in the outer 5% of their range
+    TUNING_BOUNDARY_SIDES = "tuning_boundary_sides"  # the same, with the side: lr:upper, dropout:lower
     # provenance
     GIT_COMMIT = "git_commit"
     COMMAND = "command"
@@ -69,6 +85,12 @@ class Tag:
     FAIL_REASON = "fail_reason"
     SEED = "seed"
     CLAIM_TRIAL = "claim_trial"  # the final seed's trial in the `/final` Optuna study
+    # Micro-batches per optimiser step the fit ran with (trial and final runs, and a trial's Optuna user
+    # attribute): 1, or more after it ran out of memory and was rerun at the same effective batch size.
+    GRAD_ACCUMULATION = "grad_accumulation"
+    # After such a rerun: the per-epoch metrics of epochs 1..n hold a first point from the attempt that ran out
+    # of memory; the later point at each step is the rerun's.
+    OOM_SUPERSEDED_EPOCHS = "oom_superseded_epochs"
     # other stages
     RESULTS_EXPERIMENT = "results_experiment"  # on the launcher run
     ANALYSED_EXPERIMENT = "analysed_experiment"
@@ -76,18 +98,27 @@ class Tag:
     CORPUS_FINGERPRINT = "corpus_fingerprint"
 
 
-class Init:  # values of Tag.INIT
+class Init:  # values of Tag.INIT other than a weights' sha
     SCRATCH = "scratch"
-    PRETRAINED = "pretrained"
 
 
-def variant_name(arm: str, init_weights_sha: str | None = None) -> str:
-    """An arm fine-tuned from a checkpoint is its own variant, `arm@<8 hex digits of the weights' sha256>`."""
-    return f"{arm}@{init_weights_sha[:8]}" if init_weights_sha else arm
+def variant_name(arm: str, init_weights_sha: str | None = None, shape_sha: str | None = None) -> str:
+    """An arm fine-tuned from a checkpoint is its own variant, `arm@<8 hex digits of the weights' sha256>`; a
+    scratch twin of a checkpoint (its architecture and tokenizer, random weights) is `arm~<the same digits>`."""
+    if init_weights_sha:
+        return f"{arm}@{init_weights_sha[:8]}"
+    return f"{arm}~{shape_sha[:8]}" if shape_sha else arm
 
 
-# The factors of an arm variant as the analysis reads them from its parent runs.
-ARM_TAGS = (Tag.ARM, Tag.FAMILY, Tag.MODEL, Tag.TOKENIZER, Tag.INIT, Tag.INIT_SOURCE, Tag.PRETRAIN_RUN)
+# What an arm variant is, as the analysis reads it from its parent runs.
+ARM_TAGS = (Tag.ARM, Tag.FAMILY, Tag.MODEL, Tag.TOKENIZER, Tag.INIT, Tag.INIT_SOURCE, Tag.SHAPE_SOURCE,
+            Tag.PRETRAIN_RUN)
+# The factors of a (variant, task): a contrast may vary some of them (analysis/contrasts.py); every other
+# one must be equal on a task for the task to enter the contrast.
+MODEL_FACTORS = (Tag.MODEL, Tag.ARCHITECTURE_SHA, Tag.TOKENIZER_SHA, Tag.MAX_LENGTH, Tag.INIT)
+BUDGET_FACTORS = (Tag.N_TRIALS, Tag.MAX_EPOCHS, Tag.PATIENCE, Tag.SEEDS)
+FACTORS = (*MODEL_FACTORS, *BUDGET_FACTORS, Tag.PRECISION, Tag.DATA_SHA)
+NOT_APPLICABLE = "n/a"  # a factor an arm does not have (a k-mer model's precision): equal to any value
 
 
 class Metric:
@@ -107,6 +138,8 @@ class Metric:
     PRETRAIN_SECONDS = "pretrain_seconds"
     PRETRAIN_FLOPS = "pretrain_flops"
     PRETRAIN_TOKENS = "pretrain_tokens"
+    PRETRAIN_GPU_HOURS = "pretrain_gpu_hours"  # declared with an external checkpoint (or pretrain_cost=)
+    BEST_EPOCH_AT_CAP = "best_epoch_at_cap"  # parent runs: 1 when the best trial was still improving at the cap
     TOKENS = "tokens"  # pretraining runs, per logged step: tokens trained on so far
     # per epoch (step = epoch)
     TRAIN_LOSS = "train_loss"
@@ -123,7 +156,8 @@ class Metric:
 
 CLASSIFICATION_METRICS = ("mcc", "f1", "accuracy", "auroc")  # harness.metrics computes them
 TEST_METRICS = tuple(f"test_{m}" for m in CLASSIFICATION_METRICS)
-COST_METRICS = (Metric.TRAIN_SECONDS, Metric.FLOPS, Metric.PARAMS, Metric.PRETRAIN_SECONDS, Metric.PRETRAIN_FLOPS)
+COST_METRICS = (Metric.TRAIN_SECONDS, Metric.FLOPS, Metric.PARAMS, Metric.PRETRAIN_SECONDS, Metric.PRETRAIN_FLOPS,
+                Metric.PRETRAIN_GPU_HOURS)
 
 
 def split_metrics(split: str, metrics: dict[str, float], prefix: str = "") -> dict[str, float]:

@@ -13,6 +13,7 @@ import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from .errors import StudyError
+from .schema import FACTORS
 
 REPO_STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
@@ -33,31 +34,41 @@ class StudySpec:
     bpe_vocab_size: int
     search_spaces: dict[str, dict[str, BaseDistribution]]
     fixed: dict[str, dict[str, Any]] = field(default_factory=dict)
-    contrasts: list[dict[str, str]] = field(default_factory=list)  # the analysis's own, besides the defaults
+    contrasts: list[dict[str, Any]] = field(default_factory=list)  # the analysis's own, besides the defaults
     arms: list[str] = field(default_factory=list)  # the sweep's arms (empty: every arm with a search space)
     max_lengths: dict[str, dict[str, int]] = field(default_factory=dict)  # task -> tokenizer kind -> tokens
+    bpe_tokenizer: str | None = None  # `tokenizer: {bpe: ...}`: the tokenizer of every BPE arm (a path or hub id)
+    checkpoint: str | None = None  # `checkpoint:`: the pretrained arms' weights; their scratch twins' shape
+    checkpoint_arms: tuple[str, ...] | None = None  # the arms it applies to (None: those it fits)
 
     def max_length(self, task: str, tokenizer: str | None) -> int | None:
         """The study's token cap for `task` under a tokenizer kind ("bpe", "char"), if it sets one."""
         return self.max_lengths.get(task, {}).get(tokenizer) if tokenizer else None
 
-    def space(self, family: str) -> dict[str, BaseDistribution]:
-        if family not in self.search_spaces:
-            raise StudyError(f"{self.path}: search_spaces has no {family!r} family (needed by this arm); "
+    def space_name(self, family: str, init: str) -> str:
+        """The search space of an arm family under an initialisation (`scratch` or `pretrained`): the
+        study's `<family>_<init>` space where it declares one (a from-scratch transformer needs larger
+        learning rates than a fine-tuned one), else the family's."""
+        specific = f"{family}_{init}"
+        return specific if specific in self.search_spaces else family
+
+    def space(self, name: str) -> dict[str, BaseDistribution]:
+        if name not in self.search_spaces:
+            raise StudyError(f"{self.path}: search_spaces has no {name!r} family (needed by this arm); "
                              f"it declares {sorted(self.search_spaces)}")
-        return self.search_spaces[family]
+        return self.search_spaces[name]
 
-    def suggest(self, trial: optuna.Trial, family: str) -> dict[str, Any]:
-        """Sample a configuration for `family` from this study's space, plus its fixed values."""
-        params = {name: suggest(trial, name, dist) for name, dist in self.space(family).items()}
-        return {**self.fixed.get(family, {}), **params}
+    def suggest(self, trial: optuna.Trial, space: str) -> dict[str, Any]:
+        """Sample a configuration from this study's space `space`, plus its fixed values."""
+        params = {name: suggest(trial, name, dist) for name, dist in self.space(space).items()}
+        return {**self.fixed.get(space, {}), **params}
 
-    def protocol(self, family: str) -> dict[str, Any]:
+    def protocol(self, space: str) -> dict[str, Any]:
         """Everything that must match for two runs of a study to be the same comparison."""
         return {
-            "n_trials": self.n_trials, "max_epochs": self.max_epochs, "patience": self.patience,
-            "search_space": {k: optuna.distributions.distribution_to_json(v) for k, v in self.space(family).items()},
-            "fixed": self.fixed.get(family, {}), "pruner": self.pruner,
+            "n_trials": self.n_trials, "max_epochs": self.max_epochs, "patience": self.patience, "seeds": self.seeds,
+            "search_space": {k: optuna.distributions.distribution_to_json(v) for k, v in self.space(space).items()},
+            "fixed": self.fixed.get(space, {}), "pruner": self.pruner,
         }
 
 
@@ -132,9 +143,13 @@ def parse_study(raw: Any, path: str) -> StudySpec:
             raise StudyError(f"{path}: search_spaces.{fam} must be a mapping of parameter: distribution, got {params!r}")
     contrasts = get(get(raw, "analysis", dict, "", {}), "contrasts", list, "analysis.", [])
     for i, c in enumerate(contrasts):
-        if not isinstance(c, dict) or not {"a", "b"} <= set(c) or set(c) - {"a", "b", "name"}:
-            raise StudyError(f"{path}: analysis.contrasts[{i}] must be a mapping with keys a, b (arm names) and "
-                             f"an optional name, got {c!r}")
+        if not isinstance(c, dict) or not {"a", "b"} <= set(c) or set(c) - {"a", "b", "name", "varies"}:
+            raise StudyError(f"{path}: analysis.contrasts[{i}] must be a mapping with keys a, b (arm names), "
+                             f"an optional name and an optional varies (factors), got {c!r}")
+        unknown = set(c.get("varies", [])) - set(FACTORS) if isinstance(c.get("varies", []), list) else {c["varies"]}
+        if unknown:
+            raise StudyError(f"{path}: analysis.contrasts[{i}].varies must be a list of factors among "
+                             f"{', '.join(FACTORS)}; got {sorted(map(str, unknown))}")
     tasks = get(raw, "tasks", list, "")
     if not tasks:
         raise StudyError(f"{path}: tasks is empty")
@@ -148,6 +163,9 @@ def parse_study(raw: Any, path: str) -> StudySpec:
                                  f"{{bpe: N, char: M}} (positive token counts), got {t!r}")
             max_lengths[str(t["name"])] = {str(k): int(v) for k, v in lengths.items()}
     tasks = [str(t["name"]) if isinstance(t, dict) else t for t in tasks]
+    tokenizer = get(raw, "tokenizer", dict, "", {})
+    bpe = get(tokenizer, "bpe", str, "tokenizer.", None)
+    checkpoint, checkpoint_arms = parse_checkpoint(raw.get("checkpoint"), path)
     return StudySpec(
         name=str(raw.get("name", Path(path).stem)),
         path=path,
@@ -160,15 +178,36 @@ def parse_study(raw: Any, path: str) -> StudySpec:
         sampler_seed=get(sampler, "seed", int, "sampler.", 0),
         n_startup_trials=get(sampler, "n_startup_trials", int, "sampler.", 10, minimum=0),
         pruner=None if no_pruning else {k: get(pruner, k, int, "pruner.", minimum=0) for k in pruner},
-        bpe_vocab_size=get(get(raw, "tokenizer", dict, "", {}), "bpe_vocab_size", int, "tokenizer.", 4096, minimum=16),
+        bpe_vocab_size=get(tokenizer, "bpe_vocab_size", int, "tokenizer.", 4096, minimum=16),
         search_spaces={fam: {name: parse_distribution(d, f"{path}: search_spaces.{fam}.{name}")
                              for name, d in params.items() if name != "fixed"}
                        for fam, params in spaces.items()},
         fixed={fam: dict(get(params, "fixed", dict, f"search_spaces.{fam}.", {})) for fam, params in spaces.items()},
-        contrasts=[{k: str(v) for k, v in c.items()} for c in contrasts],
+        contrasts=[{k: [str(f) for f in v] if k == "varies" else str(v) for k, v in c.items()} for c in contrasts],
         arms=[str(a) for a in get(raw, "arms", list, "", [])],
         max_lengths=max_lengths,
+        bpe_tokenizer=beside(bpe, path) if bpe else None,
+        checkpoint=beside(checkpoint, path) if checkpoint else None,
+        checkpoint_arms=checkpoint_arms,
     )
+
+
+def parse_checkpoint(raw: Any, path: str) -> tuple[str | None, tuple[str, ...] | None]:
+    """`checkpoint: SOURCE` or `checkpoint: {source: SOURCE, arms: [ARM, ...]}`."""
+    if raw is None or isinstance(raw, str):
+        return raw or None, None
+    if not isinstance(raw, dict) or not isinstance(raw.get("source"), str) or set(raw) - {"source", "arms"} \
+            or not isinstance(raw.get("arms", []), list):
+        raise StudyError(f"{path}: checkpoint must be a source (folder, MLflow URI or hub id) or a mapping "
+                         f"{{source: ..., arms: [arm, ...]}}, got {raw!r}")
+    return raw["source"], tuple(str(a) for a in raw["arms"]) if "arms" in raw else None
+
+
+def beside(source: str, study_path: str) -> str:
+    """A relative path in a study file is read beside the study file when it exists there; otherwise it is
+    taken as given (a path from the working folder, an MLflow URI or a hub id)."""
+    candidate = Path(study_path).parent / source
+    return str(candidate) if not Path(source).is_absolute() and candidate.exists() else source
 
 
 def parse_distribution(d: Any, where: str) -> BaseDistribution:

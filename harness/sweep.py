@@ -20,7 +20,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .arms import ARMS
-from .errors import reported
+from .errors import InputError, reported
 from .request import RunRequest
 from .schema import final_study_name, optuna_study_name
 from .workers import COUNTED, open_storage, seed_of
@@ -29,10 +29,18 @@ log = logging.getLogger("harness")
 
 
 def cell_requests(request: RunRequest) -> list[RunRequest]:
-    """The request narrowed to each (arm, task): one `run` each. checkpoint= goes only to the arms that
-    require one."""
-    return [replace(request, arms=(arm,), tasks=(task,), init=request.init if ARMS.get(arm).requires_checkpoint else None)
-            for arm in request.arms for task in request.tasks]
+    """The request narrowed to each (arm, task): one `run` each. The checkpoint goes only to the arms it
+    concerns (`RunRequest.takes_checkpoint`: the pretrained arms' weights, their scratch twins' shape), the
+    tokenizer only to BPE arms."""
+    out = []
+    for name in request.arms:
+        arm = ARMS.get(name)
+        takes = request.takes_checkpoint(arm)
+        explicit = request.explicit - ({"checkpoint"} if not takes else set()) \
+            - ({"tokenizer"} if arm.tokenizer != "bpe" else set())
+        out += [replace(request, arms=(name,), tasks=(task,), checkpoint=request.checkpoint if takes else None,
+                        explicit=explicit) for task in request.tasks]
+    return out
 
 
 def command(one: RunRequest) -> str:
@@ -45,7 +53,7 @@ def command(one: RunRequest) -> str:
 class CellStatus:
     arm: str
     task: str
-    state: str  # done | running | partial | missing
+    state: str  # done | running | partial | missing | unknown (its checkpoint cannot be read here)
     trials: int  # finished (complete or pruned)
     running: int
     seeds: int  # final seeds completed
@@ -54,7 +62,12 @@ class CellStatus:
 def cell_status(one: RunRequest, storage: optuna.storages.BaseStorage) -> CellStatus:
     """Progress of a one-cell request, from its Optuna studies (tuning and final seeds)."""
     (arm,), (task,) = one.arms, one.tasks
-    name = optuna_study_name(one.spec.name, arm, task)
+    try:
+        variant = ARMS.get(arm).variant(one.options(ARMS.get(arm)))  # arm@sha, arm~sha: their own studies
+    except InputError as err:  # the checkpoint is not reachable from here (offline login node): say so
+        log.warning("%s | %s: status unknown: %s", arm, task, err)
+        return CellStatus(arm, task, "unknown", 0, 0, 0)
+    name = optuna_study_name(one.spec.name, variant, task)
     try:
         trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
     except KeyError:

@@ -5,6 +5,9 @@ on the device (no host sync per step); the runtime (`runtime.py`) decides the de
 torch.compile. After every epoch the dev split is scored as a whole; the best-dev-MCC weights are kept
 (checkpoint selection on dev only) and training stops early after `patience` epochs without improvement.
 A non-finite training loss raises `DivergedError` so the tuner can record the trial as diverged.
+With `grad_accumulation` > 1 each batch goes through the model in micro-batches whose gradients add up to
+the batch's: the same batches, optimiser steps and schedule in less memory (the tuner's fallback when a fit
+runs out of memory).
 
 The torch arms call `fit` and `predict` through this module, so `benchmarks/plain_loop.py` can put the plain
 reference loop in their place to check this one against it.
@@ -12,6 +15,8 @@ reference loop in their place to check this one against it.
 
 from __future__ import annotations
 
+import gc
+import logging
 import math
 import random
 import time
@@ -32,6 +37,8 @@ from .runtime import Runtime, autocast
 from .schema import Metric
 from .tokenizers import MASK, SPECIAL_TOKENS, TokenizedSplit
 
+log = logging.getLogger("harness")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -45,6 +52,17 @@ class TrainConfig:
     warmup_ratio: float = 0.06
     grad_clip: float = 1.0
     seed: int = 0
+    # Micro-batches per optimiser step: each batch is trained in pieces of ceil(batch_size / grad_accumulation)
+    # sequences whose gradients add up to the whole batch's, so the same training takes less memory.
+    grad_accumulation: int = 1
+
+    def __post_init__(self) -> None:
+        if self.grad_accumulation < 1:
+            raise ValueError(f"grad_accumulation must be >= 1, got {self.grad_accumulation}")
+
+    @property
+    def micro_batch_size(self) -> int:
+        return math.ceil(self.batch_size / self.grad_accumulation)
 
 
 @dataclass
@@ -98,19 +116,45 @@ def collate(split: TokenizedSplit, idx: np.ndarray, pad_id: int, device: torch.d
     return input_ids, mask, labels
 
 
+MEMORY_ERRORS = (torch.OutOfMemoryError, MemoryError)  # the device's memory, or the host's
+
+
+def free_memory() -> None:
+    """After a memory error, once its traceback (and the tensors its frames hold) is gone: collect what is
+    left in reference cycles and give the allocator's cached blocks back to the GPU."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 @torch.inference_mode()
 def predict(model: nn.Module, split: TokenizedSplit, pad_id: int, runtime: Runtime,
             pad_to: int | None = None) -> np.ndarray:
-    """Class probabilities [N, C] for a whole split, in the split's order (batches of similar lengths)."""
+    """Class probabilities [N, C] for a whole split, in the split's order (batches of similar lengths).
+    A batch that runs out of memory is scored again in halves, and the rest of the split in batches of that
+    size, down to one sequence: a sequence's probabilities do not depend on its batch mates (up to float
+    rounding), so a smaller batch costs time only, where rerunning the fit would not help."""
     model.eval()
-    order = np.argsort(split.lengths, kind="stable")
-    chunks = []
-    for start in range(0, len(order), runtime.eval_batch_size):
-        input_ids, mask, _ = collate(split, order[start:start + runtime.eval_batch_size], pad_id, runtime.device,
-                                     pad_to)
-        with runtime.autocast():
-            logits = logits_of(model(input_ids, mask))
-        chunks.append(torch.softmax(logits.float(), dim=-1).cpu())
+    order = np.argsort(split.lengths, kind="stable")  # longest last: where memory runs out, it stays out
+    chunks, start, batch_size = [], 0, runtime.eval_batch_size
+    while start < len(order):
+        idx = order[start:start + batch_size]
+        try:
+            input_ids, mask, _ = collate(split, idx, pad_id, runtime.device, pad_to)
+            with runtime.autocast():
+                logits = logits_of(model(input_ids, mask))
+        except MEMORY_ERRORS as err:
+            if len(idx) == 1:
+                raise
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        else:
+            chunks.append(torch.softmax(logits.float(), dim=-1).cpu())
+            start += len(idx)
+            continue
+        free_memory()  # out of the except block: the failed batch's tensors are released
+        batch_size = math.ceil(len(idx) / 2)
+        log.warning("out of memory scoring %d sequences (%s); scoring in batches of %d", len(idx), message,
+                    batch_size)
     probs = torch.cat(chunks).numpy()
     out = np.empty_like(probs)
     out[order] = probs
@@ -137,22 +181,40 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int, fused: 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
-def train_step(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, optimizer,
-               scheduler, grad_clip: float, count_flops: bool = False,
-               precision: str = "fp32") -> tuple[torch.Tensor, float]:
-    """One optimisation step on a batch; labels are [B] (classification) or [B, L] with -100 where no
-    loss is taken (masked LM). Returns the detached loss (no host sync) and, if asked, its FLOPs."""
+def backward(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+             weight: float = 1.0, count_flops: bool = False, precision: str = "fp32") -> tuple[torch.Tensor, float]:
+    """Forward and backward of one (micro-)batch, adding to the parameters' gradients; labels are [B]
+    (classification) or [B, L] with -100 where no loss is taken (masked LM). The mean loss is scaled by
+    `weight`, the micro-batch's share of its optimiser step's batch, so that the gradients of a batch's
+    micro-batches add up to the gradient of the batch's mean loss. Returns the detached scaled loss (no host
+    sync) and, if asked, its FLOPs (forward and backward)."""
     with FlopCounterMode(display=False) if count_flops else nullcontext() as counter:
         with autocast(precision, input_ids.device):
             logits = logits_of(model(input_ids, mask))
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
+        if weight != 1.0:  # a whole batch's loss stays exactly as it was (no extra kernel either)
+            loss = loss * weight
         loss.backward()
+    return loss.detach(), counter.get_total_flops() if counter is not None else 0.0
+
+
+def optimizer_step(model: nn.Module, optimizer, scheduler, grad_clip: float) -> None:
+    """Clip the accumulated gradients of a whole batch, step, and advance the learning-rate schedule."""
     if grad_clip:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     scheduler.step()
-    return loss.detach(), counter.get_total_flops() if counter is not None else 0.0
+
+
+def train_step(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, optimizer,
+               scheduler, grad_clip: float, count_flops: bool = False,
+               precision: str = "fp32") -> tuple[torch.Tensor, float]:
+    """One optimisation step on a whole batch (masked-LM pretraining and the plain reference loop); `fit`
+    splits its batches into micro-batches instead. Returns the detached loss and, if asked, its FLOPs."""
+    optimizer.zero_grad(set_to_none=True)
+    loss, flops = backward(model, input_ids, mask, labels, count_flops=count_flops, precision=precision)
+    optimizer_step(model, optimizer, scheduler, grad_clip)
+    return loss, flops
 
 
 def compiled(model: nn.Module) -> nn.Module:
@@ -187,6 +249,7 @@ def fit(model: nn.Module, train: TokenizedSplit, dev: TokenizedSplit, pad_id: in
     optimizer, scheduler = make_optimizer(model, cfg, math.ceil(len(train) / cfg.batch_size) * cfg.max_epochs)
     result, best = FitResult(), BestEpoch()
     flops_per_token, tokens_seen, counted = 0.0, 0, False
+    micro = cfg.micro_batch_size
     start = time.perf_counter()
 
     for epoch in range(1, cfg.max_epochs + 1):
@@ -194,15 +257,24 @@ def fit(model: nn.Module, train: TokenizedSplit, dev: TokenizedSplit, pad_id: in
         model.train()
         loss_sum = torch.zeros((), device=runtime.device)  # accumulated on device: no sync per step
         for step, idx in enumerate(length_bucketed_batches(train.lengths, cfg.batch_size, rng)):
-            input_ids, mask, labels = collate(train, idx, pad_id, runtime.device)
-            # FLOPs are counted on the first step only (in eager mode: a FLOP counter stops torch.compile
-            # for good) and scaled by the tokens trained on.
-            loss, flops = train_step(forward if counted else model, input_ids, mask, labels, optimizer,
-                                     scheduler, cfg.grad_clip, count_flops=not counted, precision=runtime.precision)
-            if not counted:
-                flops_per_token, counted = flops / input_ids.numel(), True
-            loss_sum += loss
-            tokens_seen += input_ids.numel()
+            # The batches, their order and the optimiser steps do not depend on grad_accumulation: only how
+            # many sequences go through the model at once does. A batch's indices are sorted by length, so
+            # each micro-batch, padded to its own longest sequence, pads little.
+            optimizer.zero_grad(set_to_none=True)
+            for first in range(0, len(idx), micro):
+                rows = idx[first:first + micro]
+                input_ids, mask, labels = collate(train, rows, pad_id, runtime.device)
+                # One label per sequence: a micro-batch's share of the batch's rows is its share of the
+                # batch's mean loss. FLOPs are counted on the first micro-batch only (in eager mode: a FLOP
+                # counter stops torch.compile for good) and scaled by the tokens trained on.
+                loss, flops = backward(forward if counted else model, input_ids, mask, labels,
+                                       weight=len(rows) / len(idx), count_flops=not counted,
+                                       precision=runtime.precision)
+                if not counted:
+                    flops_per_token, counted = flops / input_ids.numel(), True
+                loss_sum += loss  # the weighted micro-batch losses of a batch add up to its mean loss
+                tokens_seen += input_ids.numel()
+            optimizer_step(model, optimizer, scheduler, cfg.grad_clip)
         train_loss = float(loss_sum) / (step + 1)
         if not math.isfinite(train_loss):
             raise DivergedError(f"training loss is {train_loss} in epoch {epoch} (lr={cfg.lr:g})")

@@ -16,6 +16,7 @@ import logging
 import math
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from . import figures, tracking, workers
-from .arms import Fitted
+from .arms import Fitted, RunOptions
 from .data import TaskData
 from .errors import DivergedError, NoCompletedTrialError
 from .metrics import classification_metrics, confusion
@@ -47,7 +48,7 @@ from .schema import (
     trial_run_name,
     truncated_metric,
 )
-from .train import EpochResult
+from .train import MEMORY_ERRORS, EpochResult, free_memory
 
 log = logging.getLogger("harness")
 TRIAL_SEED_OFFSET = 10_000  # trial seeds never coincide with the final seeds 0..K-1
@@ -74,7 +75,8 @@ def run_config(cell: Cell) -> dict[str, Any]:
         path = Path(options.tokenizer_path)
         tokenizer_file = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else options.tokenizer_path
     return {
-        **spec.protocol(arm.family), "n_trials": cell.request.n_trials, "arm": arm.name,
+        **spec.protocol(cell.space), "n_trials": cell.request.n_trials, "seeds": cell.request.seeds,
+        "arm": arm.name, "search_space_name": cell.space,
         "sampler": {"seed": spec.sampler_seed, "n_startup_trials": spec.n_startup_trials},
         "data_fingerprint": {name: cell.task.split(name).fingerprint for name in ("train", "dev", "test")},
         "tokenizer_file_sha256": tokenizer_file, "bpe_vocab_size": options.bpe_vocab_size,
@@ -82,7 +84,8 @@ def run_config(cell: Cell) -> dict[str, Any]:
         # bf16 and fp32 runs differ in their numbers: one study is one precision.
         "precision": options.runtime.precision if arm.neural else "fp32",
         "init": None if options.checkpoint is None else {"source": tracking.redact(options.checkpoint.source),
-                                                         "weights_sha256": options.checkpoint.fingerprint},
+                                                         "weights_sha256": options.checkpoint.fingerprint,
+                                                         "weights": "random (twin)" if options.twin else "loaded"},
     }
 
 
@@ -96,23 +99,69 @@ def open_study(cell: Cell, storage: RDBStorage, config: dict[str, Any]) -> optun
 
 
 def fit_and_log(cell: Cell, params: dict[str, Any], seed: int, progress: Progress, stage: str,
-                epoch_prefix: str = "", after_epoch: Callable[[EpochResult], None] | None = None) -> Fitted:
+                epoch_prefix: str = "", after_epoch: Callable[[EpochResult], None] | None = None,
+                on_accumulation: Callable[[int], None] | None = None) -> Fitted:
     """The one path of every fit, trial or final seed, inside its MLflow run: train the cell's arm; after each
     epoch log its curves (step = epoch, names prefixed with `epoch_prefix`), print a progress line and call
-    `after_epoch` (a trial's pruning); after the fit log its cost."""
-    best, max_epochs = -math.inf, cell.budget.max_epochs
+    `after_epoch` (a trial's pruning); after the fit log its cost.
 
-    def on_epoch(record: EpochResult) -> None:
-        nonlocal best
-        best = max(best, record.dev["mcc"])
-        tracking.log_metrics({f"{epoch_prefix}{Metric.TRAIN_LOSS}": record.train_loss,
-                              Metric.EPOCH_SECONDS: record.seconds,
-                              **split_metrics("dev", record.dev, epoch_prefix)}, step=record.epoch)
-        progress.epoch(stage, record.epoch, max_epochs, record.train_loss, record.dev["mcc"], best, record.seconds)
-        if after_epoch is not None:
-            after_epoch(record)
+    A torch arm's fit that runs out of memory is rerun from scratch with twice the gradient accumulation (the
+    same batches, optimiser steps and seed, in smaller micro-batches), until its micro-batch is one sequence;
+    then the memory error propagates. The accumulation of each attempt is tagged `grad_accumulation` and
+    passed to `on_accumulation` (a trial's user attribute). The rerun logs its curves under the same names
+    and steps, after the failed attempt's: tag `oom_superseded_epochs` says how many epochs hold such an
+    earlier point (an attempt usually runs out in its first epoch, before logging any). Optuna keeps the first
+    value reported for an epoch, so the pruner sees those epochs of the failed attempt: the same training (same
+    seed, batches and steps) up to float rounding and dropout draws."""
+    options, max_epochs = cell.options, cell.budget.max_epochs
+    superseded, logged = 0, 0  # epochs logged by the attempts that ran out of memory; by the current attempt
 
-    fitted = cell.arm.fit(cell.task, params, seed, cell.budget, cell.options, on_epoch)
+    def attempt(options: RunOptions) -> Fitted:
+        nonlocal logged
+        accumulation = options.grad_accumulation
+        attempt_stage = stage if accumulation == 1 else f"{stage} [grad_accumulation {accumulation}]"
+        best, logged = -math.inf, 0
+
+        def on_epoch(record: EpochResult) -> None:
+            nonlocal best, logged
+            best, logged = max(best, record.dev["mcc"]), record.epoch
+            tracking.log_metrics({f"{epoch_prefix}{Metric.TRAIN_LOSS}": record.train_loss,
+                                  Metric.EPOCH_SECONDS: record.seconds,
+                                  **split_metrics("dev", record.dev, epoch_prefix)}, step=record.epoch)
+            progress.epoch(attempt_stage, record.epoch, max_epochs, record.train_loss, record.dev["mcc"], best,
+                           record.seconds)
+            if after_epoch is not None:
+                after_epoch(record)
+
+        return cell.arm.fit(cell.task, params, seed, cell.budget, options, on_epoch)
+
+    while True:
+        accumulation = options.grad_accumulation
+        if cell.arm.neural:  # a one-pass estimator has no batches to accumulate
+            mlflow.set_tag(Tag.GRAD_ACCUMULATION, accumulation)
+            if on_accumulation is not None:
+                on_accumulation(accumulation)
+        try:
+            fitted = attempt(options)
+            break
+        except MEMORY_ERRORS as err:
+            batch_size = int(params.get("batch_size", 1))
+            if not cell.arm.neural or math.ceil(batch_size / accumulation) <= 1:
+                raise  # nothing smaller to try: the caller prunes the trial or fails the final seed
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        # Out of the except block, the failed attempt's traceback and with it its model, optimiser state and
+        # activations are gone: only now can their memory be given back before the rerun.
+        free_memory()
+        progress.redo(logged)
+        if logged > superseded:
+            superseded = logged
+            mlflow.set_tag(Tag.OOM_SUPERSEDED_EPOCHS, superseded)
+        # Up to one sequence per micro-batch, never more micro-batches than sequences in a batch.
+        options = replace(options, grad_accumulation=min(2 * accumulation, batch_size))
+        log.warning("%s | %s ran out of memory (%s) after %d epoch(s) at grad_accumulation %d; rerunning at "
+                    "grad_accumulation %d (micro-batches of %d, batch size %d unchanged)", cell.label, stage, message,
+                    logged, accumulation, options.grad_accumulation,
+                    math.ceil(batch_size / options.grad_accumulation), batch_size)
     progress.skip(max_epochs - len(fitted.result.history))
     result = fitted.result
     tracking.log_metrics({Metric.BEST_EPOCH: result.best_epoch, Metric.PARAMS: fitted.n_params,
@@ -132,7 +181,7 @@ class Objective:
         trial.set_user_attr("worker", workers.WORKER)
         try:
             workers.check_trial_slot(trial, n_trials)
-            params = cell.spec.suggest(trial, cell.arm.family)
+            params = cell.spec.suggest(trial, cell.space)
             workers.check_not_duplicate(trial, trial.params, self.recent_duplicates)
         except workers.SkippedTrial as skipped:
             trial.set_user_attr("skip_reason", str(skipped))
@@ -154,7 +203,8 @@ class Objective:
                                              "below the median of earlier trials")
 
             try:
-                fitted = fit_and_log(cell, params, seed, self.progress, stage, after_epoch=prune)
+                fitted = fit_and_log(cell, params, seed, self.progress, stage, after_epoch=prune,
+                                     on_accumulation=lambda k: trial.set_user_attr(Tag.GRAD_ACCUMULATION, k))
             except optuna.TrialPruned as pruned:
                 self.record_end(trial, "PRUNED", str(pruned))
                 raise
@@ -162,14 +212,19 @@ class Objective:
                 self.progress.skip(max_epochs)  # upper bound; the ETA only needs a rough plan
                 self.record_end(trial, "PRUNED", f"diverged: {err}")
                 raise optuna.TrialPruned(f"diverged: {err}") from None
-            except (torch.OutOfMemoryError, MemoryError) as err:
+            except (torch.OutOfMemoryError, MemoryError) as err:  # the last resort: fit_and_log's reruns failed too
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 self.progress.skip(max_epochs)
                 reason = f"out of memory: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                accumulation = trial.user_attrs.get(Tag.GRAD_ACCUMULATION, 1)
+                if accumulation > 1:
+                    micro = math.ceil(int(params["batch_size"]) / accumulation)
+                    reason += f" (still at grad_accumulation {accumulation}, micro-batches of {micro})"
                 self.record_end(trial, "PRUNED", reason)
                 raise optuna.TrialPruned(reason) from None
             tracking.log_metrics({Metric.BEST_DEV_MCC: fitted.result.best_dev["mcc"]})
+            trial.set_user_attr(Metric.BEST_EPOCH, fitted.result.best_epoch)
             self.record_end(trial, "COMPLETE", "")
             return fitted.result.best_dev["mcc"]
 
@@ -238,7 +293,8 @@ def tune_cell(cell: Cell, storage: RDBStorage, experiment_id: str) -> None:
     study = open_study(cell, storage, config)
     identity = {Tag.STUDY: spec.name, Tag.ARM: arm.name, Tag.VARIANT: cell.variant, Tag.TASK: task.name,
                 Tag.STAGE: Stage.STUDY}
-    uid, provenance, factors = study.user_attrs["study_uid"], request.provenance(), arm.tags(cell.options)
+    uid, provenance = study.user_attrs["study_uid"], request.provenance()
+    factors = {**arm.tags(cell.options), **cell.factors()}
     tags = {**identity, **factors, **provenance, Tag.OPTUNA_STUDY: study.study_name, Tag.STUDY_UID: uid,
             Tag.TASK_SOURCE: task.source}
     parent_id = tracking.claim_parent_run(experiment_id, {**identity, Tag.STUDY_UID: uid}, tags, cell.label)
@@ -248,7 +304,6 @@ def tune_cell(cell: Cell, storage: RDBStorage, experiment_id: str) -> None:
 
     with tracking.run(cell.label, tags, run_id=parent_id, log_system_metrics=True) as parent:
         tracking.log_params({**config, "num_classes": task.num_classes})  # fixed for this study: see open_study
-        mlflow.set_tags({Tag.SEEDS: request.seeds})
         mlflow.log_dict(task.summary(), Artifact.TASK_SUMMARY)
         mlflow.log_text(Path(spec.path).read_text(), Artifact.STUDY_FILE)
         tracking.log_metrics({**{overlap_metric(pair): n for pair, n in task.overlaps.items()},
@@ -269,8 +324,9 @@ def tune_cell(cell: Cell, storage: RDBStorage, experiment_id: str) -> None:
         workers.run_trials(study, Objective(cell, progress, child_tags), request.n_trials, cell.label,
                            between=close_dead_workers_runs)
         best = record_best_trial(study, cell.label, request.n_trials)
+        record_tuning_adequacy(best, spec.space(cell.space), cell.budget.max_epochs, cell.label)
 
-        params = {**spec.fixed.get(arm.family, {}), **best.params}
+        params = {**spec.fixed.get(cell.space, {}), **best.params}
         final_seeds.run_all(lambda seed, claim: run_final(cell, params, seed, claim, progress, child_tags),
                             cell.label, between=close_dead_workers_runs)
 
@@ -296,3 +352,38 @@ def record_best_trial(study: optuna.Study, label: str, n_trials: int) -> optuna.
         mlflow.log_artifact(str(figures.optuna_history(study, Path(tmp) / Artifact.OPTUNA_HISTORY)))
     log.info("%s | best trial %d: dev_mcc %.4f with %s", label, best.number, best.value, best.params)
     return best
+
+
+BOUNDARY_SHARE = 0.05  # a best value in the outer 5% of its range (log space for log ranges) is at a boundary
+
+
+def boundary_side(value: Any, dist: optuna.distributions.BaseDistribution) -> str | None:
+    """`lower` or `upper` when a continuous parameter's value lies in the outer 5% of its range, else None."""
+    if not isinstance(dist, (optuna.distributions.FloatDistribution, optuna.distributions.IntDistribution)):
+        return None
+    low, high, x = float(dist.low), float(dist.high), float(value)
+    if dist.log:
+        low, high, x = math.log(low), math.log(high), math.log(x)
+    if high <= low:
+        return None
+    position = (x - low) / (high - low)
+    return "lower" if position <= BOUNDARY_SHARE else "upper" if position >= 1 - BOUNDARY_SHARE else None
+
+
+def record_tuning_adequacy(best: optuna.trial.FrozenTrial, space: dict[str, Any], max_epochs: int,
+                           label: str) -> None:
+    """Was the arm tuned well enough? The best trial's parameters at the edge of their range (the optimum may
+    lie outside it: widen the space) and whether its best epoch was the epoch cap (still improving: more epochs).
+    Tag `tuning_boundary` (names), `tuning_boundary_sides` (name:side) and metric `best_epoch_at_cap` on the
+    parent run; the report sums them up per arm."""
+    sides = {name: side for name, value in best.params.items() if name in space
+             for side in [boundary_side(value, space[name])] if side}
+    best_epoch = best.user_attrs.get(Metric.BEST_EPOCH)
+    at_cap = int(max_epochs > 1 and best_epoch is not None and best_epoch >= max_epochs)
+    mlflow.set_tags({Tag.TUNING_BOUNDARY: ",".join(sorted(sides)),
+                     Tag.TUNING_BOUNDARY_SIDES: ",".join(f"{k}:{v}" for k, v in sorted(sides.items()))})
+    tracking.log_metrics({Metric.BEST_EPOCH_AT_CAP: at_cap})
+    if sides or at_cap:
+        log.warning("%s | tuning may be inadequate: %s", label, "; ".join(
+            [f"{k} at its {v} bound ({best.params[k]:.3g})" for k, v in sorted(sides.items())]
+            + (["the best trial was still improving at the epoch cap"] if at_cap else [])))

@@ -153,28 +153,39 @@ def test_friedman_needs_three_arms():
 
 
 # ------------------------------------------------------------------------------------ contrasts
-def test_default_contrasts_ask_the_three_questions():
+def test_default_contrasts_ask_the_study_questions():
+    sha = "1a2b3c4d5e6f7a8b"  # a checkpoint's weights: the init factor of the variants fine-tuned from it
     arms = pd.DataFrame([
-        ("dnabert2_pretrained", "transformer", "dnabert2", "bpe", "pretrained"),
+        ("dnabert2_pretrained", "transformer", "dnabert2", "bpe", sha),
+        ("dnabert2_scratch", "transformer", "dnabert2", "bpe", "scratch"),
         ("dnabert2_scratch", "transformer", "dnabert2", "bpe", "scratch"),
         ("dnabert2_char_scratch", "transformer", "dnabert2", "char", "scratch"),
         ("convnova_char", "cnn", "convnova", "char", "scratch"),
         ("convnova_bpe", "cnn", "convnova", "bpe", "scratch"),
         ("unet_char", "cnn", "unet", "char", "scratch"),
         ("kmer_logreg", "kmer", "logistic_regression", "kmer", "scratch"),
-        ("convnova_char", "cnn", "convnova", "char", "pretrained"),
+        ("convnova_char", "cnn", "convnova", "char", "9f8e7d6c5b4a3210"),
     ], columns=["arm", "family", "model", "tokenizer", "init"],
-        index=["dnabert2_pretrained", "dnabert2_scratch", "dnabert2_char_scratch", "convnova_char", "convnova_bpe",
-               "unet_char", "kmer_logreg", "convnova_char@1a2b3c4d"])
+        index=["dnabert2_pretrained", "dnabert2_scratch", "dnabert2_scratch~1a2b3c4d", "dnabert2_char_scratch",
+               "convnova_char", "convnova_bpe", "unet_char", "kmer_logreg", "convnova_char@9f8e7d6c"])
     found = {(c.effect, c.a, c.b) for c in default_contrasts(arms)}
     assert found == {
+        # pretraining: a pretrained variant against every scratch variant of its model and tokenizer kind; the
+        # factor check then keeps only the twin (same architecture and tokenizer) where the other differs
         ("pretraining", "dnabert2_pretrained", "dnabert2_scratch"),
-        ("pretraining", "convnova_char@1a2b3c4d", "convnova_char"),
+        ("pretraining", "dnabert2_pretrained", "dnabert2_scratch~1a2b3c4d"),
+        ("pretraining", "convnova_char@9f8e7d6c", "convnova_char"),
         ("bpe", "dnabert2_scratch", "dnabert2_char_scratch"),
+        ("bpe", "dnabert2_scratch~1a2b3c4d", "dnabert2_char_scratch"),
         ("bpe", "convnova_bpe", "convnova_char"),  # unet has no BPE arm here: no U-Net BPE contrast
         ("architecture", "dnabert2_scratch", "convnova_bpe"),
+        ("architecture", "dnabert2_scratch~1a2b3c4d", "convnova_bpe"),
         ("architecture", "dnabert2_char_scratch", "convnova_char"),
         ("architecture", "dnabert2_char_scratch", "unet_char"),
+        # question 1 as posed: the pretrained transformer against every CNN trained from scratch
+        ("pretrained_vs_cnn", "dnabert2_pretrained", "convnova_char"),
+        ("pretrained_vs_cnn", "dnabert2_pretrained", "convnova_bpe"),
+        ("pretrained_vs_cnn", "dnabert2_pretrained", "unet_char"),
     }
 
 
@@ -251,7 +262,7 @@ def test_report_builds_from_the_mlflow_runs_alone(at_experiment):
     for (arm, task), row in cells.iterrows():
         assert row["test_mcc_mean"] == pytest.approx(means.loc[arm, task])
     assert cells.loc[("unet_bpe", "toy/motif_multiclass"), "n_seeds"] == 1
-    assert (cells["tuning_seconds"] > 0).all() and (cells["n_trials"] == 1).all()
+    assert (cells["tuning_seconds"] > 0).all() and (cells["trials_run"] == 1).all()
 
     contrasts = pd.read_csv(out / "contrasts.csv").set_index("contrast")
     assert set(contrasts.index) == {"bpe: unet_bpe − unet_char", "bpe: dnabert2_scratch − dnabert2_char_scratch",

@@ -183,7 +183,8 @@ def test_dnabert2_pretrained_fine_tunes_the_published_layout(tiny_gue, tmp_path,
     task = load_task("toy/motif_binary", str(tiny_gue))
     fitted = arm.fit(task, {"lr": 1e-3, "batch_size": 16}, 0, Budget(1, None), options)
     assert fitted.architecture["hidden_size"] == 96 and fitted.n_params > 400_000  # the checkpoint's size
-    assert arm.tags(options)["init"] == "pretrained" and arm.inherited_cost(options) == {}
+    assert options.init_factor == options.checkpoint.fingerprint and arm.inherited_cost(options) == {}
+    assert arm.tags(options)["pretrain_cost_source"] == "not recorded: pass pretrain_cost="
     # The encoder started from the checkpoint: its word embeddings are the checkpoint's, before training.
     model, _ = arm.build_model(fitted.tokenizer, 2, {}, options)
     torch.testing.assert_close(model.bert.embeddings.word_embeddings.weight,
@@ -246,7 +247,7 @@ def test_pretrain_then_fine_tune_records_source_and_cost(arm, workdir, tiny_gue,
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert {r.data.tags["stage"] for r in runs} == {"study", "trial", "final"}
     for r in runs:
-        assert r.data.tags["init"] == "pretrained" and r.data.tags["init_source"] == uri
+        assert r.data.tags["variant"] == f"{arm}@{r.data.tags['init'][:8]}" and r.data.tags["init_source"] == uri
         assert r.data.tags["pretrain_run_id"] == pre.info.run_id
     for r in runs:
         if r.data.tags["stage"] in ("study", "final"):
@@ -258,7 +259,7 @@ def test_pretrain_then_fine_tune_records_source_and_cost(arm, workdir, tiny_gue,
     assert main(["run", "--arm", arm, "--study", str(tiny_study), "--data", str(tiny_gue), "--n-trials", "1",
                  "--seeds", "1"]) == 0
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.stage = 'final'")
-    assert sorted(r.data.tags["init"] for r in runs) == ["pretrained", "scratch"]
+    assert sorted(r.data.tags["init"] == "scratch" for r in runs) == [False, True]
     assert {r.data.tags["variant"] for r in runs if r.data.tags["init"] == "scratch"} == {arm}
     # The analysis pairs the two as a pretraining contrast and charges the pretraining cost to the variant.
     assert analyze(["--experiment", "tiny", "--out", "report", "--no-log"]) == 0

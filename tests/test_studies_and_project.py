@@ -148,7 +148,7 @@ def test_gue_study_covers_the_28_tasks_without_truncating():
     spec = load_study("gue")
     raw = yaml.safe_load((REPO / "studies" / "gue.yaml").read_text())
     assert {t["name"]: t["classes"] for t in raw["tasks"]} == GUE_TASKS
-    assert (spec.n_trials, spec.seeds) == (20, 3) and len(spec.arms) == 8
+    assert (spec.n_trials, spec.seeds) == (20, 3) and len(spec.arms) == 9 and "onehot_logreg" in spec.arms
     for t in raw["tasks"]:  # single nucleotides: every base and [CLS]/[SEP]
         assert spec.max_length(t["name"], "char") == t["bp"] + 2
     published = Tokenizer.from_file(str(shared_path("dnabert2", "tokenizer.json")))

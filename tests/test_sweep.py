@@ -55,7 +55,7 @@ def test_unknown_arm_in_a_sweep_is_a_clear_error(capsys):
 
 
 
-def test_a_checkpoint_goes_only_to_the_arms_that_require_one(tmp_path):
+def test_a_checkpoint_goes_only_to_the_arms_it_concerns(tmp_path):
     from harness.request import RunRequest
     from harness.sweep import cell_requests, command
 
@@ -65,8 +65,9 @@ def test_a_checkpoint_goes_only_to_the_arms_that_require_one(tmp_path):
                                 "n_trials": "3"})
     cells = {(c.arms, c.tasks): c for c in cell_requests(request)}
     assert len(cells) == 4
-    assert {c.init for (arms, _), c in cells.items() if arms == ("dnabert2_pretrained",)} == {"/ckpt"}
-    assert {c.init for (arms, _), c in cells.items() if arms == ("kmer_logreg",)} == {None}
+    assert {c.checkpoint for (arms, _), c in cells.items() if arms == ("dnabert2_pretrained",)} == {"/ckpt"}
+    assert {c.checkpoint for (arms, _), c in cells.items() if arms == ("kmer_logreg",)} == {None}
+    assert "-P checkpoint" not in command(cells[(("kmer_logreg",), ("toy/motif_binary",))])
     line = command(cells[(("dnabert2_pretrained",), ("toy/motif_binary",))])
     # The budget given stays in the job line even where it equals the study's now (3): the study file may change.
     assert "-P checkpoint=/ckpt" in line and "-P n_trials=3" in line and "-P seeds" not in line

@@ -1,8 +1,9 @@
 """Arm registry. An arm is one model x tokenizer x initialisation; adding one is one `register` line below.
 
 The interface is in `base.py` (what an arm declares, validates and answers); the torch arms, all trained by
-the one training loop, are in `neural.py`; the k-mer baseline (scikit-learn) is in `kmer.py`. `family`
-names the search space the study file declares for the arm.
+the one training loop, are in `neural.py`; the one-pass scikit-learn baselines are in `estimators.py` (their
+shared fit), `kmer.py` (k-mer counts) and `onehot.py` (the one-hot of every position). `family` names the
+search space the study file declares for the arm.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from ..registry import Registry
 from .base import Arm, Budget, Fitted, RunOptions
 from .kmer import KmerLogRegArm
 from .neural import TorchArm
+from .onehot import OneHotLogRegArm
 
-__all__ = ["ARMS", "Arm", "Budget", "Fitted", "KmerLogRegArm", "RunOptions", "TorchArm"]
+__all__ = ["ARMS", "Arm", "Budget", "Fitted", "KmerLogRegArm", "OneHotLogRegArm", "RunOptions", "TorchArm"]
 
 ARMS: Registry[Arm] = Registry("arm")
 
@@ -37,3 +39,5 @@ register(TorchArm("dnabert2_char_scratch", "transformer", "dnabert2", "char",
                   "DNABERT-2 architecture on single-nucleotide tokens, random init"))
 register(KmerLogRegArm("kmer_logreg", "kmer", "logistic_regression", "kmer",
                        "k-mer counts + logistic regression (scikit-learn), the cheapest honest baseline"))
+register(OneHotLogRegArm("onehot_logreg", "onehot", "logistic_regression", "onehot",
+                         "one-hot of every position + logistic regression (scikit-learn), the positional baseline"))

@@ -10,11 +10,14 @@ test.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from optuna.distributions import distribution_to_json
 
 from ..checkpoints import Checkpoint, open_checkpoint
 from ..data import TaskData
@@ -25,6 +28,11 @@ from ..schema import Init, Tag, variant_name
 from ..studies import StudySpec
 from ..tokenizers import BPETokenizer
 from ..train import EpochCallback, FitResult
+
+
+def digest(value: Any) -> str:
+    """A short, stable hash of a JSON-able description."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -43,11 +51,26 @@ class RunOptions:
     tokenizer_path: str | None = None  # a tokenizer.json for BPE arms
     bpe_vocab_size: int = 4096  # when a BPE arm trains its own tokenizer
     max_length: int | None = None  # tokens, truncating longer sequences (reported)
-    init: str | None = None  # a checkpoint to fine-tune from (folder, MLflow URI or DNABERT-2 hub id)
+    init: str | None = None  # a checkpoint (folder, MLflow URI or DNABERT-2 hub id): its architecture, tokenizer...
+    twin: bool = False  # ...and, unless twin, its weights. A twin is the checkpoint's network from random weights
+    pretrain_cost: dict[str, float] = field(default_factory=dict)  # declared: gpu_hours, flops (pretrain_cost=)
+    # Micro-batches per optimiser step (torch arms; the k-mer arm ignores it). Not a hyperparameter: the tuner
+    # raises it when a fit runs out of memory, keeping the batch size.
+    grad_accumulation: int = 1
 
     @property
     def checkpoint(self) -> Checkpoint | None:
         return open_checkpoint(self.init) if self.init else None
+
+    @property
+    def pretrained(self) -> bool:
+        """Starts from a checkpoint's weights."""
+        return bool(self.init) and not self.twin
+
+    @property
+    def init_factor(self) -> str:
+        """`scratch`, or the sha256 of the weights fine-tuned from: the factor the pretraining contrast varies."""
+        return self.checkpoint.fingerprint if self.pretrained else Init.SCRATCH
 
 
 class Fitted(Protocol):
@@ -82,8 +105,37 @@ class Arm:
         return Budget(spec.max_epochs if self.neural else 1, spec.patience)
 
     def tags(self, options: RunOptions) -> dict[str, str]:
-        """The arm variant's factors, tagged on its runs."""
-        return {Tag.FAMILY: self.family, Tag.MODEL: self.model, Tag.TOKENIZER: self.tokenizer, Tag.INIT: Init.SCRATCH}
+        """What the arm variant is, tagged on its runs (its factors come from `factors`)."""
+        return {Tag.FAMILY: self.family, Tag.MODEL: self.model, Tag.TOKENIZER: self.tokenizer}
+
+    def space(self, spec: StudySpec, options: RunOptions) -> str:
+        """The study's search space for this arm: its family's, or the family's space for its initialisation
+        (`transformer_scratch`) where the study declares one."""
+        return spec.space_name(self.family, "pretrained" if options.pretrained else Init.SCRATCH)
+
+    def architecture(self, spec: StudySpec, space: str, task: TaskData, options: RunOptions) -> dict[str, Any]:
+        """The network as far as it is fixed before tuning (what the analysis compares by hash)."""
+        return {"estimator": self.model, "fixed": spec.fixed.get(space, {})}
+
+    def tokenizer_sha(self, task: TaskData, options: RunOptions) -> str:
+        return self.tokenizer  # a one-pass estimator's featurisation is named by its kind (k-mer, one-hot)
+
+    def factors(self, spec: StudySpec, task: TaskData, options: RunOptions) -> dict[str, str]:
+        """The factors of this variant on `task` that a contrast may vary or must hold equal (schema.FACTORS):
+        model, architecture (with the names and ranges of tuned architecture keys), tokenizer, initial weights,
+        token cap."""
+        space = self.space(spec, options)
+        tuned = {k: distribution_to_json(d) for k, d in spec.space(space).items() if k in self.architecture_keys}
+        described = {"model": self.model, "architecture": self.architecture(spec, space, task, options),
+                     "tuned": tuned}
+        return {Tag.MODEL: self.model, Tag.ARCHITECTURE_SHA: digest(described),
+                Tag.TOKENIZER_SHA: self.tokenizer_sha(task, options), Tag.INIT: options.init_factor,
+                Tag.MAX_LENGTH: str(options.max_length or "none"), Tag.SEARCH_SPACE: space}
+
+    @property
+    def architecture_keys(self) -> tuple[str, ...]:
+        """Hyperparameters that shape the network rather than its training."""
+        return ()
 
     def inherited_cost(self, options: RunOptions) -> dict[str, float]:
         """The pretraining compute a fine-tuned arm inherits, where its checkpoint recorded it."""
@@ -91,15 +143,17 @@ class Arm:
 
     def variant(self, options: RunOptions) -> str:
         """The label results are filed under: an arm fine-tuned from `init=` is its own variant
-        (`convnova_char@1a2b3c4d`, the checkpoint's weight fingerprint), so that it has its own Optuna study and
-        sits beside its scratch twin in one experiment. An arm that requires a checkpoint is pretrained by
-        definition."""
-        fine_tuned = options.init and not self.requires_checkpoint
-        return variant_name(self.name, options.checkpoint.fingerprint if fine_tuned else None)
+        (`convnova_char@1a2b3c4d`, the checkpoint's weight fingerprint), and so is a scratch twin of a checkpoint
+        (`dnabert2_scratch~1a2b3c4d`), so that each has its own Optuna study and sits beside the plain arm in
+        one experiment. An arm that requires a checkpoint is pretrained by definition."""
+        if not options.init or self.requires_checkpoint:
+            return self.name
+        sha = options.checkpoint.fingerprint
+        return variant_name(self.name, None if options.twin else sha, sha if options.twin else None)
 
     def validate(self, spec: StudySpec, options: RunOptions) -> None:
         """Before anything runs: the study's search space, a tokenizer= file and a checkpoint fit the arm."""
-        self.check_search_space(spec)
+        self.check_search_space(spec, options)
         if options.tokenizer_path:
             if self.tokenizer != "bpe":
                 raise ParameterError(f"tokenizer={options.tokenizer_path} applies to BPE arms; {self.name} uses "
@@ -111,18 +165,19 @@ class Arm:
                 "weights, e.g. from `hf download zhihan1996/DNABERT-2-117M`), a hub id, or runs:/<run_id>/checkpoint "
                 "from the pretrain entry point>")
         if options.init and not self.neural:
-            raise ParameterError(f"init={options.init}: arm {self.name} is not a neural network; init applies to "
-                                 "torch arms")
+            raise ParameterError(f"init={options.init}: arm {self.name} is not a neural network; init and "
+                                 "checkpoint apply to torch arms")
 
-    def check_search_space(self, spec: StudySpec) -> None:
-        names = set(spec.space(self.family)) | set(spec.fixed.get(self.family, {}))
+    def check_search_space(self, spec: StudySpec, options: RunOptions) -> None:
+        space = self.space(spec, options)
+        names = set(spec.space(space)) | set(spec.fixed.get(space, {}))
         required, optional = self.hyperparameters
         # A family's fixed architecture of one model (ConvNova's hidden_dim) does not concern another (U-Net).
-        other_architectures = {k for _, m in MODELS.items() for k in m.architecture_keys} & set(spec.fixed.get(self.family, {}))
+        other_architectures = {k for _, m in MODELS.items() for k in m.architecture_keys} & set(spec.fixed.get(space, {}))
         missing, unknown = set(required) - names, names - set(required) - set(optional) - other_architectures
         if missing or unknown:
             raise StudyError(
-                f"{spec.path}: search space {self.family!r} does not fit arm {self.name}: "
+                f"{spec.path}: search space {space!r} does not fit arm {self.name}: "
                 + (f"missing {sorted(missing)}; " if missing else "") + (f"unused {sorted(unknown)}; " if unknown else "")
                 + f"it takes {list(required)} and optionally {list(optional)}"
             )

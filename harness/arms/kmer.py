@@ -1,73 +1,27 @@
 """The cheapest honest baseline: overlapping k-mer counts (tf-idf weighted, L2-normalised) and multinomial
-logistic regression, fitted in one pass by scikit-learn."""
+logistic regression, fitted in one pass by scikit-learn (the shared fit: `estimators.py`). Position-blind:
+a motif counts the same wherever it is (`onehot.py` is the positional counterpart)."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import log_loss
-from sklearn.pipeline import Pipeline
 
-from ..data import TaskData
-from ..metrics import classification_metrics
-from ..train import EpochCallback, EpochResult, FitResult
-from .base import Arm, Budget, RunOptions
+from .estimators import SklearnArm, SklearnFitted
 
-
-@dataclass
-class SklearnFitted:
-    pipeline: Pipeline
-    task: TaskData
-    result: FitResult
-
-    @property
-    def n_params(self) -> int:
-        clf = self.pipeline[-1]
-        return int(clf.coef_.size + clf.intercept_.size)
-
-    def predict(self, split: str) -> np.ndarray:
-        return self.pipeline.predict_proba(self.task.split(split).sequences)
-
-    def artifacts(self, folder: Path) -> list[Path]:
-        return []
-
-    def truncated(self) -> dict[str, int]:
-        return {}  # k-mer counts use whole sequences
+__all__ = ["KmerLogRegArm", "SklearnFitted"]
 
 
 @dataclass(frozen=True)
-class KmerLogRegArm(Arm):
-    neural: bool = False  # one scikit-learn fit: one "epoch", fp32, no checkpoint
-
+class KmerLogRegArm(SklearnArm):
     @property
     def hyperparameters(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return ("k", "C"), ()
 
-    def fit(self, task: TaskData, params: dict[str, Any], seed: int, budget: Budget, options: RunOptions,
-            on_epoch: EpochCallback | None = None) -> SklearnFitted:
+    def featurizer(self, params: dict[str, Any]) -> list[tuple[str, Any]]:
         k = int(params["k"])
-        pipeline = Pipeline([
-            ("kmers", CountVectorizer(analyzer="char", ngram_range=(k, k), lowercase=False, dtype=np.float32)),
-            ("tfidf", TfidfTransformer(sublinear_tf=True)),
-            ("clf", LogisticRegression(C=float(params["C"]), max_iter=1000, random_state=seed)),
-        ])
-        start = time.perf_counter()
-        features = pipeline[:-1].fit_transform(task.train.sequences)  # featurised once, reused below
-        pipeline[-1].fit(features, task.train.labels)
-        seconds = time.perf_counter() - start
-        fitted = SklearnFitted(pipeline, task, FitResult())
-        train_loss = log_loss(task.train.labels, pipeline[-1].predict_proba(features), labels=range(task.num_classes))
-        dev = classification_metrics(task.dev.labels, fitted.predict("dev"))
-        record = EpochResult(1, float(train_loss), dev, seconds)
-        # Cost: each L-BFGS iteration is a forward and a backward product with the sparse design matrix.
-        flops = 4.0 * features.nnz * task.num_classes * int(np.max(pipeline[-1].n_iter_))
-        fitted.result = FitResult([record], 1, dev, seconds, flops)
-        if on_epoch is not None:
-            on_epoch(record)
-        return fitted
+        return [("kmers", CountVectorizer(analyzer="char", ngram_range=(k, k), lowercase=False, dtype=np.float32)),
+                ("tfidf", TfidfTransformer(sublinear_tf=True))]

@@ -49,7 +49,9 @@ class TorchFitted:
         self.tokenizer.save(path)
         config = folder / Artifact.MODEL_CONFIG
         config.write_text(json.dumps({"model": type(self.model).__name__, "architecture": self.architecture,
-                                      "init": self.options.init or Init.SCRATCH}, indent=2, default=str))
+                                      "init": self.options.init if self.options.pretrained else Init.SCRATCH,
+                                      "shape_of": self.options.init if self.options.twin else None},
+                                     indent=2, default=str))
         return [path, config]
 
 
@@ -57,6 +59,10 @@ class TorchArm(Arm):
     @property
     def hyperparameters(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return ("lr", "batch_size"), ("weight_decay", "warmup_ratio", "dropout", *MODELS.get(self.model).architecture_keys)
+
+    @property
+    def architecture_keys(self) -> tuple[str, ...]:
+        return MODELS.get(self.model).architecture_keys
 
     def tags(self, options: RunOptions) -> dict[str, str]:
         source = options.tokenizer_path or (f"trained on train split, vocab {options.bpe_vocab_size}"
@@ -67,17 +73,36 @@ class TorchArm(Arm):
         if ckpt is not None:
             if ckpt.tokenizer == "bpe" and not options.tokenizer_path:
                 tags[Tag.TOKENIZER_SOURCE] = f"checkpoint {redact(ckpt.source)}"
-            tags.update({Tag.INIT: Init.PRETRAINED, Tag.INIT_SOURCE: redact(ckpt.source),
-                         Tag.INIT_WEIGHTS: ckpt.fingerprint, Tag.ARCHITECTURE: "from checkpoint",
-                         Tag.PRETRAIN_RUN: ckpt.pretraining.get("run_id", "not recorded (external checkpoint)")})
+            tags[Tag.ARCHITECTURE] = f"from checkpoint {redact(ckpt.source)}"
+            if options.twin:
+                tags[Tag.SHAPE_SOURCE] = redact(ckpt.source)
+            else:
+                tags.update({Tag.INIT_SOURCE: redact(ckpt.source),
+                             Tag.PRETRAIN_RUN: ckpt.pretraining.get("run_id", "not recorded (external checkpoint)")})
+                cost = self.inherited_cost(options)
+                tags[Tag.PRETRAIN_COST_SOURCE] = ("pretrain_cost= parameter" if options.pretrain_cost else
+                                                  ckpt.cost_source if cost else "not recorded: pass pretrain_cost=")
         return tags
 
     def inherited_cost(self, options: RunOptions) -> dict[str, float]:
-        ckpt = options.checkpoint
-        if ckpt is None or "seconds" not in ckpt.pretraining:
+        """Recorded by `python -m harness pretrain`, declared beside external weights (pretrain_cost.json), or
+        given with pretrain_cost= (which wins): seconds, FLOPs, GPU-hours, whichever are known."""
+        if not options.pretrained:
             return {}
-        return {Metric.PRETRAIN_SECONDS: float(ckpt.pretraining["seconds"]),
-                Metric.PRETRAIN_FLOPS: float(ckpt.pretraining["flops"])}
+        cost = {**options.checkpoint.pretraining_cost, **options.pretrain_cost}
+        names = {"seconds": Metric.PRETRAIN_SECONDS, "flops": Metric.PRETRAIN_FLOPS,
+                 "gpu_hours": Metric.PRETRAIN_GPU_HOURS}
+        return {names[k]: float(v) for k, v in cost.items() if k in names}
+
+    def architecture(self, spec: StudySpec, space: str, task: TaskData, options: RunOptions) -> dict[str, Any]:
+        ckpt = options.checkpoint
+        return MODELS.get(self.model).classifier_architecture(self.build_tokenizer(task, options),
+                                                              spec.fixed.get(space, {}),
+                                                              ckpt.architecture if ckpt is not None else None)
+
+    def tokenizer_sha(self, task: TaskData, options: RunOptions) -> str:
+        tok = self.build_tokenizer(task, options)
+        return "char" if tok.name == "char" else tok.fingerprint
 
     def validate(self, spec: StudySpec, options: RunOptions) -> None:
         """Also: a checkpoint must exist and fit the arm (model, tokenizer, vocabulary)."""
@@ -112,9 +137,10 @@ class TorchArm(Arm):
                     options: RunOptions) -> tuple[nn.Module, dict[str, Any]]:
         spec, ckpt = MODELS.get(self.model), options.checkpoint
         dropout = float(params.get("dropout", DEFAULT_DROPOUT))
-        architecture = ckpt.architecture if ckpt is not None else spec.architecture(tok, params)
+        # A checkpoint brings its encoder's architecture; the head's keys (pooling) are the trial's.
+        architecture = spec.classifier_architecture(tok, params, ckpt.architecture if ckpt is not None else None)
         model = spec.classifier(architecture, tok, num_classes, dropout)
-        if ckpt is not None:
+        if options.pretrained:  # a twin keeps the checkpoint's architecture with its own random weights
             model.load_published_state_dict(ckpt.state_dict())
         return model, architecture
 
@@ -129,6 +155,7 @@ class TorchArm(Arm):
             lr=float(params["lr"]), weight_decay=float(params.get("weight_decay", 0.0)),
             batch_size=int(params["batch_size"]), warmup_ratio=float(params.get("warmup_ratio", 0.06)),
             max_epochs=budget.max_epochs, patience=budget.patience, seed=seed,
+            grad_accumulation=options.grad_accumulation,
         )
         result = train.fit(model, train_split, dev_split, tok.pad_id, cfg, options.runtime, on_epoch)
         return TorchFitted(model, tok, task, options, result, architecture)

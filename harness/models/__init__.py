@@ -2,7 +2,9 @@
 
 An architecture is described by a plain dict (saved in checkpoints, logged with every run), made from
 the tokenizer and the hyperparameters named in `architecture_keys` (a study fixes or searches them).
-A checkpoint brings its own architecture; dropout always comes from the run's hyperparameters.
+A checkpoint brings its own architecture; dropout always comes from the run's hyperparameters, and so
+do the classification head's keys (`head_keys`: the CNNs' pooling), since a masked-LM checkpoint has
+no classification head to bring (`ModelSpec.classifier_architecture`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,16 @@ class ModelSpec:
     architecture: Callable[[Any, dict[str, Any]], dict[str, Any]]  # (tokenizer, hyperparameters) -> config
     classifier: Callable[[dict[str, Any], Any, int, float], nn.Module]  # (config, tokenizer, classes, dropout)
     masked_lm: Callable[[dict[str, Any], Any, float], nn.Module]  # (config, tokenizer, dropout)
+    head_keys: tuple[str, ...] = ()  # those architecture keys that shape the classification head, not the encoder
+
+    def classifier_architecture(self, tok, hp: dict[str, Any], checkpoint: dict[str, Any] | None = None
+                                ) -> dict[str, Any]:
+        """The architecture a classifier is built with: a checkpoint's, else the hyperparameters'; the head's
+        keys come from the hyperparameters either way (a trial's sampled pooling reaches a fine-tuned model)."""
+        if checkpoint is None:
+            return self.architecture(tok, hp)
+        own = self.architecture(tok, hp) if self.head_keys else {}
+        return {**checkpoint, **{k: own[k] for k in self.head_keys}}
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
@@ -38,29 +50,51 @@ def pick(hp: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     return {k: type(v)(hp.get(k, v)) for k, v in defaults.items()}
 
 
+# --------------------------------------------------------------------------- the CNNs' classifier head
+# SequenceClassifier's pooling (heads.py: mean, max, attention, positional). An architecture key like the
+# encoder's (in the saved dict, fixed or searched by a study's cnn space), but the encoders never see it.
+CNN_HEAD = {"pooling": "mean"}
+
+
+def cnn_classifier(encoder: nn.Module, config: dict[str, Any], num_classes: int, dropout: float) -> SequenceClassifier:
+    """`encoder` under the head `config` names; mean pooling where a saved architecture predates the choice."""
+    return SequenceClassifier(encoder, num_classes, dropout, pooling=config.get("pooling", CNN_HEAD["pooling"]))
+
+
 # ------------------------------------------------------------------------------------------ U-Net
 def unet_encoder(config: dict[str, Any], tokenizer, dropout: float) -> UNet1D:
     return UNet1D(UNetConfig(tokenizer.vocab_size, tokenizer.pad_id, dropout=dropout,
                              widths=tuple(config["widths"]), kernel_size=config["kernel_size"]))
 
 
+UNET_DEFAULTS = {"widths": list(UNetConfig.widths), "kernel_size": UNetConfig.kernel_size}  # the char design
+# A BPE token is ~4-5 nt, about two of the char U-Net's halvings: the BPE U-Net starts at the char one's
+# third level (widths 96, 128, 192). Receptive fields and bottleneck lengths: unet.py's docstring.
+UNET_BPE_DEFAULTS = {**UNET_DEFAULTS, "widths": list(UNetConfig.widths[2:])}
+
 MODELS.add("unet", ModelSpec(
-    architecture_keys=(),
-    architecture=lambda tok, hp: {"widths": list(UNetConfig.widths), "kernel_size": UNetConfig.kernel_size},
-    classifier=lambda cfg, tok, n, p: SequenceClassifier(unet_encoder(cfg, tok, p), n, p),
+    architecture_keys=(*UNET_DEFAULTS, *CNN_HEAD),
+    architecture=lambda tok, hp: pick(hp, {**(UNET_BPE_DEFAULTS if tok.name == "bpe" else UNET_DEFAULTS), **CNN_HEAD}),
+    classifier=lambda cfg, tok, n, p: cnn_classifier(unet_encoder(cfg, tok, p), cfg, n, p),
     masked_lm=lambda cfg, tok, p: MaskedLM(unet_encoder(cfg, tok, p), tok.vocab_size),
+    head_keys=tuple(CNN_HEAD),
 ))
 
 
 # --------------------------------------------------------------------------------------- ConvNova
 CONVNOVA_DEFAULTS = {"hidden_dim": 128, "kernel_size": 9, "num_conv1d": 5, "dilation_base": 4}
+# Dilations [1, 1, 1, 2, 4] in BPE tokens (~5 nt): the widest layer's taps land ~20 nt apart, as the char
+# model's (16 nt) do. The char schedule [1, 1, 1, 4, 16] would span ~190 tokens. See convnova.py's docstring.
+CONVNOVA_BPE_DEFAULTS = {**CONVNOVA_DEFAULTS, "dilation_base": 2}
 
 
 def convnova_encoder(config: dict[str, Any], tokenizer, dropout: float) -> ConvNova:
     """Single-nucleotide tokens become ConvNova's one-hot alphabet; any other tokenizer (BPE) feeds
-    token embeddings."""
+    token embeddings. Always in masked mode, so that predictions do not depend on the batch; forced here,
+    not read from `config`, so that architectures saved before the mode existed get it too."""
     from ..tokenizers import nucleotide_alphabet_map
 
+    config = {**{k: v for k, v in config.items() if k not in CNN_HEAD}, "mask_padding": True}
     if tokenizer.name == "char":
         return ConvNova(ConvNovaConfig(**config, dropout=dropout), input_map=nucleotide_alphabet_map(tokenizer))
     c = ConvNovaConfig(**config, dropout=dropout, vocab_size=tokenizer.vocab_size, token_embeddings=True)
@@ -68,10 +102,12 @@ def convnova_encoder(config: dict[str, Any], tokenizer, dropout: float) -> ConvN
 
 
 MODELS.add("convnova", ModelSpec(
-    architecture_keys=tuple(CONVNOVA_DEFAULTS),
-    architecture=lambda tok, hp: pick(hp, CONVNOVA_DEFAULTS),
-    classifier=lambda cfg, tok, n, p: SequenceClassifier(convnova_encoder(cfg, tok, p), n, p),
+    architecture_keys=(*CONVNOVA_DEFAULTS, *CNN_HEAD),
+    architecture=lambda tok, hp: pick(hp, {**(CONVNOVA_BPE_DEFAULTS if tok.name == "bpe" else CONVNOVA_DEFAULTS),
+                                           **CNN_HEAD}),
+    classifier=lambda cfg, tok, n, p: cnn_classifier(convnova_encoder(cfg, tok, p), cfg, n, p),
     masked_lm=lambda cfg, tok, p: MaskedLM(convnova_encoder(cfg, tok, p), tok.vocab_size),
+    head_keys=tuple(CNN_HEAD),
 ))
 
 

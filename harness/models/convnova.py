@@ -15,18 +15,27 @@ Shapes (B batch, L positions, A alphabet = 5, H hidden_dim):
     ids [B, L] in A=0 C=1 G=2 T=3 N=4 -> one-hot [B, A, L] -> stems [B, H, L]
     num_layers x GCB                  -> [B, H, L]
     milinear (+ residual)             -> features [B, L, H]
-    classifier: masked mean over valid positions -> Linear -> logits [B, C]   (SequenceClassifier)
+    classifier: pooling over valid positions -> Linear -> logits [B, C]       (SequenceClassifier)
 
 Quirks of the original that this port keeps, so original state dicts load (strictly, with their key
 names) and give the same features (tested against the original's outputs to 1e-5):
   - the "rc" stem reads the *complement* (3 - id, N stays N), not the reverse complement;
   - the gate branch accumulates gates (`rc_feat = rc_feat + g`), it never sees the main branch;
-  - padding is handled as N: the convolutions see padded positions as N (the original left-pads with
-    N). The harness pads on the right; features at valid positions near the end therefore depend
-    on padding, within the receptive field, as in the original. Pooling for classification is over
-    valid positions only.
+  - by default (`mask_padding=False`) padding is handled as N: the convolutions see padded positions as
+    N (the original left-pads with N), so features at valid positions within a receptive field of the
+    padding depend on how much padding the batch has: a sequence's score depends on the other
+    sequences in its batch.
   - the dilation schedule starts [1, 1, 1, ...]: the original computes base ** (i - 2) from layer 2;
   - with num_cnn_stacks > 1 each layer is repeated in place ([d0, d0, d1, d1, ...]), not the stack.
+
+Padding (`mask_padding=True`, what the harness's arms always use): every convolution's input is zero
+at padded positions, exactly what a convolution's own zero padding gives past the end of a sequence
+alone. That is the stems' inputs (one-hot or embeddings) and the LayerNorm outputs fed to `convs` and
+`gates` (LayerNorm maps a zero vector to its bias, so the mask comes after the norm). Everything else
+is per position, so features at valid positions never see padding and, in eval mode, a sequence
+scores the same alone or in a right-padded batch of any length (tests/test_batch_independence.py).
+The output features are zeroed at padded positions, and pooling for classification is over valid
+positions only. The weights are the same in both modes: an original state dict loads into either.
 
 Harness token ids are mapped onto the alphabet: for single-nucleotide tokens A..N map to 0..4 and
 every special token ([CLS], [SEP], [PAD], [MASK], [UNK]) to N. The BPE variant (`token_embeddings=True`)
@@ -34,6 +43,27 @@ replaces the one-hot input with learned token embeddings of width H, the stems' 
 token has no per-position complement (for DNABERT-2's vocabulary, 81% of the tokens' complements are
 not tokens), so the gate stem reads a second, separately learned embedding of the same tokens
 (`rc_embed`): the gate branch stays, its complement input does not.
+
+Dilations for BPE tokens. The schedule counts positions, and a DNABERT-2 BPE token is ~5 nt (4.7-5.5 nt
+on average on GUE's prom_core, prom_300, mouse and tf tasks). On BPE tokens the char schedule
+[1, 1, 1, 4, 16] spans 193 tokens, ~950 nt, several times a 101 bp sequence (~22 tokens): its last
+layer's taps are 16 tokens apart, so for 70 and 101 bp all but its middle tap read padding. The BPE
+default of the harness is dilation base 2, [1, 1, 1, 2, 4] (harness/models/__init__.py):
+
+                                receptive field        last layer's taps    taps inside, at the middle of
+                                                       are apart by         70 / 101 / 300 bp
+    char, base 4 (nucleotides)  193 nt                 16 nt                5 / 7 / 9 of 9
+    BPE,  base 4 (tokens)       193 tokens, ~950 nt    16 tokens, ~80 nt    1 / 1 / 3
+    BPE,  base 2 (the default)   81 tokens, ~400 nt     4 tokens, ~20 nt    5 / 5 / 9
+    BPE,  base 1 (no dilation)   49 tokens, ~240 nt     1 token,   ~5 nt    9 / 9 / 9
+
+(BPE lengths with the published tokenizer, [CLS] and [SEP] included: median 17, 22 and 63 tokens.)
+Base 2 spaces the widest layer's taps about as far apart in nucleotides as the char model does, so it
+samples a sequence at about the same places. Its receptive field is still twice the char model's,
+because an undilated layer cannot step by less than a token (kernel 9 = ~45 nt); base 1 would come
+closer in total span but shrink the widest layer's reach from ±16 tokens (~±80 nt; the char model's:
+±64 nt) to ±4 tokens (~±20 nt). A study can fix `dilation_base: 4` (its `cnn` section's `fixed:`) to
+run the char schedule on BPE tokens.
 """
 
 from __future__ import annotations
@@ -63,6 +93,9 @@ class ConvNovaConfig:
     dropout: float = 0.0
     vocab_size: int = ALPHABET  # with token_embeddings: the tokenizer's vocabulary
     token_embeddings: bool = False  # the BPE variant
+    # False reads padding as N, as the original (its outputs are reproduced to 1e-5); True zeroes every
+    # convolution's input at padded positions, so predictions do not depend on the batch (see above).
+    mask_padding: bool = False
 
     @property
     def num_layers(self) -> int:
@@ -122,18 +155,29 @@ class ConvNova(nn.Module):
         return one_hot[0].transpose(1, 2), one_hot[1].transpose(1, 2)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x, rc = self.stem_inputs(input_ids)  # attention_mask unused: padding is read as N (see above)
-        feat, rc_feat = F.gelu(self.linear(x)), F.gelu(self.rc_linear(rc))  # [B, H, L]
+        """input_ids, attention_mask [B, L] -> features [B, L, H]. Without mask_padding (or without a mask)
+        the attention mask is unused and padding is read as N, as in the original."""
+        mask = None  # [B, 1, L] in masked mode: multiplies every convolution's input
+        if self.config.mask_padding and attention_mask is not None:
+            mask = attention_mask[:, None, :].to(self.linear.weight.dtype)
+
+        def conv_input(t: torch.Tensor) -> torch.Tensor:  # t: [B, channels, L]
+            return t if mask is None else t * mask
+
+        x, rc = self.stem_inputs(input_ids)
+        feat, rc_feat = F.gelu(self.linear(conv_input(x))), F.gelu(self.rc_linear(conv_input(rc)))  # [B, H, L]
         for i in range(self.config.num_layers):
-            h = self.norms[i](self.dropout(feat).transpose(1, 2)).transpose(1, 2)
-            rc_h = self.rc_norms[i](self.dropout(rc_feat).transpose(1, 2)).transpose(1, 2)
+            h = conv_input(self.norms[i](self.dropout(feat).transpose(1, 2)).transpose(1, 2))
+            rc_h = conv_input(self.rc_norms[i](self.dropout(rc_feat).transpose(1, 2)).transpose(1, 2))
             g = torch.sigmoid(self.gates[i](rc_h))
             feat = feat + F.gelu(self.convs[i](h)) * g
             rc_feat = rc_feat + g
             if self.config.ffn:
                 feat = feat + self.mlpgroup2[i](feat.transpose(1, 2)).transpose(1, 2)
         feat = feat.transpose(1, 2)  # [B, L, H]
-        return self.milinear(feat) + feat
+        out = self.milinear(feat) + feat
+        # Zero at padding, as the U-Net's: a head that forgot the mask would still not read leftovers there.
+        return out if mask is None else out * mask.transpose(1, 2)
 
 
 def load_original_state_dict(model: ConvNova, state: dict[str, torch.Tensor]) -> None:

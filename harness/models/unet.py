@@ -3,8 +3,8 @@
 U-Net (Ronneberger, Fischer & Brox 2015, "U-Net: Convolutional Networks for Biomedical Image
 Segmentation") in one dimension, as used on DNA by e.g. the Caduceus/HyenaDNA baselines: an encoder
 that halves the length at every level, a decoder that doubles it back and concatenates the encoder's
-features at the same resolution (skip connections), then a masked mean over valid positions and a
-linear classifier. It works on any token ids: single nucleotides or BPE tokens.
+features at the same resolution (skip connections), then a pooling over valid positions (mean by
+default; `positional` sees where a motif is, see heads.py) and a linear classifier. It works on any token ids: single nucleotides or BPE tokens.
 
 Shapes (B batch, L tokens, C_i the width of level i, D = len(widths) - 1 down-samplings):
     input_ids [B, L], attention_mask [B, L]   (L is padded up to a multiple of 2**D inside)
@@ -13,7 +13,25 @@ Shapes (B batch, L tokens, C_i the width of level i, D = len(widths) - 1 down-sa
     bottleneck       -> [B, C_D, L / 2**D]
     decoder level i  -> [B, C_i, L / 2**i]     (upsample x2, concat skip i, ConvBlock)
     features         -> [B, L, C_0]            (the encoder's output; zero at padded positions)
-    masked mean      -> [B, C_0]  -> classifier -> logits [B, num_classes]   (SequenceClassifier)
+    pooling          -> [B, C_0]  -> classifier -> logits [B, num_classes]   (SequenceClassifier, heads.py)
+
+Design per tokenizer (the defaults of harness/models/__init__.py; a study's `fixed:` can set `widths`
+and `kernel_size`). The char U-Net, widths (32, 64, 96, 128, 192), halves four times. A DNABERT-2 BPE
+token is ~5 nt (4.7-5.5 nt on average on GUE's prom_core, prom_300, mouse and tf tasks), about two
+halvings, so on BPE tokens the same design leaves a 70 or 101 bp sequence 2 positions at the bottleneck
+and a receptive field of several times the sequence. The BPE U-Net therefore starts where the char one
+is after two halvings: it drops the first two levels, widths (96, 128, 192) (two halvings), kernel 7:
+
+                                   receptive field (bottleneck / output)    positions at the bottleneck
+                                                                            70 / 101 / 300 bp
+    char, (32, 64, 96, 128, 192)   388 / 564 nt                             5 / 7 / 19
+    BPE,  (32, 64, 96, 128, 192)   388 / 564 tokens, ~1900 / 2800 nt        2 / 2 / 4
+    BPE,  (96, 128, 192)            88 / 124 tokens,  ~430 / 600 nt         5 / 6 / 16
+
+(Lengths: 72 / 103 / 302 char tokens; BPE with the published tokenizer, medians 17 / 22 / 63 tokens,
+[CLS] and [SEP] included. Receptive fields measured by gradients, lengths from `L / 2**D` rounded up.)
+Sizes: ~1.67M parameters with char tokens; on a 4096-token vocabulary ~1.87M (its embedding is 96 wide)
+against ~1.80M for the char design.
 
 Padding never changes a sequence's prediction: padded positions are zeroed after every block, so in
 eval mode a padded batch gives the same logits as the sequence alone (tested), which makes dynamic

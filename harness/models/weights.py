@@ -50,16 +50,22 @@ def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"checkpoint {folder}: neither {' nor '.join(WEIGHT_FILES)}")
 
 
-def download_from_hub(repo_id: str) -> Path:
-    """A hub checkpoint's config, weights and tokenizer (never its code); offline, a clear error."""
+def download_from_hub(repo_id: str, files: tuple[str, ...] = (), what: str = "checkpoint folder",
+                      fix: str = "that folder") -> Path:
+    """A hub repository's config, weights and tokenizer (never its code), or just `files`; offline, a clear
+    error within seconds (the hub client is not left to retry)."""
+    import os
+
     from huggingface_hub import snapshot_download
 
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=[
+        return Path(snapshot_download(repo_id, allow_patterns=list(files) or [
             "config.json", *WEIGHT_FILES, "tokenizer.json", "tokenizer_config.json"]))
     except Exception as err:  # offline, unknown id, no access: all end the same way for the user
         raise CheckpointError(
-            f"{repo_id}: not a local checkpoint folder, and the hub could not provide it "
-            f"({type(err).__name__}). Download it where you have network (e.g. `hf download {repo_id} "
-            f"--local-dir DNABERT-2-117M`) and pass that folder instead."
+            f"{repo_id}: not a local {what}, and the hub could not provide it ({type(err).__name__}). Download "
+            f"it where you have network (e.g. `hf download {repo_id} --local-dir {repo_id.split('/')[-1]}`) and "
+            f"pass {fix} instead."
         ) from None
