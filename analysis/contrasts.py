@@ -49,7 +49,7 @@ class Contrast:
     a: str
     b: str
     name: str = ""
-    varies: frozenset[str] = field(default=frozenset())  # the factors A and B may differ in; default VARIES[effect]
+    varies: frozenset[str] | None = None  # the factors A and B may differ in; None: VARIES[effect]
 
     @property
     def label(self) -> str:
@@ -57,7 +57,7 @@ class Contrast:
 
     @property
     def allowed(self) -> frozenset[str]:
-        return self.varies or VARIES[self.effect]
+        return VARIES[self.effect] if self.varies is None else self.varies
 
 
 def default_contrasts(arms: pd.DataFrame) -> list[Contrast]:
@@ -83,20 +83,26 @@ def default_contrasts(arms: pd.DataFrame) -> list[Contrast]:
 
 def differing_factors(c: Contrast, cells: pd.DataFrame, task: str) -> list[str]:
     """The factors (other than those `c` varies) in which A and B differ on `task`, e.g. 'tokenizer_sha
-    (a: bpe-1a2b…, b: char)'. A factor an arm does not have (n/a) differs from nothing."""
+    (a: bpe-1a2b…, b: char)'. A factor an arm does not have (n/a) differs from nothing; one a run did not
+    record (a run of an older harness) is unknown, so it cannot be shown equal."""
     a, b = (cells[(cells["arm"] == arm) & (cells["task"] == task)].iloc[0] for arm in (c.a, c.b))
     out = []
     for factor in FACTORS:
         if factor in c.allowed or factor not in cells.columns:
             continue
         x, y = str(a[factor]) if pd.notna(a[factor]) else "", str(b[factor]) if pd.notna(b[factor]) else ""
-        if x != y and NOT_APPLICABLE not in (x, y):
-            out.append(f"{factor} differs ({c.a}: {x or 'not recorded'}, {c.b}: {y or 'not recorded'})")
+        if NOT_APPLICABLE in (x, y):
+            continue
+        if not x or not y:
+            out.append(f"{factor} not recorded ({c.a if not x else c.b}: a run of an older harness?)")
+        elif x != y:
+            out.append(f"{factor} differs ({c.a}: {x}, {c.b}: {y})")
     return out
 
 
 def user_contrasts(declared: list[dict]) -> list[Contrast]:
-    return [Contrast("user", c["a"], c["b"], c.get("name", ""), frozenset(c.get("varies", ()))) for c in declared]
+    return [Contrast("user", c["a"], c["b"], c.get("name", ""),
+                     frozenset(c["varies"]) if "varies" in c else None) for c in declared]
 
 
 @dataclass

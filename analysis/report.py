@@ -69,6 +69,9 @@ def write_report(results: Results, contrasts: list[Contrast], folder: Path, s: S
         elif e.unlike:
             exclusions.loc[len(exclusions)] = [f"contrast {c.label}", "not evaluated: on no task do its arms differ "
                                                f"only in {', '.join(sorted(c.allowed))} (see the rows above)"]
+        else:
+            exclusions.loc[len(exclusions)] = [f"contrast {c.label}", "not evaluated: no task completed by both arms "
+                                               f"({e.row['tasks_left_out']})"]
     adjust(evaluations)
     contrast_table = pd.DataFrame([e.row for e in evaluations])
     per_task = pd.concat([e.per_task for e in evaluations], ignore_index=True) if evaluations else pd.DataFrame()

@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_grid_arguments(plan)
     plan.add_argument("--sample", default="256", help="training sequences each measurement fits (default: 256)")
     plan.add_argument("--tokenizer", default="", help="tokenizer.json for BPE arms (default: trained on the sample)")
+    add_checkpoint_arguments(plan, cost=False)
     plan.add_argument("-P", dest="mlflow_style", action="append", default=[], metavar="KEY=VALUE",
                       help="the same options as MLflow parameters, e.g. -P study=gue -P data=/data/GUE")
 
@@ -94,13 +95,14 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device")
 
 
-def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
-    """The pretrained checkpoint (run and sweep)."""
+def add_checkpoint_arguments(parser: argparse.ArgumentParser, cost: bool = True) -> None:
+    """The pretrained checkpoint (run, sweep; plan times it and needs no cost)."""
     parser.add_argument("--checkpoint", default="", help="a DNABERT-2 (or harness) checkpoint folder, MLflow URI or hub "
                         "id: the weights of dnabert2_pretrained; a scratch arm of the same model and tokenizer kind "
                         "becomes its twin (its architecture and tokenizer, random weights; variant arm~sha)")
-    parser.add_argument("--pretrain-cost", default="", help="the checkpoint's pretraining cost where it recorded none, "
-                        "e.g. gpu_hours=2688,flops=1e21 (any of gpu_hours, flops, seconds)")
+    if cost:
+        parser.add_argument("--pretrain-cost", default="", help="the checkpoint's pretraining cost where it recorded none, "
+                            "e.g. gpu_hours=2688,flops=1e21 (any of gpu_hours, flops, seconds)")
 
 
 def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
@@ -161,7 +163,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         key = key.replace("-", "_")
         if not sep or key not in params or key == "mlflow_style":
             raise ParameterError(f"-P {pair!r}: expected KEY=VALUE with KEY one of study, arms, tasks, data, "
-                                 "n_trials, seeds, device, sample, tokenizer")
+                                 "n_trials, seeds, device, sample, tokenizer, checkpoint")
         params[key] = value
     request = RunRequest.parse(params)
     rows = project(request, request.load_tasks(), int(number(params["sample"], "sample")))

@@ -18,7 +18,7 @@ from . import tracking
 from .arms import ARMS, Arm, Budget, RunOptions
 from .arms.base import digest
 from .data import TaskData
-from .errors import ParameterError
+from .errors import ParameterError, StudyError
 from .parameters import costs, names, optional_int
 from .runtime import Runtime
 from .schema import NOT_APPLICABLE, Tag, optuna_study_name, parent_run_name
@@ -28,14 +28,31 @@ from .tasks import load_task
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 
 
-def default_arms(spec: StudySpec, checkpoint: str | None = None) -> tuple[str, ...]:
-    """The study's `arms:` list, else every registered arm whose family has a search space here (arms
-    that need a checkpoint only when one is given)."""
+def checkpoint_fits(source: str, arm: Arm) -> bool:
+    """Whether the checkpoint at `source` holds `arm`'s model on its kind of tokens (opens its manifest)."""
+    from .checkpoints import open_checkpoint
+
+    ckpt = open_checkpoint(source)
+    return (ckpt.model, ckpt.tokenizer) == (arm.model, arm.tokenizer)
+
+
+def default_arms(spec: StudySpec, checkpoint: str | None = None, explicit: bool = False) -> tuple[str, ...]:
+    """The study's `arms:` list, else every registered arm whose family has a search space here; an arm that
+    needs a checkpoint only when one is given that concerns it (the study's `checkpoint.arms`, or, for a
+    checkpoint= given here, one that fits it)."""
     if spec.arms:
         return tuple(spec.arms)
+
+    def concerned(arm: Arm) -> bool:
+        if not checkpoint:
+            return False
+        if spec.checkpoint_arms is not None and not explicit:
+            return arm.name in spec.checkpoint_arms
+        return checkpoint_fits(checkpoint, arm)
+
     return tuple(name for name, arm in ARMS.items()
                  if any(space == arm.family or space.startswith(f"{arm.family}_") for space in spec.search_spaces)
-                 and (checkpoint or not arm.requires_checkpoint))
+                 and (not arm.requires_checkpoint or concerned(arm)))
 
 
 @dataclass(frozen=True)
@@ -66,10 +83,14 @@ class RunRequest:
         study = params.get("study") or "smoke"
         spec = load_study(study)
         init, checkpoint = params.get("init") or None, params.get("checkpoint") or spec.checkpoint
+        unknown = [a for a in spec.checkpoint_arms or () if a not in ARMS]
+        if unknown:
+            raise StudyError(f"{spec.path}: checkpoint.arms names unknown arm(s) {unknown}; known: "
+                             f"{', '.join(name for name, _ in ARMS.items())}")
         if "arm" in params:  # run: exactly the one arm named
             arms = (params["arm"],)
         else:
-            arms = names(params.get("arms")) or default_arms(spec, checkpoint)
+            arms = names(params.get("arms")) or default_arms(spec, checkpoint, bool(params.get("checkpoint")))
         for arm in arms:
             ARMS.get(arm, parameter="arm")  # an unknown arm fails here, listing the known ones
         explicit = frozenset(k for k in ("n_trials", "seeds", "tokenizer", "checkpoint") if params.get(k))
@@ -106,20 +127,26 @@ class RunRequest:
     def takes_checkpoint(self, arm: Arm) -> bool:
         """Whether `checkpoint` concerns `arm`: an arm that requires one takes its weights; a scratch arm of the
         same model and tokenizer kind takes its shape (a twin). The study's `checkpoint: {arms: [...]}` names
-        them; otherwise a run of one named arm takes it (a mismatch is then an error), and the arms of a sweep
-        or plan take it where the checkpoint fits them."""
-        if not self.checkpoint or not arm.neural:
+        them; otherwise a run of one named arm given checkpoint= takes it (a mismatch is then an error), and
+        any other arm takes it where the checkpoint fits it. An arm given init= fine-tunes from that instead."""
+        if not self.checkpoint or not arm.neural or (self.init and "checkpoint" not in self.explicit):
             return False
-        if arm.requires_checkpoint:
-            return True
         if self.spec.checkpoint_arms is not None and "checkpoint" not in self.explicit:
             return arm.name in self.spec.checkpoint_arms
         if len(self.arms) == 1 and "checkpoint" in self.explicit:
             return True
-        from .checkpoints import open_checkpoint
+        return checkpoint_fits(self.checkpoint, arm)
 
-        ckpt = open_checkpoint(self.checkpoint)
-        return (ckpt.model, ckpt.tokenizer) == (arm.model, arm.tokenizer)
+    def initial(self, arm: Arm) -> tuple[str | None, bool]:
+        """(the checkpoint `arm` starts from, whether as a twin: its architecture and tokenizer only)."""
+        takes = self.takes_checkpoint(arm)
+        if self.init and takes and self.init != self.checkpoint:
+            raise ParameterError(f"arm {arm.name}: init={self.init} and checkpoint={self.checkpoint} name different "
+                                 "checkpoints; pass one of them (init= fine-tunes, checkpoint= makes a scratch arm its "
+                                 "twin)")
+        if self.init:
+            return self.init, False
+        return (self.checkpoint, not arm.requires_checkpoint) if takes else (None, False)
 
     @functools.cached_property
     def runtime(self) -> Runtime:
@@ -141,15 +168,21 @@ class RunRequest:
         per-task cap (set so as not to truncate); init= (weights to fine-tune from) or the checkpoint this arm
         takes, as weights or, for a scratch arm, as shape only."""
         cap = self.max_length or (self.spec.max_length(task, arm.tokenizer) if task else None)
-        if self.init and self.takes_checkpoint(arm) and not arm.requires_checkpoint and self.init != self.checkpoint:
-            raise ParameterError(f"arm {arm.name}: init= fine-tunes from {self.init}, checkpoint= makes it a scratch "
-                                 f"twin of {self.checkpoint}; pass one of them")
-        if self.init and arm.requires_checkpoint and self.checkpoint and self.init != self.checkpoint:
-            raise ParameterError("pass either init= or checkpoint=, not both")
-        source = self.init or (self.checkpoint if self.takes_checkpoint(arm) else None)
-        twin = source is not None and source != self.init and not arm.requires_checkpoint
-        return RunOptions(self.runtime, self.tokenizer_path if arm.tokenizer == "bpe" else None,
-                          self.spec.bpe_vocab_size, cap, source, twin, dict(self.pretrain_cost))
+        source, twin = self.initial(arm)
+        return RunOptions(self.runtime, self.tokenizer_for(arm, source), self.spec.bpe_vocab_size, cap, source, twin,
+                          dict(self.pretrain_cost))
+
+    def tokenizer_for(self, arm: Arm, source: str | None) -> str | None:
+        """A BPE arm's tokenizer file: tokenizer= where given; a checkpoint's own where it has one (the study's
+        tokenizer never overrides it); else the study's."""
+        if arm.tokenizer != "bpe" or not self.tokenizer:
+            return None
+        if source and "tokenizer" not in self.explicit:
+            from .checkpoints import open_checkpoint
+
+            if open_checkpoint(source).tokenizer_file is not None:
+                return None
+        return self.tokenizer_path
 
     def validate(self) -> list[TaskData]:
         """Fail now, not after an hour: the runtime, every arm against the study, tokenizer and checkpoint,

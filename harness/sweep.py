@@ -19,9 +19,10 @@ from dataclasses import dataclass, replace
 import optuna
 from optuna.trial import TrialState
 
-from .arms import ARMS
+from .arms import ARMS, RunOptions
 from .errors import InputError, reported
 from .request import RunRequest
+from .runtime import CPU
 from .schema import final_study_name, optuna_study_name
 from .workers import COUNTED, open_storage, seed_of
 
@@ -62,8 +63,9 @@ class CellStatus:
 def cell_status(one: RunRequest, storage: optuna.storages.BaseStorage) -> CellStatus:
     """Progress of a one-cell request, from its Optuna studies (tuning and final seeds)."""
     (arm,), (task,) = one.arms, one.tasks
-    try:
-        variant = ARMS.get(arm).variant(one.options(ARMS.get(arm)))  # arm@sha, arm~sha: their own studies
+    try:  # arm@sha, arm~sha: their own studies (the variant needs the checkpoint, not the tokenizer)
+        source, twin = one.initial(ARMS.get(arm))
+        variant = ARMS.get(arm).variant(RunOptions(CPU, init=source, twin=twin))
     except InputError as err:  # the checkpoint is not reachable from here (offline login node): say so
         log.warning("%s | %s: status unknown: %s", arm, task, err)
         return CellStatus(arm, task, "unknown", 0, 0, 0)

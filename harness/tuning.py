@@ -83,8 +83,8 @@ def run_config(cell: Cell) -> dict[str, Any]:
         "max_length": options.max_length,
         # bf16 and fp32 runs differ in their numbers: one study is one precision.
         "precision": options.runtime.precision if arm.neural else "fp32",
-        "init": None if options.checkpoint is None else {"source": tracking.redact(options.checkpoint.source),
-                                                         "weights_sha256": options.checkpoint.fingerprint,
+        # The weights' sha, not their source: a hub id and a local copy of it are the same checkpoint.
+        "init": None if options.checkpoint is None else {"weights_sha256": options.checkpoint.fingerprint,
                                                          "weights": "random (twin)" if options.twin else "loaded"},
     }
 

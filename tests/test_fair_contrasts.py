@@ -87,6 +87,24 @@ def test_a_factor_an_arm_does_not_have_differs_from_nothing():
     assert comparable_tasks(narrow, results)[2]["t1"] == ["model differs (B: logistic_regression, A: x)"]
 
 
+def test_an_unrecorded_factor_is_unknown_and_an_empty_varies_varies_nothing():
+    results = two_arms({"t1": {Tag.TOKENIZER_SHA: ""}})  # t1: B's run did not record its tokenizer
+    common, _, unlike = comparable_tasks(Contrast("architecture", "B", "A"), results)
+    assert common == ["t2", "t3"] and unlike["t1"] == ["tokenizer_sha not recorded (B: a run of an older harness?)"]
+    results = two_arms({t: {Tag.MODEL: "other"} for t in ("t1", "t2", "t3")})
+    assert comparable_tasks(Contrast("user", "B", "A", varies=frozenset()), results)[0] == []
+    assert comparable_tasks(Contrast("user", "B", "A"), results)[0] == ["t1", "t2", "t3"]
+
+
+def test_a_contrast_without_a_common_task_is_reported_not_dropped(tmp_path):
+    results = results_of([{"arm": "A", "task": "t1", "score": 0.5}, {"arm": "A", "task": "t2", "score": 0.6},
+                          {"arm": "B", "task": "t3", "score": 0.4}])
+    build_report(results, [Contrast("architecture", "B", "A")], tmp_path / "report", Settings())
+    exclusions = pd.read_csv(tmp_path / "report" / "exclusions.csv")
+    (reason,) = exclusions.loc[exclusions["what"] == "contrast architecture: B − A", "reason"]
+    assert reason == "not evaluated: no task completed by both arms (t3 (no A); t1 (no B); t2 (no B))"
+
+
 def test_a_study_contrast_declares_real_factors(tmp_path):
     import yaml
 
@@ -174,6 +192,47 @@ def test_a_hub_tokenizer_offline_fails_fast_saying_what_to_pass(tiny_study, monk
     with pytest.raises(CheckpointError, match="pass tokenizer=<its tokenizer.json> instead"):
         request.validate()
     assert time.perf_counter() - start < 10
+
+
+def test_init_overrides_the_study_checkpoint_and_keeps_the_checkpoint_tokenizer(shared_study, tmp_path):
+    """init= fine-tunes from its checkpoint even where the study names another one for the twins, and a
+    checkpoint with its own tokenizer.json keeps it over the study's BPE tokenizer."""
+    import shutil
+
+    path, checkpoint, tokenizer = shared_study
+    own = tmp_path / "own"
+    shutil.copytree(checkpoint, own)
+    shutil.copy(tokenizer, own / "tokenizer.json")
+    scratch = ARMS.get("dnabert2_scratch")
+    options = RunRequest.parse({"study": str(path), "arm": scratch.name, "init": str(own)}).options(scratch)
+    assert options.init == str(own) and options.pretrained and options.tokenizer_path is None
+    pretrained = ARMS.get("dnabert2_pretrained")
+    options = RunRequest.parse({"study": str(path), "arm": pretrained.name, "init": str(own)}).options(pretrained)
+    assert options.init == str(own) and options.pretrained
+    # the study's checkpoint has no tokenizer.json: the study's tokenizer serves it
+    assert RunRequest.parse({"study": str(path), "arm": pretrained.name}).options(pretrained).tokenizer_path == tokenizer
+
+
+def test_a_sweep_with_a_convnova_checkpoint_leaves_dnabert2_pretrained_out(tiny_study, tmp_path):
+    from harness.checkpoints import save_checkpoint
+    from harness.models import MODELS
+    from harness.tokenizers import CharTokenizer
+
+    tok, spec = CharTokenizer(), MODELS.get("convnova")
+    architecture = spec.architecture(tok, {"hidden_dim": 16})
+    save_checkpoint(tmp_path / "ckpt", "convnova", architecture, spec.masked_lm(architecture, tok, 0.0), tok, {})
+    request = RunRequest.parse({"study": str(tiny_study), "checkpoint": str(tmp_path / "ckpt")})
+    assert "dnabert2_pretrained" not in request.arms and "convnova_char" in request.arms
+    takes = {name for name in request.arms if request.takes_checkpoint(ARMS.get(name))}
+    assert takes == {"convnova_char"}  # its twin; no other arm holds a ConvNova on single nucleotides
+    assert request.options(ARMS.get("convnova_char")).twin
+
+
+def test_a_study_checkpoint_names_known_arms(tmp_path):
+    raw = TINY_STUDY + "checkpoint: {source: /nowhere, arms: [dnabert2-scratch]}\n"
+    (tmp_path / "s.yaml").write_text(raw)
+    with pytest.raises(StudyError, match=r"checkpoint.arms names unknown arm\(s\) \['dnabert2-scratch'\]"):
+        RunRequest.parse({"study": str(tmp_path / "s.yaml"), "arm": "unet_char"})
 
 
 def test_init_and_a_twin_checkpoint_on_one_scratch_arm_are_refused(shared_study):

@@ -6,7 +6,7 @@ import shlex
 
 import pytest
 
-from conftest import TINY_STUDY
+from conftest import TINY_STUDY, shared_path
 from harness.cli import main as harness
 
 STUDY = TINY_STUDY.replace("tasks: [toy/motif_binary]", "tasks: [toy/motif_binary, toy/motif_multiclass]") + \
@@ -61,16 +61,17 @@ def test_a_checkpoint_goes_only_to_the_arms_it_concerns(tmp_path):
 
     study = tmp_path / "tiny.yaml"
     study.write_text(STUDY)
-    request = RunRequest.parse({"study": str(study), "arms": "kmer_logreg,dnabert2_pretrained", "checkpoint": "/ckpt",
+    ckpt = str(shared_path("fixtures", "dnabert2_tiny", "mlm"))
+    request = RunRequest.parse({"study": str(study), "arms": "kmer_logreg,dnabert2_pretrained", "checkpoint": ckpt,
                                 "n_trials": "3"})
     cells = {(c.arms, c.tasks): c for c in cell_requests(request)}
     assert len(cells) == 4
-    assert {c.checkpoint for (arms, _), c in cells.items() if arms == ("dnabert2_pretrained",)} == {"/ckpt"}
+    assert {c.checkpoint for (arms, _), c in cells.items() if arms == ("dnabert2_pretrained",)} == {ckpt}
     assert {c.checkpoint for (arms, _), c in cells.items() if arms == ("kmer_logreg",)} == {None}
     assert "-P checkpoint" not in command(cells[(("kmer_logreg",), ("toy/motif_binary",))])
     line = command(cells[(("dnabert2_pretrained",), ("toy/motif_binary",))])
     # The budget given stays in the job line even where it equals the study's now (3): the study file may change.
-    assert "-P checkpoint=/ckpt" in line and "-P n_trials=3" in line and "-P seeds" not in line
+    assert f"-P checkpoint={ckpt}" in line and "-P n_trials=3" in line and "-P seeds" not in line
 
 
 def test_a_failed_cell_does_not_stop_the_others_but_a_bug_does(tmp_path, monkeypatch, capsys):
