@@ -58,6 +58,10 @@ def run(args: argparse.Namespace) -> Path:
         else:
             spec = load_study(results.studies[0])
         contrasts += user_contrasts(spec.contrasts)
+        results.family_overrides = dict(spec.families)
+        if spec.families:
+            notes.append(f"task families from {spec.path}: "
+                         + ", ".join(f"{task} → {family}" for task, family in spec.families.items()))
         if spec.contrasts:
             notes.append(f"{len(spec.contrasts)} contrast(s) declared in {spec.path}")
     except StudyError as err:

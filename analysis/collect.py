@@ -7,15 +7,29 @@ FINISHED final runs count. Every run or cell left out is listed in `exclusions` 
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass, field
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.entities import Run
 
 from harness.errors import InputError
-from harness.schema import ARM_TAGS, COST_METRICS, FACTORS, TEST_METRICS, Artifact, Metric, Stage, Tag, query
+from harness.schema import (
+    ARM_TAGS,
+    COST_METRICS,
+    FACTORS,
+    TEST_METRICS,
+    Artifact,
+    Metric,
+    Stage,
+    Tag,
+    overlap_metric,
+    overlap_pair,
+    query,
+)
 from harness.tracking import redact
 
 
@@ -35,6 +49,18 @@ class Results:
     studies: list[str] = field(default_factory=list)
     commits: list[str] = field(default_factory=list)
     study_file: tuple[str, str] | None = None  # (where, text) of the study.yaml the newest parent logged
+    predictions: dict[str, pd.DataFrame] = field(default_factory=dict)  # final run id -> its test_predictions.csv
+    family_overrides: dict[str, str] = field(default_factory=dict)  # task -> family, from the study's analysis:
+
+    def family(self, task: str) -> str:
+        """A task's family: the study's `analysis: families:` entry, else the first part of its name
+        (EMP/H3 -> EMP, prom/prom_300_all -> prom)."""
+        return self.family_overrides.get(task) or task.split("/")[0]
+
+    def identical_replicate_arms(self) -> list[str]:
+        """Arms with a cell whose seeds are identical replicates (the same test metrics on every seed)."""
+        return sorted(set(self.cells.loc[self.cells["identical_replicates"], "arm"])) \
+            if "identical_replicates" in self.cells else []
 
 
 def search(experiment_id: str, stage: str) -> list[Run]:
@@ -95,15 +121,33 @@ def collect(experiment: str, metric: str = Metric.TEST_MCC, study: str | None = 
         raise AnalysisError(f"experiment {experiment!r} has no finished final runs with {metric}; "
                             "see the exclusions:\n" + "\n".join(f"  {e['what']}: {e['reason']}" for e in excluded))
     arms = arm_table(parents)
-    cells = cell_table(runs, metric, tuning_cost(exp.experiment_id, by_id)).merge(
+    predictions = test_predictions(runs, excluded)
+    cells = cell_table(runs, metric, tuning_cost(exp.experiment_id, by_id), predictions).merge(
         parent_table(parents), on=["arm", "task"], how="left")
-    for _, c in cells[cells["n_seeds"] == 1].iterrows():
+    for _, c in cells[cells["n_runs"] == 1].iterrows():
         excluded.append({"what": f"{c['arm']} | {c['task']}",
-                         "reason": "one seed only: no standard deviation and no per-task test over seeds "
-                                   "(its mean still enters the across-task tests)"})
+                         "reason": "one seed only: no standard deviation (its mean still enters the across-task "
+                                   "tests, its predictions the per-task tests)"})
     commits = sorted(set(runs["git_commit"]) - {""})
     return Results(experiment, uri, metric, runs.drop(columns=["end_time"]), cells, arms,
-                   pd.DataFrame(excluded, columns=["what", "reason"]), studies, commits, logged_study_file(parents))
+                   pd.DataFrame(excluded, columns=["what", "reason"]), studies, commits, logged_study_file(parents),
+                   predictions)
+
+
+def test_predictions(runs: pd.DataFrame, excluded: list[dict[str, str]]) -> dict[str, pd.DataFrame]:
+    """Each final run's test_predictions.csv (row, label, prediction, prob_0..prob_{C-1}), read once; a run
+    without it (an older harness, a failed upload) is left out of the per-task tests, stated."""
+    out = {}
+    for r in runs.itertuples():
+        try:
+            text = mlflow.artifacts.load_text(f"runs:/{r.run_id}/{Artifact.TEST_PREDICTIONS}")
+        except Exception as err:  # MLflow raises several types for a missing artifact
+            excluded.append({"what": f"{r.arm} | {r.task} | seed {r.seed}",
+                             "reason": f"final run {r.run_id} has no readable {Artifact.TEST_PREDICTIONS} "
+                                       f"({type(err).__name__}): left out of the per-task tests"})
+            continue
+        out[r.run_id] = pd.read_csv(io.StringIO(text)).sort_values("row").reset_index(drop=True)
+    return out
 
 
 def logged_study_file(parents: list[Run]) -> tuple[str, str] | None:
@@ -153,9 +197,25 @@ PARENT_TAGS = (*FACTORS, Tag.SEARCH_SPACE, Tag.TUNING_BOUNDARY, Tag.TUNING_BOUND
 def parent_table(parents: list[Run]) -> pd.DataFrame:
     """Per (arm variant, task): the factors its parent run recorded (what a contrast may vary or must hold
     equal), how well it was tuned, and where it ran. A factor an older run did not record is ""."""
+    overlaps = [overlap_metric(overlap_pair(a, b, kind)) for a, b in (("train", "dev"), ("train", "test"), ("dev", "test"))
+                for kind in ("exact", "contained")]
     rows = [{"arm": variant_of(p), "task": p.data.tags[Tag.TASK], **{k: p.data.tags.get(k, "") for k in PARENT_TAGS},
-             Metric.BEST_EPOCH_AT_CAP: p.data.metrics.get(Metric.BEST_EPOCH_AT_CAP, math.nan)} for p in parents]
-    return pd.DataFrame(rows, columns=["arm", "task", *PARENT_TAGS, Metric.BEST_EPOCH_AT_CAP])
+             Metric.BEST_EPOCH_AT_CAP: p.data.metrics.get(Metric.BEST_EPOCH_AT_CAP, math.nan),
+             **{m: p.data.metrics.get(m, math.nan) for m in overlaps}} for p in parents]
+    return pd.DataFrame(rows, columns=["arm", "task", *PARENT_TAGS, Metric.BEST_EPOCH_AT_CAP, *overlaps])
+
+
+def overlap_notes(cells: pd.DataFrame) -> list[str]:
+    """One line per task whose splits share sequences (exact or contained, either strand), as its parent runs
+    recorded them: its results may flatter every arm alike (`python -m harness leakage` shows across tasks)."""
+    columns = [c for c in cells.columns if c.startswith("overlap_")]
+    notes = []
+    for task, mine in cells.groupby("task"):
+        found = {c.removeprefix("overlap_"): int(mine[c].max()) for c in columns if mine[c].max() > 0}
+        if found:
+            notes.append(f"{task}: its splits share sequences (" + ", ".join(f"{k} {v}" for k, v in found.items())
+                         + "; reverse complements count): reported, not removed")
+    return notes
 
 
 def tuning_cost(experiment_id: str, parents: dict[str, Run]) -> pd.DataFrame:
@@ -173,16 +233,38 @@ def tuning_cost(experiment_id: str, parents: dict[str, Run]) -> pd.DataFrame:
         tuning_flops=("tuning_flops", "sum"))
 
 
-def cell_table(runs: pd.DataFrame, metric: str, tuning: pd.DataFrame) -> pd.DataFrame:
-    """One row per (arm, task): the metric's mean and sd over seeds, and the compute behind it."""
+def same_predictions(run_ids: list[str], predictions: dict[str, pd.DataFrame]) -> bool:
+    """Whether these runs logged the same class probabilities for every test sequence (True when any of
+    them logged none: the metrics alone then decide)."""
+    frames = [predictions[r].filter(like="prob_").to_numpy(float) for r in run_ids if r in predictions]
+    if len(frames) < len(run_ids):
+        return True
+    return all(f.shape == frames[0].shape and np.allclose(f, frames[0], rtol=0, atol=1e-9) for f in frames[1:])
+
+
+def cell_table(runs: pd.DataFrame, metric: str, tuning: pd.DataFrame,
+               predictions: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+    """One row per (arm, task): the metric's mean and sd over seeds, and the compute behind it.
+
+    Seeds that gave the same value of every test metric and, where they logged them, the same class
+    probabilities on every test sequence are identical replicates (a deterministic solver such as kmer_logreg
+    ignores the seed): they are one observation, so the cell counts one seed (n_seeds = 1, no sd); n_runs
+    keeps the number of final runs. The probabilities keep a model that collapsed to one class on every seed
+    (the same MCC of 0, different weights) from passing for a deterministic one."""
     g = runs.groupby(["arm", "task"])
-    cells = g.agg(n_seeds=("seed", "size"),
+    cells = g.agg(n_runs=("seed", "size"),
                   **{f"{m}_mean": (m, "mean") for m in TEST_METRICS},
                   **{f"{m}_sd": (m, "std") for m in TEST_METRICS},
                   final_seconds=("train_seconds", "sum"), final_flops=("flops", "sum"),
                   params=("params", "first"), pretrain_seconds=("pretrain_seconds", "first"),
                   pretrain_flops=("pretrain_flops", "first"),
                   pretrain_gpu_hours=("pretrain_gpu_hours", "first")).reset_index()
+    identical = g[list(TEST_METRICS)].agg(lambda x: x.round(12).nunique(dropna=False) == 1).all(axis=1)
+    same = g["run_id"].agg(lambda ids: same_predictions(list(ids), predictions or {}))
+    cells["identical_replicates"] = (cells["n_runs"] > 1) & identical.to_numpy() & same.to_numpy()
+    cells.insert(2, "n_seeds", cells["n_runs"].where(~cells["identical_replicates"], 1))
+    for m in TEST_METRICS:
+        cells.loc[cells["identical_replicates"], f"{m}_sd"] = math.nan
     cells = cells.merge(tuning, on=["arm", "task"], how="left")
     cells[["trials_run", "tuning_seconds", "tuning_flops"]] = cells[["trials_run", "tuning_seconds", "tuning_flops"]].fillna(0)
     # What this arm's number on this task cost, tuning and final seeds together (pretraining apart).

@@ -110,7 +110,7 @@ class Evaluation:
     contrast: Contrast
     row: dict  # one line of contrasts.csv
     diffs: pd.Series  # per task: mean(a) − mean(b)
-    per_task: pd.DataFrame  # per task: the paired test over seeds
+    per_task: pd.DataFrame  # per task: the paired bootstrap over test sequences
     unlike: dict[str, list[str]] = field(default_factory=dict)  # task -> factors that differ (left out)
 
 
@@ -123,7 +123,8 @@ def comparable_tasks(c: Contrast, results: Results) -> tuple[list[str], list[str
     return [t for t in sorted(tasks_a & tasks_b) if t not in unlike], missing, unlike
 
 
-def evaluate(c: Contrast, results: Results, alpha: float, rope: float, seed: int = 0) -> Evaluation:
+def evaluate(c: Contrast, results: Results, alpha: float, rope: float, seed: int = 0,
+             n_resamples: int = 9999) -> Evaluation:
     cells = results.cells.set_index(["arm", "task"])
     common, left_out, unlike = comparable_tasks(c, results)
     left_out += [f"{t} ({'; '.join(d)})" for t, d in unlike.items()]
@@ -131,7 +132,10 @@ def evaluate(c: Contrast, results: Results, alpha: float, rope: float, seed: int
     b = np.array([cells.loc[(c.b, t), "score_mean"] for t in common], dtype=float)
     d = np.round(a - b, DIFF_DECIMALS)
     test = stats.signed_rank(d, alpha)
-    lo, hi = stats.median_ci(d, seed=seed)
+    lo, hi = stats.median_ci(d, n_resamples=n_resamples, seed=seed)
+    families = [results.family(t) for t in common]
+    cluster_lo, cluster_hi = stats.cluster_median_ci(d, families, n_resamples=n_resamples, seed=seed)
+    hl, hl_lo, hl_hi, hl_method = stats.hodges_lehmann(d)
     p_a, p_equal, p_b = stats.bayesian_signed_rank(a, b, rope, seed) if len(d) >= 2 else (math.nan,) * 3
     row = {
         "contrast": c.label, "effect": c.effect, "a": c.a, "b": c.b, "varies": ",".join(sorted(c.allowed)),
@@ -139,14 +143,16 @@ def evaluate(c: Contrast, results: Results, alpha: float, rope: float, seed: int
         "n_tasks": len(d), "tasks_left_out": "; ".join(left_out),
         "wins": int(np.sum(d > 0)), "ties": int(np.sum(d == 0)), "losses": int(np.sum(d < 0)),
         "median_difference": float(np.median(d)) if len(d) else math.nan, "ci_low": lo, "ci_high": hi,
+        "n_families": len(set(families)), "cluster_ci_low": cluster_lo, "cluster_ci_high": cluster_hi,
+        "hl_estimate": hl, "hl_ci_low": hl_lo, "hl_ci_high": hl_hi, "hl_method": hl_method,
         "mean_difference": float(np.mean(d)) if len(d) else math.nan,
         "wilcoxon_T": test.statistic, "r_plus": test.r_plus, "r_minus": test.r_minus, "n_zero": test.n_zero,
         "p": test.p, "p_holm": math.nan, "p_method": test.method, "note": test.note,
         "p_a_better": p_a, "p_equivalent": p_equal, "p_b_better": p_b, "rope": rope,
         **cost_columns(results.cells, c, common),
     }
-    return Evaluation(c, row, pd.Series(d, index=common, name=c.label), per_task_tests(c, results, common, alpha),
-                      unlike)
+    return Evaluation(c, row, pd.Series(d, index=common, name=c.label),
+                      per_task_tests(c, results, common, alpha, seed, n_resamples), unlike)
 
 
 def cost_columns(cells: pd.DataFrame, c: Contrast, tasks: list[str]) -> dict[str, float | str]:
@@ -173,17 +179,57 @@ def ratio(x: float, y: float) -> float:
     return x / y if y and math.isfinite(x) and math.isfinite(y) and y > 0 and x > 0 else math.nan
 
 
-def per_task_tests(c: Contrast, results: Results, tasks: list[str], alpha: float) -> pd.DataFrame:
-    """Within each task: a paired t-test over the final seeds (paired by seed), Holm-adjusted over tasks."""
-    runs = results.runs.set_index("seed")
+PER_TASK_COLUMNS = ["contrast", "task", "n_test", "n_seeds_a", "n_seeds_b", "mcc_a", "mcc_b", "mcc_difference",
+                    "ci_low", "ci_high", "p", "note"]
+
+
+def seed_averaged(results: Results, arm: str, task: str) -> tuple[pd.DataFrame | None, int, str]:
+    """(label and class probabilities averaged over the arm's final seeds on `task`, seeds used, why not):
+    the arm's prediction is the argmax of the mean probability, an ensemble of its seeds. Identical
+    replicates count as one seed."""
+    runs = results.runs[(results.runs["arm"] == arm) & (results.runs["task"] == task)]
+    ids = runs["run_id"] if "run_id" in runs else []  # Results built by hand may carry no run ids
+    frames = [results.predictions[r] for r in ids if r in results.predictions]
+    if not frames:
+        return None, 0, f"no {arm} seed logged test predictions"
+    rows, labels = frames[0]["row"].to_numpy(), frames[0]["label"].to_numpy()
+    if any(len(f) != len(rows) or (f["row"].to_numpy() != rows).any() or (f["label"].to_numpy() != labels).any()
+           for f in frames[1:]):
+        return None, 0, f"{arm}'s seeds were scored on different test sequences"
+    columns = sorted((c for c in frames[0].columns if c.startswith("prob_")), key=lambda c: int(c.split("_")[1]))
+    mean = sum(f[columns].to_numpy(float) for f in frames) / len(frames)
+    cell = results.cells[(results.cells["arm"] == arm) & (results.cells["task"] == task)]
+    n_seeds = int(cell["n_seeds"].iloc[0]) if "n_seeds" in cell and len(cell) else len(frames)
+    return pd.DataFrame({"row": rows, "label": labels}).join(pd.DataFrame(mean, columns=columns)), \
+        min(n_seeds, len(frames)), ""
+
+
+def per_task_tests(c: Contrast, results: Results, tasks: list[str], alpha: float, seed: int = 0,
+                   n_resamples: int = 9999) -> pd.DataFrame:
+    """Within each task, A and B on the same test sequences: a paired bootstrap over the sequences of the MCC
+    difference, each arm's predictions from its seed-averaged probabilities (stats.paired_bootstrap_mcc);
+    Holm-adjusted over the tasks of the contrast. The two arms' seeds share no randomness, so pairing by
+    seed would pair nothing; the test sequences are what both arms share."""
     rows = []
     for task in tasks:
-        mine = runs[runs["task"] == task]
-        n, diff, t, p, note = stats.paired_t_over_seeds(mine.loc[mine["arm"] == c.a, results.metric],
-                                                        mine.loc[mine["arm"] == c.b, results.metric])
-        rows.append({"contrast": c.label, "task": task, "n_seeds": n, "mean_difference": diff, "t": t, "p": p,
-                     "note": note})
-    frame = pd.DataFrame(rows, columns=["contrast", "task", "n_seeds", "mean_difference", "t", "p", "note"])
+        row = {"contrast": c.label, "task": task, "n_test": 0, "n_seeds_a": 0, "n_seeds_b": 0, "mcc_a": math.nan,
+               "mcc_b": math.nan, "mcc_difference": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+               "p": math.nan, "note": ""}
+        (pa, row["n_seeds_a"], why_a), (pb, row["n_seeds_b"], why_b) = (seed_averaged(results, arm, task)
+                                                                        for arm in (c.a, c.b))
+        if pa is None or pb is None:
+            row["note"] = "; ".join(w for w in (why_a, why_b) if w)
+        elif len(pa) != len(pb) or (pa["row"].to_numpy() != pb["row"].to_numpy()).any() \
+                or (pa["label"].to_numpy() != pb["label"].to_numpy()).any():
+            row["note"] = "the arms were scored on different test sequences: no paired test"
+        else:
+            probs = [p.filter(like="prob_").to_numpy(float) for p in (pa, pb)]
+            test = stats.paired_bootstrap_mcc(pa["label"].to_numpy(), *probs, n_resamples=n_resamples,
+                                              seed=seed)
+            row.update(n_test=test.n, mcc_a=test.mcc_a, mcc_b=test.mcc_b, mcc_difference=test.difference,
+                       ci_low=test.ci_low, ci_high=test.ci_high, p=test.p)
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=PER_TASK_COLUMNS)
     frame["p_holm"] = stats.holm(frame["p"].to_numpy()) if len(frame) else []
     frame["significant"] = frame["p_holm"] < alpha
     return frame
@@ -218,6 +264,7 @@ def sentence(row: dict, alpha: float) -> str:
     ci = (f" [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]" if math.isfinite(row["ci_low"]) else
           " (too few tasks for a confidence interval)")
     text = f"{what} ({row['a']} vs {row['b']}) {result}, median {med:+.3f}{ci}"
+    text += family_clause(row)
     if math.isfinite(row["p_holm"]):
         verdict = "significant" if row["p_holm"] < alpha else "not significant"
         text += f", Holm p = {row['p_holm']:.3g} ({verdict} at {alpha:g})"
@@ -233,6 +280,25 @@ def sentence(row: dict, alpha: float) -> str:
         if pretraining:
             text += f" plus {pretraining} of pretraining"
     return text + "."
+
+
+def excludes_zero(low: float, high: float) -> bool:
+    return math.isfinite(low) and math.isfinite(high) and (low > 0 or high < 0)
+
+
+def family_clause(row: dict) -> str:
+    """Where the task-level and the family-level (cluster bootstrap) intervals of the median disagree on
+    whether 0 is plausible, say so: tasks of one family are not independent evidence."""
+    if row.get("n_families", 0) < 2 or not math.isfinite(row.get("cluster_ci_low", math.nan)):
+        return ""
+    task_level, family_level = (excludes_zero(row[f"{p}_low"], row[f"{p}_high"]) for p in ("ci", "cluster_ci"))
+    span = f"[{row['cluster_ci_low']:+.3f}, {row['cluster_ci_high']:+.3f}]"
+    if task_level and not family_level:
+        return (f" (but resampling its {row['n_families']} task families as well, the interval {span} includes 0:"
+                " the effect rests on few families)")
+    if family_level and not task_level:
+        return f" (resampling its {row['n_families']} task families as well, the interval {span} excludes 0)"
+    return ""
 
 
 def pretraining_phrase(row: dict, side: str) -> str:

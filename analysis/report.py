@@ -19,7 +19,7 @@ import pandas as pd
 from harness import figures
 
 from . import stats
-from .collect import Results
+from .collect import Results, overlap_notes
 from .contrasts import Contrast, Evaluation, adjust, duration, evaluate, sentence
 
 
@@ -51,6 +51,7 @@ def build_report(results: Results, contrasts: list[Contrast], out: Path, setting
 
 
 def write_report(results: Results, contrasts: list[Contrast], folder: Path, s: Settings, notes: list[str]) -> None:
+    notes = notes + overlap_notes(results.cells)
     exclusions = results.exclusions.copy()
     present = set(results.cells["arm"])
     evaluations: list[Evaluation] = []
@@ -79,6 +80,7 @@ def write_report(results: Results, contrasts: list[Contrast], folder: Path, s: S
     if block_note:
         exclusions.loc[len(exclusions)] = ["Friedman / Nemenyi", block_note]
     cost = cost_table(results, rank_block)
+    families = family_table(results)
     adequacy = tuning_adequacy(results.cells)
 
     fig = folder / "figures"
@@ -101,6 +103,7 @@ def write_report(results: Results, contrasts: list[Contrast], folder: Path, s: S
     contrast_table.to_csv(folder / "contrasts.csv", index=False)
     per_task.to_csv(folder / "per_task_tests.csv", index=False)
     cost.to_csv(folder / "cost.csv", index=False)
+    families.to_csv(folder / "families.csv", index=False)
     exclusions.to_csv(folder / "exclusions.csv", index=False)
     adequacy.to_csv(folder / "tuning_adequacy.csv", index=False)
     if friedman is not None:
@@ -108,7 +111,7 @@ def write_report(results: Results, contrasts: list[Contrast], folder: Path, s: S
         pd.DataFrame([friedman_row(friedman)]).to_csv(folder / "friedman.csv", index=False)
         stats.nemenyi_pairs(friedman).to_csv(folder / "nemenyi.csv", index=False)
     (folder / "report.md").write_text(markdown(results, evaluations, per_task, friedman, cost, exclusions, adequacy,
-                                               s, notes))
+                                               s, notes, families))
 
 
 def difference_png(c: Contrast) -> str:
@@ -139,6 +142,15 @@ def friedman_block(results: Results, alpha: float) -> tuple[pd.DataFrame, stats.
                      f"arms on {len(complete)} common tasks")
         return complete, None, "; ".join(notes)
     return complete, stats.friedman(complete, alpha), "; ".join(notes)
+
+
+def family_table(results: Results) -> pd.DataFrame:
+    """Per task family and arm: the number of tasks and the mean of the arm's per-task means (each task
+    weighs the same within its family)."""
+    cells = results.cells.assign(family=[results.family(t) for t in results.cells["task"]])
+    out = cells.groupby(["family", "arm"], as_index=False).agg(n_tasks=("task", "size"),
+                                                                 mean=("score_mean", "mean"))
+    return out[["family", "arm", "n_tasks", "mean"]]
 
 
 def friedman_row(f: stats.Friedman) -> dict:
@@ -215,7 +227,7 @@ def fmt_p(p: float) -> str:
 
 def markdown(results: Results, evaluations: list[Evaluation], per_task: pd.DataFrame,
              friedman: stats.Friedman | None, cost: pd.DataFrame, exclusions: pd.DataFrame,
-             adequacy: pd.DataFrame, s: Settings, notes: list[str]) -> str:
+             adequacy: pd.DataFrame, s: Settings, notes: list[str], families: pd.DataFrame | None = None) -> str:
     m = results.metric
     lines = [f"# Analysis of experiment `{results.experiment}`", "",
              f"Tracking URI `{results.tracking_uri}`; study {', '.join(results.studies)}; metric `{m}` on test; "
@@ -230,7 +242,21 @@ def markdown(results: Results, evaluations: list[Evaluation], per_task: pd.DataF
                          for mu, sd, n in zip(c["score_mean"], c["score_sd"], c["n_seeds"])])
     wide = table.pivot(index="task", columns="arm", values="value").fillna("–").reset_index()
     lines += ["## Results", "", f"`{m}`: mean ± standard deviation over final seeds (number of seeds).", "",
-              md_table(wide), "", "![scores by task](figures/scores_by_task.png)", ""]
+              md_table(wide), ""]
+    for arm in results.identical_replicate_arms():
+        mine = results.cells[results.cells["arm"] == arm]
+        lines += [f"- {arm}: its seeds gave identical test metrics on {int(mine['identical_replicates'].sum())} of "
+                  f"{len(mine)} tasks, and the same predicted probabilities where they were logged (the solver "
+                  "ignores the seed), so each of those counts as one seed: no standard deviation."]
+    if results.identical_replicate_arms():
+        lines += [""]
+    lines += ["![scores by task](figures/scores_by_task.png)", ""]
+    if families is not None and len(families):
+        fam = families.assign(value=[f"{mu:.3f} ({n})" for mu, n in zip(families["mean"], families["n_tasks"])])
+        lines += ["### By task family", "",
+                  f"Mean of the per-task means of `{m}` within each family (number of tasks). A family is the first "
+                  "part of a task's name unless the study's `analysis: families:` says otherwise.", "",
+                  md_table(fam.pivot(index="family", columns="arm", values="value").fillna("–").reset_index()), ""]
 
     lines += ["## Contrasts", ""]
     if not evaluations:
@@ -242,6 +268,10 @@ def markdown(results: Results, evaluations: list[Evaluation], per_task: pd.DataF
             "R+": e.row["r_plus"], "R−": e.row["r_minus"], "p": fmt_p(e.row["p"]), "Holm p": fmt_p(e.row["p_holm"]),
             "median [95% CI]": (f"{e.row['median_difference']:+.3f} [{e.row['ci_low']:+.3f}, {e.row['ci_high']:+.3f}]"
                                 if math.isfinite(e.row["ci_low"]) else f"{e.row['median_difference']:+.3f}"),
+            "families: CI": (f"{e.row['n_families']}: [{e.row['cluster_ci_low']:+.3f}, {e.row['cluster_ci_high']:+.3f}]"
+                             if math.isfinite(e.row["cluster_ci_low"]) else f"{e.row['n_families']}: –"),
+            "HL [95% CI]": (f"{e.row['hl_estimate']:+.3f} [{e.row['hl_ci_low']:+.3f}, {e.row['hl_ci_high']:+.3f}]"
+                            if math.isfinite(e.row["hl_ci_low"]) else f"{e.row['hl_estimate']:+.3f}"),
             "W/T/L": f"{e.row['wins']}/{e.row['ties']}/{e.row['losses']}",
             "P(A) / P(=) / P(B)": (f"{e.row['p_a_better']:.2f} / {e.row['p_equivalent']:.2f} / {e.row['p_b_better']:.2f}"
                                    if math.isfinite(e.row["p_a_better"]) else "–"),
@@ -253,16 +283,26 @@ def markdown(results: Results, evaluations: list[Evaluation], per_task: pd.DataF
                   "exact when there are no ties or zeros (n ≤ 50), an exact permutation over all 2^n sign "
                   f"assignments when there are (n ≤ {stats.EXACT_PERMUTATION_MAX_N}), else the normal approximation "
                   f"with tie correction. With fewer than {stats.tasks_needed(s.alpha)} tasks no p below {s.alpha:g} is "
-                  "possible, so none is printed. The median's 95% interval is a percentile bootstrap (9,999 "
-                  f"resamples, seed {s.seed}). Holm's adjustment runs over the contrasts above that have a p-value. "
+                  "possible, so none is printed. The median's 95% interval is a percentile bootstrap over tasks "
+                  f"(9,999 resamples, seed {s.seed}); \"families: CI\" is the same for the median but resamples task "
+                  "families "
+                  "first, then tasks within each drawn family (two-stage cluster bootstrap), because tasks of one "
+                  "family are not independent; with one family it is the task interval. HL: the Hodges–Lehmann "
+                  "estimate (median of the Walsh averages (d_i + d_j)/2) with the interval that inverts the "
+                  "signed-rank test (Hollander & Wolfe 1999; exact critical values up to 50 tasks, normal "
+                  "approximation above; none below 6 tasks): the estimate and interval that match the p-value. "
+                  "Holm's adjustment runs over the contrasts above that have a p-value. "
                   "P(A) / P(=) / P(B): Bayesian signed-rank test (Benavoli et al. 2017; Dirichlet process, prior "
                   f"strength 0.5 at zero, 50,000 samples), equivalence within ±{s.rope:g}. compute A/B: mean "
                   "compute per task (tuning trials and final seeds, seconds), pretraining apart.", ""]
         lines += [f"![{e.contrast.label}](figures/{difference_png(e.contrast)})" for e in evaluations] + [""]
-        lines += ["### Per task, over seeds", "",
-                  "Paired t-test of the final runs paired by seed, Holm-adjusted over the tasks of a contrast. "
-                  "With a study's few seeds these tests have little power: they flag tasks, the across-task test "
-                  "decides.", "",
+        lines += ["### Per task, on the same test sequences", "",
+                  "Each arm's prediction is the argmax of its class probabilities averaged over its final seeds; "
+                  "the two arms' MCC difference is bootstrapped over the test sequences both were scored on "
+                  f"(paired: one draw of sequences scores both arms; 9,999 resamples, seed {s.seed}). CI: the 2.5 "
+                  "and 97.5 percentiles; p: twice the share of resampled differences on the other side of 0; Holm "
+                  "over the tasks of a contrast. This asks whether these two trained systems differ on this test "
+                  "set, not whether another training run would: the across-task test answers that.", "",
                   md_table(per_task.assign(p=per_task["p"].map(fmt_p), p_holm=per_task["p_holm"].map(fmt_p))), ""]
 
     lines += ["## All arms: Friedman test and Nemenyi critical difference", ""]
@@ -313,6 +353,7 @@ def markdown(results: Results, evaluations: list[Evaluation], per_task: pd.DataF
     lines += ["## Exclusions", ""]
     lines += [md_table(exclusions) if len(exclusions) else "Nothing was excluded.", ""]
     lines += ["Files: runs.csv (one row per arm, task, seed), cells.csv (per arm and task, with the factors each "
-              "contrast checks), contrasts.csv, per_task_tests.csv, ranks.csv, friedman.csv, nemenyi.csv, cost.csv, "
+              "contrast checks), families.csv, contrasts.csv, per_task_tests.csv, ranks.csv, friedman.csv, "
+              "nemenyi.csv, cost.csv, "
               "tuning_adequacy.csv, exclusions.csv, figures/.", ""]
     return "\n".join(lines)

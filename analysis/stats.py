@@ -10,6 +10,9 @@ multiple data sets", JMLR 7:
   - Holm's step-down adjustment across the contrasts of one report.
 and Benavoli et al. (2017), "Time for a change: a tutorial for comparing multiple classifiers through
 Bayesian analysis", JMLR 18, for the Bayesian signed-rank test with a region of practical equivalence.
+Beside the median's bootstrap interval over tasks: a two-stage cluster bootstrap over task families
+(`cluster_median_ci`) and the Hodges-Lehmann estimate with the interval that inverts the signed-rank test
+(`hodges_lehmann`). Within one task: a paired bootstrap over test sequences (`paired_bootstrap_mcc`).
 """
 
 from __future__ import annotations
@@ -89,6 +92,80 @@ def median_ci(d: np.ndarray, confidence: float = 0.95, n_resamples: int = 9999,
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+def cluster_median_ci(d: np.ndarray, families: list[str] | np.ndarray, confidence: float = 0.95,
+                      n_resamples: int = 9999, seed: int = 0) -> tuple[float, float]:
+    """Two-stage cluster bootstrap percentile interval of the median difference (Davison & Hinkley 1997,
+    "Bootstrap Methods and their Application", section 3.8, strategy of resampling clusters and then units
+    within them; Field & Welsh 2007, "Bootstrapping clustered data", JRSS B 69). Each resample draws as many families as there are, with
+    replacement, then as many tasks as the drawn family has, with replacement, from that family; the
+    statistic is the median of the pooled draw, as in `median_ci`. Tasks of one family (all EMP histone
+    marks, say) are not independent evidence, so the interval widens when the families disagree.
+
+    With a single family the first stage always draws that family, so the procedure is the task bootstrap:
+    the interval is `median_ci`'s (same resamples, same seed), and it cannot show between-family variation.
+    NaN below 3 tasks, as `median_ci`."""
+    d = np.asarray(d, dtype=float)
+    families = np.asarray(families, dtype=object)
+    if len(d) != len(families):
+        raise ValueError(f"{len(d)} differences but {len(families)} family labels")
+    groups = [d[families == f] for f in dict.fromkeys(families)]  # first-seen order: reproducible
+    if len(groups) <= 1 or len(d) < 3 or np.all(d == d[0]):
+        return median_ci(d, confidence, n_resamples, seed)
+    rng = np.random.default_rng(seed)
+    medians = np.empty(n_resamples)
+    for r in range(n_resamples):
+        drawn = rng.integers(0, len(groups), len(groups))
+        medians[r] = np.median(np.concatenate([rng.choice(groups[g], len(groups[g])) for g in drawn]))
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(medians, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def signed_rank_null_counts(n: int) -> np.ndarray:
+    """counts[t] = number of the 2**n sign assignments of the ranks 1..n whose positive rank sum is t (the
+    exact null distribution of Wilcoxon's T+ without ties): the coefficients of prod_i (1 + x**i)."""
+    counts = np.zeros(n * (n + 1) // 2 + 1)
+    counts[0] = 1
+    for i in range(1, n + 1):
+        counts[i:] = counts[i:] + counts[:-i].copy()
+    return counts
+
+
+HL_EXACT_MAX_N = 50  # as `signed_rank`: exact critical values up to here, the normal approximation above
+
+
+def hodges_lehmann(d: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float, str]:
+    """Hodges-Lehmann estimate of the location of the paired differences with the confidence interval that
+    inverts the two-sided Wilcoxon signed-rank test (Hodges & Lehmann 1963; Hollander & Wolfe 1999,
+    "Nonparametric Statistical Methods", 2nd ed., section 3.2 and 3.3). Returns (estimate, low, high, method).
+
+    The M = n(n+1)/2 Walsh averages (d_i + d_j)/2, i <= j, sorted as W(1) <= ... <= W(M): the estimate is
+    their median, the interval [W(C), W(M + 1 - C)], where C is the largest integer with
+    P(T+ <= C - 1) <= alpha/2 under the null (exact for n <= 50; above, H&W's normal approximation
+    C = n(n+1)/4 - z_{alpha/2} sqrt(n(n+1)(2n+1)/24), rounded down). The coverage is at least `confidence`
+    (exactly so without ties). Where no such C >= 1 exists (n < 6 at 95%), the bounds are NaN: no interval
+    at this level exists, as no p below alpha does."""
+    d = np.asarray(d, dtype=float)
+    n = len(d)
+    if n == 0:
+        return math.nan, math.nan, math.nan, "none"
+    i, j = np.triu_indices(n)
+    walsh = np.sort((d[i] + d[j]) / 2)
+    estimate = float(np.median(walsh))
+    m, alpha = len(walsh), 1 - confidence
+    if n <= HL_EXACT_MAX_N:
+        cdf = np.cumsum(signed_rank_null_counts(n)) / 2.0**n  # cdf[t] = P(T+ <= t)
+        c = int(np.sum(cdf <= alpha / 2))  # P(T+ <= c - 1) <= alpha/2 for exactly these c - 1 = 0..c-1
+        method = "exact"
+    else:
+        z = stats.norm.ppf(1 - alpha / 2)
+        c = math.floor(n * (n + 1) / 4 - z * math.sqrt(n * (n + 1) * (2 * n + 1) / 24))
+        method = "normal approximation"
+    if c < 1:
+        return estimate, math.nan, math.nan, f"{n} differences are too few for a {confidence:.0%} interval"
+    return estimate, float(walsh[c - 1]), float(walsh[m - c]), method
+
+
 def holm(p: list[float] | np.ndarray) -> np.ndarray:
     """Holm's step-down adjusted p-values; NaN entries (no test) are left out of the family and stay NaN."""
     p = np.asarray(p, dtype=float)
@@ -118,17 +195,67 @@ def bayesian_signed_rank(a: np.ndarray, b: np.ndarray, rope: float, seed: int = 
     return float(left), float(equivalent), float(right)
 
 
-def paired_t_over_seeds(a: pd.Series, b: pd.Series) -> tuple[int, float, float, float, str]:
-    """Paired t-test of one task's final runs, paired by seed: (n seeds, mean difference, t, p, note)."""
-    seeds = sorted(set(a.index) & set(b.index))
-    d = a.loc[seeds].to_numpy(float) - b.loc[seeds].to_numpy(float)
-    if len(d) < 2:
-        return len(d), float(d.mean()) if len(d) else math.nan, math.nan, math.nan, \
-            f"{len(d)} common seed(s): a paired test needs at least 2"
-    if np.all(d == d[0]):
-        return len(d), float(d[0]), math.nan, math.nan, "the difference is the same for every seed: t undefined"
-    res = stats.ttest_rel(a.loc[seeds].to_numpy(float), b.loc[seeds].to_numpy(float))
-    return len(d), float(d.mean()), float(res.statistic), float(res.pvalue), ""
+def mcc_from_confusion(confusion: np.ndarray) -> np.ndarray:
+    """Matthews correlation of a stack of confusion matrices [..., true class, predicted class], by the
+    formula sklearn.metrics.matthews_corrcoef uses (Gorodkin 2004's multiclass R_K; 0 where it is 0/0).
+    It exists because the bootstrap needs thousands of MCCs per task: one bincount per chunk of resamples
+    instead of one sklearn call per resample; tests/test_analysis.py checks it against harness.metrics (sklearn)."""
+    c = np.asarray(confusion, dtype=float)
+    t_sum, p_sum = c.sum(axis=-1), c.sum(axis=-2)
+    n = t_sum.sum(axis=-1)
+    correct = np.trace(c, axis1=-2, axis2=-1)
+    cov_tp = correct * n - np.sum(t_sum * p_sum, axis=-1)
+    cov_pp = n**2 - np.sum(p_sum * p_sum, axis=-1)
+    cov_tt = n**2 - np.sum(t_sum * t_sum, axis=-1)
+    denominator = np.sqrt(cov_tt * cov_pp)
+    return np.divide(cov_tp, denominator, out=np.zeros_like(cov_tp), where=denominator > 0)
+
+
+@dataclass(frozen=True)
+class PairedBootstrap:
+    n: int  # test sequences
+    mcc_a: float
+    mcc_b: float
+    difference: float  # mcc_a - mcc_b on the whole test set
+    ci_low: float
+    ci_high: float
+    p: float
+
+
+def paired_bootstrap_mcc(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, confidence: float = 0.95,
+                         n_resamples: int = 9999, seed: int = 0, chunk: int = 500) -> PairedBootstrap:
+    """Paired bootstrap over test sequences of the MCC difference of two classifiers scored on the same
+    test set (Efron & Tibshirani 1993, ch. 15-16; as used for comparing systems on one test set by
+    Koehn 2004, "Statistical significance tests for machine translation evaluation", EMNLP). Each resample
+    draws n sequences with replacement and scores both arms on that same draw, so the sequences' difficulty
+    cancels. CI: percentiles of the resampled differences. p, two-sided: the share of resampled
+    differences on the other side of 0 from the observed one (0 counted as the other side), doubled, with
+    one added to count and total so it is never 0 (as for Monte Carlo tests, Davison & Hinkley 1997, ch. 4),
+    at most 1.
+    The observed MCCs come from harness.metrics (sklearn)."""
+    from harness.metrics import classification_metrics
+
+    labels = np.asarray(labels, dtype=int)
+    probs_a, probs_b = np.asarray(probs_a, dtype=float), np.asarray(probs_b, dtype=float)
+    k = probs_a.shape[1]
+    mcc_a, mcc_b = (classification_metrics(labels, p)["mcc"] for p in (probs_a, probs_b))
+    observed = mcc_a - mcc_b
+    # A sequence's cell in each arm's confusion matrix; a resample's matrices are bincounts of its draw.
+    cell_a, cell_b = labels * k + probs_a.argmax(axis=1), labels * k + probs_b.argmax(axis=1)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_resamples)
+    for start in range(0, n_resamples, chunk):
+        size = min(chunk, n_resamples - start)
+        draw = rng.integers(0, len(labels), (size, len(labels)))
+        offset = np.arange(size)[:, None] * k * k  # one block of k*k cells per resample
+        conf = [np.bincount((offset + cell[draw]).ravel(), minlength=size * k * k).reshape(size, k, k)
+                for cell in (cell_a, cell_b)]
+        diffs[start:start + size] = mcc_from_confusion(conf[0]) - mcc_from_confusion(conf[1])
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(diffs, [tail, 100 - tail])
+    other_side = np.sum(diffs <= 0) if observed > 0 else np.sum(diffs >= 0) if observed < 0 else n_resamples
+    p = min(1.0, 2 * (int(other_side) + 1) / (n_resamples + 1))
+    return PairedBootstrap(len(labels), mcc_a, mcc_b, float(observed), float(low), float(high), p)
 
 
 # ------------------------------------------------------------------------------ many arms: Friedman

@@ -1,5 +1,5 @@
-"""Command line: ``python -m harness run|sweep|plan|pretrain|tokenizer|list`` (the MLproject's entry points
-call them). Each command parses its parameters once into a request (`request.py`) and hands it on.
+"""Command line: ``python -m harness run|sweep|plan|pretrain|tokenizer|leakage|list`` (the MLproject's entry
+points call them). Each command parses its parameters once into a request (`request.py`) and hands it on.
 
 A problem the user can fix prints as `error: ...` and exits 2 (bad input) or 1 (a run that could not finish),
 see `errors.py`; Ctrl-C or SIGTERM ends runs KILLED and exits 130; anything else is a bug and keeps its
@@ -67,16 +67,33 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--vocab-size", default="4096", help="BPE vocabulary when training a tokenizer (default: 4096)")
     pre.add_argument("--experiment", default="pretrain", help="MLflow experiment (default: pretrain)")
     pre.add_argument("--output", default="", help="also write the checkpoint to this local folder")
+    add_exclude_eval_argument(pre)
 
     tok = sub.add_parser("tokenizer", help="train a BPE tokenizer on a corpus and log it to MLflow")
     tok.add_argument("--corpus", required=True, help="FASTA (.gz ok), a CSV, or a GUE-layout folder (train.csv only)")
     tok.add_argument("--vocab-size", default="4096", help="vocabulary size including 5 special tokens")
     tok.add_argument("--window", default="512", help="window length in nucleotides (default: 512)")
     tok.add_argument("--experiment", default="tokenizers", help="MLflow experiment (default: tokenizers)")
+    add_exclude_eval_argument(tok)
+
+    leak = sub.add_parser("leakage", help="sequences shared within and across a GUE folder's tasks and splits "
+                                          "(exact and contained, either strand): CSV, summary, heat map, MLflow")
+    leak.add_argument("--data", required=True, help="GUE-layout root (<data>/<family>/<task>/{train,dev,test}.csv)")
+    leak.add_argument("--tasks", default="", help="comma-separated tasks (default: every task under data)")
+    leak.add_argument("--out", default="reports/leakage", help="folder for leakage.csv/.md/.png (default: "
+                                                                 "reports/leakage)")
+    leak.add_argument("--experiment", default="leakage", help="MLflow experiment (default: leakage)")
 
     lst = sub.add_parser("list", help="list registered arms, tasks and studies")
     lst.add_argument("what", nargs="?", choices=["arms", "tasks", "studies"], help="only this registry")
     return parser
+
+
+def add_exclude_eval_argument(parser: argparse.ArgumentParser) -> None:
+    """Keep a corpus clear of evaluation data (pretrain, tokenizer)."""
+    parser.add_argument("--exclude-eval", default="", help="a GUE-layout root: drop every corpus window that equals, "
+                        "contains or lies inside one of its dev/test sequences (either strand). A GUE-folder corpus is "
+                        "always checked against its own dev/test sequences")
 
 
 def add_arms_argument(parser: argparse.ArgumentParser) -> None:
@@ -113,6 +130,9 @@ def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bf16 autocast, fp32, or auto: bf16 on a GPU that supports it, else fp32")
     parser.add_argument("--compile", default="false", choices=["false", "true"],
                         help="torch.compile the model (minutes of compilation per trial; pays off on a GPU)")
+    parser.add_argument("--deterministic", default="false", choices=["false", "true"],
+                        help="deterministic kernels only: bit-reproducible GPU runs where PyTorch can, slower "
+                             "(nearly a no-op on a CPU)")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -185,7 +205,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         lr=number(args.lr, "lr", float), mask_prob=number(args.mask_prob, "mask_prob", float),
         seed=int(number(args.seed, "seed", int, 0)), device=args.device,
         tokenizer=str(local_path(args.tokenizer)) if args.tokenizer else None,
-        vocab_size=number(args.vocab_size, "vocab_size"), experiment=args.experiment, output=args.output or None)
+        vocab_size=number(args.vocab_size, "vocab_size"), experiment=args.experiment, output=args.output or None,
+        exclude_eval=args.exclude_eval or None)
     if req.mask_prob >= 1:
         raise ParameterError(f"mask_prob must be below 1, got {req.mask_prob}")
     pretrain(req)
@@ -196,7 +217,16 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
     from .parameters import number
     from .pretrain import train_tokenizer
 
-    train_tokenizer(args.corpus, number(args.vocab_size, "vocab_size"), number(args.window, "window"), args.experiment)
+    train_tokenizer(args.corpus, number(args.vocab_size, "vocab_size"), number(args.window, "window"), args.experiment,
+                    args.exclude_eval or None)
+    return 0
+
+
+def cmd_leakage(args: argparse.Namespace) -> int:
+    from .leakage import log_leakage_report
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    log_leakage_report(args.data, tasks or None, args.out or "reports/leakage", args.experiment or "leakage")
     return 0
 
 
@@ -221,7 +251,7 @@ def _sigterm_as_interrupt(signum, frame):  # a scheduler's SIGTERM ends runs as 
 
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "plan": cmd_plan, "pretrain": cmd_pretrain,
-            "tokenizer": cmd_tokenizer, "list": cmd_list}
+            "tokenizer": cmd_tokenizer, "leakage": cmd_leakage, "list": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

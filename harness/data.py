@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
+from .schema import overlap_metric, overlap_pair
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class TaskData:
             "train_length_median": float(np.median(lengths)),
             "train_length_max": int(max(lengths)),
             "train_class_counts": np.bincount(self.train.labels, minlength=self.num_classes).tolist(),
-            **{f"overlap_{k}": v for k, v in self.overlaps.items()},
+            **{overlap_metric(k): v for k, v in self.overlaps.items()},
         }
 
 
@@ -167,11 +168,29 @@ def check_labels(splits: dict[str, Split], paths: dict[str, Path]) -> int:
     return num_classes
 
 
+OVERLAP_PAIRS = (("train", "dev"), ("train", "test"), ("dev", "test"))
+
+
 def count_overlaps(splits: dict[str, Split]) -> dict[str, int]:
-    train = set(splits["train"].sequences)
-    return {
-        f"train_{name}": sum(s in train for s in splits[name].sequences) for name in ("dev", "test")
-    }
+    """Sequences one split shares with an earlier one, keyed by `schema.overlap_pair`, reverse complements
+    counted as matches (the index is `leakage.py`'s):
+
+      train_dev, train_test, dev_test: sequences of the second split equal to a sequence of the first;
+      train_dev_contained, ...: sequences of the second split that lie inside, or contain, a sequence of the
+        first (a proper substring either way; an equal one is counted above).
+    """
+    # Imported here: leakage.py reads its splits with this module.
+    from .leakage import canonical, substring_matches
+
+    out = {}
+    for first, second in OVERLAP_PAIRS:
+        a, b = splits[first].sequences, splits[second].sequences
+        seen = {canonical(s) for s in a}
+        out[overlap_pair(first, second)] = sum(canonical(s) in seen for s in b)
+        inside = {j for _, j, _ in substring_matches(a, b, proper=True)}  # a sequence of `first` inside b[j]
+        around = {i for i, _, _ in substring_matches(b, a, proper=True)}  # b[i] inside a sequence of `first`
+        out[overlap_pair(first, second, "contained")] = len(inside | around)
+    return out
 
 
 def load_gue_task(root: str | Path, task: str) -> TaskData:
@@ -186,10 +205,11 @@ def load_gue_task(root: str | Path, task: str) -> TaskData:
     splits = {name: read_split(path) for name, path in paths.items()}
     num_classes = check_labels(splits, paths)
     overlaps = count_overlaps(splits)
-    for pair, n in overlaps.items():
-        if n:
-            log.warning("%s: %d %s sequences also occur in train (%s)", task, n, pair.split("_")[1],
-                        "reported, not removed")
+    for first, second in OVERLAP_PAIRS:
+        n, contained = overlaps[overlap_pair(first, second)], overlaps[overlap_pair(first, second, "contained")]
+        if n or contained:
+            log.warning("%s: %d %s sequences also occur in %s, %d lie inside or contain one of its sequences "
+                        "(either strand; reported, not removed)", task, n, second, first, contained)
     return TaskData(task, splits["train"], splits["dev"], splits["test"], num_classes, str(folder), overlaps)
 
 

@@ -1,5 +1,6 @@
 """Every figure the harness draws (PNG): a run's confusion matrix, learning curve and tuning history, and
-a report's critical-difference diagram, scores per task, paired differences and cost.
+a report's critical-difference diagram, scores per task, paired differences and cost, and the leakage report's
+task x task heat map.
 
 Each function draws one figure, saves it, closes it and returns the path, so a report can build many figures
 without holding them in memory. Arms keep one colour across a report's figures: `arm_colors` hands out the
@@ -346,3 +347,25 @@ def cost_benefit(summary: pd.DataFrame, metric: str, cost_label: str, path: Path
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3, which="both")
         return _finish(fig, ax, path, title, f"no cost recorded: {', '.join(left_out)}" if left_out else "")
+
+
+# ------------------------------------------------------------------------------------------- leakage
+def leakage_heatmap(counts: pd.DataFrame, sizes: pd.Series, path: Path,
+                    title: str = "Sequences of a task found in another (exact or inside, either strand)") -> Path:
+    """Task x task: the share of the row task's sequences (all splits) that equal or lie inside a sequence of
+    the column task, coloured by that share and annotated with the count (`leakage.leakage_table`)."""
+    share = counts.div(sizes.reindex(counts.index), axis=0).to_numpy(dtype=float)
+    n = len(counts)
+    with _new_figure((max(5.0, 0.9 * n + 2.5), max(4.0, 0.8 * n + 1.5))) as (fig, ax):
+        image = ax.imshow(share, cmap="Reds", vmin=0, vmax=max(share.max(), 1e-9))
+        for (i, j), value in np.ndenumerate(counts.to_numpy()):
+            if value:  # an empty cell says "none" more plainly than a 0
+                ax.text(j, i, f"{value:,}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=7,
+                        color="white" if share[i, j] > 0.5 * share.max() else "black")
+        ax.set_xticks(range(n), counts.columns, rotation=45, ha="right")
+        ax.set_yticks(range(n), counts.index)
+        ax.set_xlabel("found in (task b, any split)")
+        ax.set_ylabel("sequences of (task a, all splits)")
+        fig.colorbar(image, ax=ax, label="share of task a's sequences")
+        return _finish(fig, ax, path, title, "diagonal: another sequence of the same task (duplicates across "
+                       "or within splits)")

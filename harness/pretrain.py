@@ -1,10 +1,13 @@
 """Masked-LM pretraining of any torch arm, and BPE tokenizer training, on a DNA corpus.
 
 A corpus is a FASTA file (.fa/.fasta/.fna, optionally gzipped), a GUE-layout folder (only its
-train.csv files are read, so no dev or test sequence is ever pretrained on), or one CSV with a
-`sequence` column. Sequences are cut into windows of `window` nucleotides (a last piece shorter than
-half a window is dropped, as are windows that are mostly N); 2% of the windows (at least one) are held
-out to report the masked-token loss and accuracy.
+train.csv files are read), or one CSV with a `sequence` column. Evaluation sequences are kept out: from a GUE
+folder, every train sequence that equals, contains or lies inside a dev or test sequence of any of its tasks
+(either strand) is dropped, and so is every window that does; `exclude_eval=ROOT` checks any corpus against
+the dev and test sequences of another GUE folder the same way (windows only: a FASTA record is a chromosome).
+The number of windows lost is logged (`excluded_eval_overlap`). Sequences are cut into windows of `window`
+nucleotides (a last piece shorter than half a window is dropped, as are windows that are mostly N); 2% of the
+windows (at least one) are held out to report the masked-token loss and accuracy.
 
 `pretrain` logs the loss curves, the checkpoint (artifact `checkpoint/`, in the layout of
 `checkpoints.py`) and its cost (seconds, FLOPs), which the checkpoint also carries: a fine-tuning run
@@ -28,6 +31,7 @@ from .arms import ARMS, Arm
 from .checkpoints import save_checkpoint
 from .data import IUPAC_TO_N, Split, read_split
 from .errors import DataError, ParameterError
+from .leakage import eval_sequences, overlapping
 from .models import DEFAULT_DROPOUT, MODELS, count_parameters
 from .progress import format_seconds
 from .runtime import Runtime
@@ -97,16 +101,39 @@ def cut_windows(sequences: list[str], window: int) -> list[str]:
     return out
 
 
+def exclude_eval_overlap(sequences: list[str], window: int, source: str, exclude_eval: str | None = None
+                         ) -> tuple[list[str], int]:
+    """The corpus's windows without any that equals, contains or lies inside a dev or test sequence of the GUE
+    folder `source` (when it is one) or `exclude_eval`, either strand; and how many windows that removed.
+    From a GUE folder, a train sequence that overlaps one goes whole: cut into windows, its overlap could
+    straddle two windows and escape the window check."""
+    everything = cut_windows(sequences, window)
+    is_folder = Path(source).is_dir()
+    held = (eval_sequences(source, required=False) if is_folder else []) + \
+        (eval_sequences(exclude_eval) if exclude_eval else [])
+    if not held:
+        return everything, 0
+    if is_folder:
+        sequences = [s for s, bad in zip(sequences, overlapping(sequences, held)) if not bad]
+    windows = cut_windows(sequences, window)
+    windows = [w for w, bad in zip(windows, overlapping(windows, held)) if not bad]
+    excluded = len(everything) - len(windows)
+    log.info("corpus %s: %d of %d windows excluded: they, or the training sequence they come from, equal, contain "
+             "or lie inside one of %d dev/test sequences (either strand)", source, excluded, len(everything), len(held))
+    return windows, excluded
+
+
 @dataclass(frozen=True)
 class Corpus:
     source: str
     train: Split
     held_out: Split
     fingerprint: str
+    excluded: int = 0  # windows dropped for overlapping a dev or test sequence (exclude_eval_overlap)
 
     @classmethod
-    def load(cls, source: str, window: int, seed: int = 0) -> Corpus:
-        windows = cut_windows(read_corpus(source), window)
+    def load(cls, source: str, window: int, seed: int = 0, exclude_eval: str | None = None) -> Corpus:
+        windows, excluded = exclude_eval_overlap(read_corpus(source), window, source, exclude_eval)
         if len(windows) < 2:
             raise DataError(f"corpus {source}: {len(windows)} window(s) of {window} nt; it needs at least 2. "
                             "Use a smaller window= or a larger corpus.")
@@ -114,7 +141,7 @@ class Corpus:
         n_held = max(1, int(HELD_OUT_FRACTION * len(windows)))
         pick = lambda idx: Split([windows[i] for i in idx], np.zeros(len(idx), dtype=np.int64))  # noqa: E731
         digest = hashlib.sha256("\n".join(windows).encode()).hexdigest()[:16]
-        return cls(source, pick(order[n_held:]), pick(order[:n_held]), digest)
+        return cls(source, pick(order[n_held:]), pick(order[:n_held]), digest, excluded)
 
 
 def pretraining_tokenizer(arm: Arm, corpus: Corpus, tokenizer_path: str | None, vocab_size: int) -> DNATokenizer:
@@ -139,6 +166,7 @@ class PretrainRequest:
     vocab_size: int = 4096
     experiment: str = "pretrain"
     output: str | None = None  # also keep the checkpoint in this local folder
+    exclude_eval: str | None = None  # a GUE folder whose dev/test sequences the corpus must not contain
 
 
 def pretrain(req: PretrainRequest) -> tuple[str, Path | None]:
@@ -149,7 +177,7 @@ def pretrain(req: PretrainRequest) -> tuple[str, Path | None]:
     spec = load_study(req.study)
     params = {**spec.fixed.get(spec.space_name(arm.family, "scratch"), {})}  # pretraining starts from scratch
     runtime = Runtime.resolve(req.device, precision="fp32")
-    corpus = Corpus.load(req.corpus, req.window, req.seed)
+    corpus = Corpus.load(req.corpus, req.window, req.seed, req.exclude_eval)
     tok = pretraining_tokenizer(arm, corpus, req.tokenizer, req.vocab_size)
     windows, held_out = tokenize(tok, corpus.train), tokenize(tok, corpus.held_out)
     seed_everything(req.seed)
@@ -184,7 +212,7 @@ def pretrain(req: PretrainRequest) -> tuple[str, Path | None]:
                 "corpus_fingerprint": corpus.fingerprint, "window": req.window, "device": str(runtime.device),
                 "final_eval_mlm_loss": result.history[-1][Metric.EVAL_MLM_LOSS]}
         tracking.log_metrics({Metric.PRETRAIN_SECONDS: result.seconds, Metric.PRETRAIN_FLOPS: result.flops,
-                              Metric.PRETRAIN_TOKENS: result.tokens})
+                              Metric.PRETRAIN_TOKENS: result.tokens, Metric.EXCLUDED_EVAL_OVERLAP: corpus.excluded})
         model.cpu()
         with tempfile.TemporaryDirectory() as tmp:
             folder = save_checkpoint(Path(tmp) / Artifact.CHECKPOINT, arm.model, architecture, model, tok, cost)
@@ -197,20 +225,24 @@ def pretrain(req: PretrainRequest) -> tuple[str, Path | None]:
         return run.info.run_id, local
 
 
-def train_tokenizer(corpus: str, vocab_size: int, window: int = 512, experiment: str = "tokenizers") -> str:
-    """Train a BPE tokenizer on a corpus's windows; log it (artifact tokenizer.json) with its statistics."""
-    data = Corpus.load(corpus, window)
+def train_tokenizer(corpus: str, vocab_size: int, window: int = 512, experiment: str = "tokenizers",
+                    exclude_eval: str | None = None) -> str:
+    """Train a BPE tokenizer on a corpus's windows (without dev/test overlaps, see `Corpus.load`); log it
+    (artifact tokenizer.json) with its statistics."""
+    data = Corpus.load(corpus, window, exclude_eval=exclude_eval)
     tracking.setup(experiment)
     tags = {Tag.STAGE: Stage.TOKENIZER, Tag.CORPUS: corpus, Tag.CORPUS_FINGERPRINT: data.fingerprint,
             Tag.GIT_COMMIT: tracking.git_commit()}
     with tracking.run(f"bpe{vocab_size}", tags) as run:
         tok = BPETokenizer.train(data.train.sequences, vocab_size)
-        tracking.log_params({"vocab_size": vocab_size, "window": window, "windows": len(data.train)})
+        tracking.log_params({"vocab_size": vocab_size, "window": window, "windows": len(data.train),
+                             "exclude_eval": exclude_eval})
         held_out = tokenize(tok, data.held_out)
         nucleotides = sum(len(s) for s in data.held_out.sequences)
         tokens = int(held_out.lengths.sum()) - 2 * len(held_out)  # without [CLS] and [SEP]
         tracking.log_metrics({Metric.VOCAB_SIZE_TRAINED: tok.vocab_size, Metric.NT_PER_TOKEN: nucleotides / max(tokens, 1),
-                              Metric.TOKENS_PER_WINDOW: tokens / len(held_out)})
+                              Metric.TOKENS_PER_WINDOW: tokens / len(held_out),
+                              Metric.EXCLUDED_EVAL_OVERLAP: data.excluded})
         with tempfile.TemporaryDirectory() as tmp:
             tok.save(Path(tmp) / Artifact.TOKENIZER)
             mlflow.log_artifact(str(Path(tmp) / Artifact.TOKENIZER))

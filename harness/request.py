@@ -3,9 +3,9 @@
 
 `run`, `sweep` and `plan` all parse their parameters here: `RunRequest.parse` takes the parameters as the
 strings MLproject passes ("" for unset) and checks each (`parameters.py`), naming the parameter in its
-error. Nothing is resolved against this machine until it is used: `runtime` (device, precision, compile)
-and `tokenizer_path` (an MLflow URI is downloaded) are resolved once, on first use, so that `sweep --action
-print` on a login node without a GPU can still write the commands for the GPU nodes.
+error. Nothing is resolved against this machine until it is used: `runtime` (device, precision, compile,
+deterministic) and `tokenizer_path` (an MLflow URI is downloaded) are resolved once, on first use, so that
+`sweep --action print` on a login node without a GPU can still write the commands for the GPU nodes.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ class RunRequest:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
+    deterministic: bool = False  # deterministic kernels (runtime.py): bit-reproducible GPU runs, at a cost
     tokenizer: str | None = None  # a tokenizer.json or an MLflow artifact URI, for BPE arms
     max_length: int | None = None  # overrides the study's per-task token caps
     init: str | None = None  # a checkpoint whose weights a scratch arm fine-tunes from (its own variant arm@sha)
@@ -102,6 +103,7 @@ class RunRequest:
             data=params.get("data") or "", storage=params.get("storage") or DEFAULT_STORAGE,
             experiment=params.get("experiment") or "", device=params.get("device") or "auto",
             precision=params.get("precision") or "auto", compile=params.get("compile") == "true",
+            deterministic=params.get("deterministic") == "true",
             tokenizer=params.get("tokenizer") or spec.bpe_tokenizer,
             max_length=optional_int(params.get("max_length"), "max_length"),
             init=init, checkpoint=checkpoint, pretrain_cost=tuple(costs(params.get("pretrain_cost"), "pretrain_cost").items()),
@@ -118,6 +120,7 @@ class RunRequest:
                   "device": self.device if self.device != "auto" else "",
                   "precision": self.precision if self.precision != "auto" else "",
                   "compile": "true" if self.compile else "",
+                  "deterministic": "true" if self.deterministic else "",
                   "tokenizer": self.tokenizer if "tokenizer" in self.explicit else "",
                   "max_length": self.max_length, "init": self.init,
                   "checkpoint": self.checkpoint if "checkpoint" in self.explicit else "",
@@ -151,7 +154,7 @@ class RunRequest:
     @functools.cached_property
     def runtime(self) -> Runtime:
         """Resolved once, on first use: cuda asked for and absent fails here."""
-        return Runtime.resolve(self.device, self.precision, self.compile)
+        return Runtime.resolve(self.device, self.precision, self.compile, self.deterministic)
 
     @functools.cached_property
     def tokenizer_path(self) -> str | None:
@@ -210,7 +213,8 @@ class RunRequest:
         """Where a run came from, tagged on its parent run."""
         return {Tag.GIT_COMMIT: tracking.git_commit(), Tag.STORAGE: tracking.redact(self.storage),
                 Tag.DEVICE: self.runtime.describe(), Tag.DEVICE_REQUESTED: self.device,
-                Tag.DATA: self.data or "synthetic", Tag.COMMAND: self.command}
+                Tag.DATA: self.data or "synthetic", Tag.COMMAND: self.command,
+                Tag.DETERMINISTIC: str(self.runtime.deterministic).lower()}
 
 
 @dataclass(frozen=True)

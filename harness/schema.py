@@ -14,8 +14,8 @@ One experiment per study:
                                   checkpoint), cost; per epoch epoch_train_loss, epoch_dev_*; confusion
                                   matrix, learning curve, predictions
   analysis run                    stage=analysis; the report folder
-Elsewhere: stage=pretrain (experiment `pretrain`), stage=tokenizer (`tokenizers`), and under `mlflow run` the
-launcher's own run, stage=launch, pointing at the study's experiment.
+Elsewhere: stage=pretrain (experiment `pretrain`), stage=tokenizer (`tokenizers`), stage=leakage (`leakage`),
+and under `mlflow run` the launcher's own run, stage=launch, pointing at the study's experiment.
 
 Optuna: one study per (study, arm variant, task) named `study/variant/task`, and its final seeds' queue
 `study/variant/task/final`.
@@ -34,6 +34,7 @@ class Stage:
     PRETRAIN = "pretrain"
     TOKENIZER = "tokenizer"
     LAUNCH = "launch"  # the run `mlflow run` opens itself, pointing at the results
+    LEAKAGE = "leakage"  # `python -m harness leakage`: shared sequences within and across a GUE folder's tasks
 
 
 class Tag:
@@ -78,6 +79,7 @@ class Tag:
     STORAGE = "storage"  # password removed
     DEVICE = "device"
     DEVICE_REQUESTED = "device_requested"
+    DETERMINISTIC = "deterministic"  # true: deterministic kernels only (runtime.py), false: the fast defaults
     # trial and final runs
     TRIAL_NUMBER = "trial_number"
     TRAIN_SEED = "train_seed"
@@ -152,6 +154,12 @@ class Metric:
     VOCAB_SIZE_TRAINED = "vocab_size_trained"
     NT_PER_TOKEN = "nt_per_token"
     TOKENS_PER_WINDOW = "tokens_per_window"
+    # pretraining and tokenizer runs: corpus windows dropped because they (or the GUE train sequence they were
+    # cut from) equal, contain or lie inside a dev/test sequence, either strand
+    EXCLUDED_EVAL_OVERLAP = "excluded_eval_overlap"
+    # leakage runs
+    LEAKAGE_SEQUENCES = "leakage_sequences"  # sequences compared (every split of every task)
+    LEAKAGE_SECONDS = "leakage_seconds"  # finding the matches, without reading the files
 
 
 CLASSIFICATION_METRICS = ("mcc", "f1", "accuracy", "auroc")  # harness.metrics computes them
@@ -165,8 +173,15 @@ def split_metrics(split: str, metrics: dict[str, float], prefix: str = "") -> di
     return {f"{prefix}{split}_{name}": value for name, value in metrics.items()}
 
 
+def overlap_pair(first: str, second: str, kind: str = "exact") -> str:
+    """The key of `TaskData.overlaps` for two splits: `train_test` (exact) or `train_test_contained`."""
+    return f"{first}_{second}" if kind == "exact" else f"{first}_{second}_{kind}"
+
+
 def overlap_metric(pair: str) -> str:
-    return f"overlap_{pair}"  # e.g. overlap_train_test: sequences of test also in train
+    """Parent-run metric of an `overlap_pair`: overlap_train_test (sequences of test equal to a train sequence),
+    overlap_train_test_contained (test sequences inside, or containing, a train sequence); either strand."""
+    return f"overlap_{pair}"
 
 
 def truncated_metric(split: str) -> str:
@@ -190,6 +205,9 @@ class Artifact:
     TOKENIZER_TEXT = "tokenizer.txt"  # final runs of other torch arms: the tokenizer's name and version
     MODEL_CONFIG = "model_config.json"  # final runs of torch arms: model class, architecture, init
     REPORT = "report"
+    LEAKAGE_TABLE = "leakage.csv"  # per (task, split) pair and kind: matching sequences, same label
+    LEAKAGE_SUMMARY = "leakage.md"
+    LEAKAGE_HEATMAP = "leakage.png"  # task x task
 
 
 # ------------------------------------------------------------------------------------------ names

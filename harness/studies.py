@@ -35,6 +35,7 @@ class StudySpec:
     search_spaces: dict[str, dict[str, BaseDistribution]]
     fixed: dict[str, dict[str, Any]] = field(default_factory=dict)
     contrasts: list[dict[str, Any]] = field(default_factory=list)  # the analysis's own, besides the defaults
+    families: dict[str, str] = field(default_factory=dict)  # task -> family (analysis; default: name's first part)
     arms: list[str] = field(default_factory=list)  # the sweep's arms (empty: every arm with a search space)
     max_lengths: dict[str, dict[str, int]] = field(default_factory=dict)  # task -> tokenizer kind -> tokens
     bpe_tokenizer: str | None = None  # `tokenizer: {bpe: ...}`: the tokenizer of every BPE arm (a path or hub id)
@@ -141,7 +142,12 @@ def parse_study(raw: Any, path: str) -> StudySpec:
     for fam, params in spaces.items():
         if not isinstance(params, dict) or not params:
             raise StudyError(f"{path}: search_spaces.{fam} must be a mapping of parameter: distribution, got {params!r}")
-    contrasts = get(get(raw, "analysis", dict, "", {}), "contrasts", list, "analysis.", [])
+    analysis = get(raw, "analysis", dict, "", {})
+    contrasts = get(analysis, "contrasts", list, "analysis.", [])
+    families = get(analysis, "families", dict, "analysis.", {})
+    bad = {k: v for k, v in families.items() if not isinstance(k, str) or not isinstance(v, str) or not v}
+    if bad:
+        raise StudyError(f"{path}: analysis.families must map task names to family names (strings), got {bad!r}")
     for i, c in enumerate(contrasts):
         if not isinstance(c, dict) or not {"a", "b"} <= set(c) or set(c) - {"a", "b", "name", "varies"}:
             raise StudyError(f"{path}: analysis.contrasts[{i}] must be a mapping with keys a, b (arm names), "
@@ -184,6 +190,7 @@ def parse_study(raw: Any, path: str) -> StudySpec:
                        for fam, params in spaces.items()},
         fixed={fam: dict(get(params, "fixed", dict, f"search_spaces.{fam}.", {})) for fam, params in spaces.items()},
         contrasts=[{k: [str(f) for f in v] if k == "varies" else str(v) for k, v in c.items()} for c in contrasts],
+        families=dict(families),
         arms=[str(a) for a in get(raw, "arms", list, "", [])],
         max_lengths=max_lengths,
         bpe_tokenizer=beside(bpe, path) if bpe else None,

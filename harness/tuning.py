@@ -62,8 +62,9 @@ def tune(request: RunRequest) -> None:
     log.info("arm %s on %d task(s) of study %s: %d trials x %d epochs, %d seeds; MLflow %s, Optuna %s",
              ", ".join(request.arms), len(tasks), request.spec.name, request.n_trials, request.spec.max_epochs,
              request.seeds, tracking.redact(mlflow.get_tracking_uri()), tracking.redact(request.storage))
-    for cell in request.cells(tasks):
-        tune_cell(cell, storage, experiment_id)
+    with request.runtime.reproducible():  # deterministic kernels for every fit and scoring, when asked
+        for cell in request.cells(tasks):
+            tune_cell(cell, storage, experiment_id)
 
 
 def run_config(cell: Cell) -> dict[str, Any]:
@@ -83,6 +84,8 @@ def run_config(cell: Cell) -> dict[str, Any]:
         "max_length": options.max_length,
         # bf16 and fp32 runs differ in their numbers: one study is one precision.
         "precision": options.runtime.precision if arm.neural else "fp32",
+        # Deterministic kernels change the numbers too (another attention kernel, other conv algorithms).
+        "deterministic": options.runtime.deterministic,
         # The weights' sha, not their source: a hub id and a local copy of it are the same checkpoint.
         "init": None if options.checkpoint is None else {"weights_sha256": options.checkpoint.fingerprint,
                                                          "weights": "random (twin)" if options.twin else "loaded"},
@@ -315,7 +318,7 @@ def tune_cell(cell: Cell, storage: RDBStorage, experiment_id: str) -> None:
         remaining = max(request.n_trials - done_before, 0)
         progress = Progress(cell.label, (remaining + request.seeds - len(seeds_done)) * cell.budget.max_epochs)
         child_tags = {**identity, **factors, Tag.GIT_COMMIT: provenance[Tag.GIT_COMMIT],
-                      Tag.DEVICE: provenance[Tag.DEVICE]}
+                      Tag.DEVICE: provenance[Tag.DEVICE], Tag.DETERMINISTIC: provenance[Tag.DETERMINISTIC]}
 
         def close_dead_workers_runs() -> None:
             close_stale_runs(experiment_id, parent.info.run_id, Stage.TRIAL, Tag.TRIAL_NUMBER, study)

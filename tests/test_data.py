@@ -116,8 +116,28 @@ def test_malformed_csv_row(tmp_path):
 def test_train_test_overlap_is_reported(tmp_path, caplog):
     root = make_task(tmp_path, test=(["ACGTACGT", "AAAAAAAA"], [0, 1]))
     task = load_gue_task(root, "toy/t")
-    assert task.overlaps == {"train_dev": 4, "train_test": 1}
+    assert task.overlaps == {"train_dev": 4, "train_test": 1, "dev_test": 1, "train_dev_contained": 0,
+                             "train_test_contained": 0, "dev_test_contained": 0}
     assert "1 test sequences also occur in train" in caplog.text
+    assert task.summary()["overlap_train_test"] == 1 and task.summary()["overlap_dev_test_contained"] == 0
+
+
+def test_overlaps_count_reverse_complements_and_containment_both_ways(tmp_path):
+    # train (= dev here): ACGTACGT TTTTGGGG ACGTTTTT GGGGCCCC
+    test = ["ACGTACGT",  # equal to a train sequence
+            "CCCCAAAA",  # the reverse complement of TTTTGGGG
+            "GGACGTTTTTCC",  # contains ACGTTTTT
+            "TTGGGG",  # inside TTTTGGGG
+            "CCCAAA",  # inside TTTTGGGG's reverse complement
+            "AAAAAAAA"]  # nowhere
+    task = load_gue_task(make_task(tmp_path, test=(test, [0, 1, 0, 1, 0, 1])), "toy/t")
+    assert task.overlaps == {"train_dev": 4, "train_test": 2, "dev_test": 2, "train_dev_contained": 0,
+                             "train_test_contained": 3, "dev_test_contained": 3}
+
+
+def test_disjoint_splits_have_no_overlap(tmp_path):
+    dev, test = (["AAAACCCC", "CACACACA"], [0, 1]), (["GAGAGAGA", "TCTCAAAC"], [0, 1])
+    assert set(load_gue_task(make_task(tmp_path, dev=dev, test=test), "toy/t").overlaps.values()) == {0}
 
 
 def test_non_synthetic_task_without_data_root_says_what_to_pass():

@@ -79,7 +79,7 @@ def cli_options(command: str) -> set[str]:
 
 @pytest.mark.parametrize("entry,command", [("main", "run"), ("sweep", "sweep"), ("plan", "plan"),
                                            ("pretrain", "pretrain"), ("tokenizer", "tokenizer"),
-                                           ("analyze", "analyze")])
+                                           ("leakage", "leakage"), ("analyze", "analyze")])
 def test_mlproject_parameters_match_the_cli(entry, command):
     project = yaml.safe_load((REPO / "MLproject").read_text())
     params = project["entry_points"][entry]["parameters"]
