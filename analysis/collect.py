@@ -235,7 +235,7 @@ def tuning_cost(experiment_id: str, parents: dict[str, Run]) -> pd.DataFrame:
 
 def same_predictions(run_ids: list[str], predictions: dict[str, pd.DataFrame]) -> bool:
     """Whether these runs logged the same class probabilities for every test sequence (True when any of
-    them logged none: the metrics alone then decide)."""
+    them logged none: the metrics alone then decide, which at worst counts equal seeds once)."""
     frames = [predictions[r].filter(like="prob_").to_numpy(float) for r in run_ids if r in predictions]
     if len(frames) < len(run_ids):
         return True

@@ -48,20 +48,39 @@ def canonical(seq: str) -> str:
     return min(seq, reverse_complement(seq))
 
 
+ANCHOR_MIN = 16  # needles shorter than this are matched by their whole length, so they cannot flood the anchors
+
+
 def substring_matches(needles: Sequence[str], haystacks: Sequence[str], reverse_complements: bool = True,
                       proper: bool = False) -> Iterator[tuple[int, int, bool]]:
     """Every (needle index, haystack index, forward) where the needle, or its reverse complement when
     `reverse_complements`, is a substring of the haystack; `forward` says the needle itself is (so forward-only
     counts can be read off the same scan). `proper`: only needles strictly shorter than the haystack.
     Each pair comes once. Needles and haystacks may be the same list (a sequence never matches itself
-    under `proper`; without it, the caller drops i == j)."""
-    if not needles or not haystacks:
-        return
-    k = min(len(s) for s in needles)
-    if k == 0:
+    under `proper`; without it, the caller drops i == j).
+
+    Needles are indexed by their first k-mer, k the shortest needle of at least ANCHOR_MIN nt; each shorter
+    length is searched on its own with k = that length. One very short needle would otherwise make k tiny and
+    every window of every haystack a hit: all pairs compared."""
+    if any(len(s) == 0 for s in needles):
         raise ValueError("substring_matches: an empty needle matches everything; drop empty sequences first")
-    anchors: dict[str, list[int]] = defaultdict(list)
+    by_anchor: dict[int, list[int]] = defaultdict(list)
+    long = [i for i, s in enumerate(needles) if len(s) >= ANCHOR_MIN]
+    if long:
+        by_anchor[min(len(needles[i]) for i in long)] = long
     for i, s in enumerate(needles):
+        if len(s) < ANCHOR_MIN:
+            by_anchor[len(s)].append(i)
+    for k, indices in sorted(by_anchor.items()):
+        yield from anchored_matches(needles, indices, haystacks, k, reverse_complements, proper)
+
+
+def anchored_matches(needles: Sequence[str], indices: list[int], haystacks: Sequence[str], k: int,
+                     reverse_complements: bool, proper: bool) -> Iterator[tuple[int, int, bool]]:
+    """`substring_matches` for the needles `indices`, all at least k long, anchored on their first k-mer."""
+    anchors: dict[str, list[int]] = defaultdict(list)
+    for i in indices:
+        s = needles[i]
         anchors[s[:k]].append(i)
         if reverse_complements:
             rc_anchor = reverse_complement(s)[:k]
@@ -306,11 +325,17 @@ def eval_sequences(root: str | Path, required: bool = True) -> list[str]:
     return [s for f in files for s in read_split(f).sequences]
 
 
+def containing(sequences: Sequence[str], others: Sequence[str]) -> np.ndarray:
+    """Mask of `sequences` that contain (or equal) any of `others`, reverse complements too."""
+    mask = np.zeros(len(sequences), dtype=bool)
+    for _, j, _ in substring_matches(others, sequences):
+        mask[j] = True
+    return mask
+
+
 def overlapping(sequences: Sequence[str], others: Sequence[str]) -> np.ndarray:
     """Mask of `sequences` that equal, contain or lie inside any of `others` (reverse complements too)."""
-    mask = np.zeros(len(sequences), dtype=bool)
-    for _, j, _ in substring_matches(others, sequences):  # an eval sequence inside (or equal to) one of ours
-        mask[j] = True
+    mask = containing(sequences, others)  # an eval sequence inside (or equal to) one of ours
     for i, _, _ in substring_matches(sequences, others):  # one of ours inside an eval sequence
         mask[i] = True
     return mask

@@ -31,7 +31,7 @@ from .arms import ARMS, Arm
 from .checkpoints import save_checkpoint
 from .data import IUPAC_TO_N, Split, read_split
 from .errors import DataError, ParameterError
-from .leakage import eval_sequences, overlapping
+from .leakage import eval_sequences, overlapping, reverse_complement, substring_matches
 from .models import DEFAULT_DROPOUT, MODELS, count_parameters
 from .progress import format_seconds
 from .runtime import Runtime
@@ -92,13 +92,36 @@ def read_corpus(path: str | Path) -> list[str]:
 def cut_windows(sequences: list[str], window: int) -> list[str]:
     """Non-overlapping windows of `window` nt; a tail shorter than half a window and windows that are
     more than half N are dropped."""
+    return [piece for piece, _, _, _ in windows_in_context(sequences, window, 0)]
+
+
+def windows_in_context(sequences: list[str], window: int, flank: int) -> list[tuple[str, str, int, int]]:
+    """`cut_windows`' windows, each as (window, context, start, end): the context is the window with `flank` nt
+    of its sequence on either side, [start, end) the window's place in it. A sequence of at most flank + 1 nt
+    that overlaps the window by a base lies inside the context."""
     out = []
     for seq in sequences:
         for start in range(0, len(seq), window):
             piece = seq[start:start + window]
             if len(piece) * 2 >= window and piece.count("N") * 2 <= len(piece):
-                out.append(piece)
+                left = max(0, start - flank)
+                out.append((piece, seq[left:start + window + flank], start - left, start - left + len(piece)))
     return out
+
+
+def straddled(windows: list[tuple[str, str, int, int]], held: list[str]) -> np.ndarray:
+    """Mask of the windows that share at least one base with an occurrence of a held-out sequence (either
+    strand) in their sequence, as found in each window's context."""
+    bad = np.zeros(len(windows), dtype=bool)
+    contexts = [context for _, context, _, _ in windows]
+    for i, j, _ in substring_matches(held, contexts):
+        _, context, start, end = windows[j]
+        for needle in {held[i], reverse_complement(held[i])}:
+            pos = context.find(needle)
+            while pos != -1 and not bad[j]:
+                bad[j] = pos < end and pos + len(needle) > start
+                pos = context.find(needle, pos + 1)
+    return bad
 
 
 def exclude_eval_overlap(sequences: list[str], window: int, source: str, exclude_eval: str | None = None
@@ -115,8 +138,13 @@ def exclude_eval_overlap(sequences: list[str], window: int, source: str, exclude
         return everything, 0
     if is_folder:
         sequences = [s for s, bad in zip(sequences, overlapping(sequences, held)) if not bad]
-    windows = cut_windows(sequences, window)
-    windows = [w for w, bad in zip(windows, overlapping(windows, held)) if not bad]
+    # A dev/test sequence that straddles two windows is in neither: each window is also checked in its context
+    # (the longest held-out length - 1 nt on each side), and dropped where an occurrence shares a base with it.
+    # (A GUE folder's remaining sequences contain no held-out sequence: nothing can straddle there.)
+    placed = windows_in_context(sequences, window, flank=0 if is_folder else max(len(h) for h in held) - 1)
+    windows = [piece for piece, _, _, _ in placed]
+    bad = overlapping(windows, held) | (False if is_folder else straddled(placed, held))
+    windows = [w for w, b in zip(windows, bad) if not b]
     excluded = len(everything) - len(windows)
     log.info("corpus %s: %d of %d windows excluded: they, or the training sequence they come from, equal, contain "
              "or lie inside one of %d dev/test sequences (either strand)", source, excluded, len(everything), len(held))

@@ -223,3 +223,34 @@ def test_the_report_notes_tasks_whose_splits_share_sequences():
     assert overlap_notes(cells) == ["t1: its splits share sequences (train_test 3, dev_test_contained 1; reverse "
                                     "complements count): reported, not removed"]
     assert overlap_notes(cells.assign(overlap_train_test=0.0, overlap_dev_test_contained=0.0)) == []  # control
+
+
+def test_a_held_out_sequence_across_a_window_boundary_is_excluded(tmp_path):
+    """A FASTA record with a test sequence straddling two windows: both windows go (neither contains it whole)."""
+    from harness.pretrain import exclude_eval_overlap
+
+    rng = np.random.default_rng(3)
+    record = "".join(rng.choice(list("ACGT"), 5000))
+    held = record[400:700]  # crosses the boundary at 512 with window 512
+    root = tmp_path / "gue"
+    write_split(root / "fam" / "t" / "train.csv", ["".join(rng.choice(list("ACGT"), 300))], [0])
+    write_split(root / "fam" / "t" / "dev.csv", ["".join(rng.choice(list("ACGT"), 300))], [0])
+    write_split(root / "fam" / "t" / "test.csv", [held], [0])
+    windows, excluded = exclude_eval_overlap([record], 512, "genome.fa", str(root))
+    assert excluded == 2 and record[0:512] not in windows and record[512:1024] not in windows
+    assert record[1024:1536] in windows  # its context starts at 725, after the held-out sequence ends (700)
+    clean, none = exclude_eval_overlap([record[1500:]], 512, "genome.fa", str(root))  # control: far from it
+    assert none == 0 and len(clean) == len(cut_windows([record[1500:]], 512))
+
+
+def test_one_very_short_sequence_does_not_make_the_search_compare_all_pairs():
+    import time
+
+    from harness.leakage import substring_matches
+
+    rng = np.random.default_rng(0)
+    long = ["".join(rng.choice(list("ACGT"), 300)) for _ in range(3000)]
+    start = time.perf_counter()
+    found = list(substring_matches(["ACGTA", long[7][100:170]], long))
+    assert time.perf_counter() - start < 5
+    assert (1, 7, True) in found and sum(i == 0 for i, _, _ in found) > 100  # the 5-mer is everywhere
