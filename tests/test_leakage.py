@@ -254,3 +254,23 @@ def test_one_very_short_sequence_does_not_make_the_search_compare_all_pairs():
     found = list(substring_matches(["ACGTA", long[7][100:170]], long))
     assert time.perf_counter() - start < 5
     assert (1, 7, True) in found and sum(i == 0 for i, _, _ in found) > 100  # the 5-mer is everywhere
+
+
+@pytest.mark.slow
+def test_pretraining_on_the_shared_gue_folder_excludes_its_eval_sequences(workdir, tiny_study):
+    """../shared's 8 real tasks as a corpus: windows overlapping their dev/test sequences are excluded and
+    counted; no window left contains, or lies inside, one of them (checked with the index, either strand)."""
+    from harness.leakage import eval_sequences, overlapping
+
+    root = shared_path("data", "gue")
+    assert main(["pretrain", "--arm", "convnova_char", "--corpus", str(root), "--study", str(tiny_study),
+                 "--window", "128", "--steps", "1", "--batch-size", "4"]) == 0
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("pretrain").experiment_id])
+    corpus = Corpus.load(str(root), 128)
+    assert corpus.fingerprint == run.data.tags["corpus_fingerprint"]
+    assert run.data.metrics["excluded_eval_overlap"] == corpus.excluded > 10_000
+    used = corpus.train.sequences + corpus.held_out.sequences
+    assert not overlapping(used, eval_sequences(str(root))).any()
+    raw = cut_windows(read_corpus(root), 128)
+    assert overlapping(raw, eval_sequences(str(root))).sum() > 0  # control: the raw corpus does overlap
