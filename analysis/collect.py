@@ -21,6 +21,7 @@ from harness.schema import (
     ARM_TAGS,
     COST_METRICS,
     FACTORS,
+    OVERLAP_PAIRS,
     TEST_METRICS,
     Artifact,
     Metric,
@@ -197,8 +198,7 @@ PARENT_TAGS = (*FACTORS, Tag.SEARCH_SPACE, Tag.TUNING_BOUNDARY, Tag.TUNING_BOUND
 def parent_table(parents: list[Run]) -> pd.DataFrame:
     """Per (arm variant, task): the factors its parent run recorded (what a contrast may vary or must hold
     equal), how well it was tuned, and where it ran. A factor an older run did not record is ""."""
-    overlaps = [overlap_metric(overlap_pair(a, b, kind)) for a, b in (("train", "dev"), ("train", "test"), ("dev", "test"))
-                for kind in ("exact", "contained")]
+    overlaps = [overlap_metric(overlap_pair(a, b, kind)) for a, b in OVERLAP_PAIRS for kind in ("exact", "contained")]
     rows = [{"arm": variant_of(p), "task": p.data.tags[Tag.TASK], **{k: p.data.tags.get(k, "") for k in PARENT_TAGS},
              Metric.BEST_EPOCH_AT_CAP: p.data.metrics.get(Metric.BEST_EPOCH_AT_CAP, math.nan),
              **{m: p.data.metrics.get(m, math.nan) for m in overlaps}} for p in parents]

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .schema import overlap_metric, overlap_pair
+from .schema import OVERLAP_PAIRS, overlap_metric, overlap_pair
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +168,6 @@ def check_labels(splits: dict[str, Split], paths: dict[str, Path]) -> int:
     return num_classes
 
 
-OVERLAP_PAIRS = (("train", "dev"), ("train", "test"), ("dev", "test"))
-
-
 def count_overlaps(splits: dict[str, Split]) -> dict[str, int]:
     """Sequences one split shares with an earlier one, keyed by `schema.overlap_pair`, reverse complements
     counted as matches (the index is `leakage.py`'s):
@@ -180,16 +177,14 @@ def count_overlaps(splits: dict[str, Split]) -> dict[str, int]:
         first (a proper substring either way; an equal one is counted above).
     """
     # Imported here: leakage.py reads its splits with this module.
-    from .leakage import canonical, substring_matches
+    from .leakage import canonical, overlapping
 
     out = {}
     for first, second in OVERLAP_PAIRS:
         a, b = splits[first].sequences, splits[second].sequences
         seen = {canonical(s) for s in a}
         out[overlap_pair(first, second)] = sum(canonical(s) in seen for s in b)
-        inside = {j for _, j, _ in substring_matches(a, b, proper=True)}  # a sequence of `first` inside b[j]
-        around = {i for i, _, _ in substring_matches(b, a, proper=True)}  # b[i] inside a sequence of `first`
-        out[overlap_pair(first, second, "contained")] = len(inside | around)
+        out[overlap_pair(first, second, "contained")] = int(overlapping(b, a, proper=True).sum())
     return out
 
 

@@ -325,17 +325,26 @@ def eval_sequences(root: str | Path, required: bool = True) -> list[str]:
     return [s for f in files for s in read_split(f).sequences]
 
 
-def containing(sequences: Sequence[str], others: Sequence[str]) -> np.ndarray:
-    """Mask of `sequences` that contain (or equal) any of `others`, reverse complements too."""
+def overlapping(sequences: Sequence[str], others: Sequence[str], proper: bool = False) -> np.ndarray:
+    """Mask of `sequences` that equal, contain or lie inside any of `others` (reverse complements too);
+    `proper`: contain or lie inside only (a proper substring either way, an equal sequence not counted)."""
     mask = np.zeros(len(sequences), dtype=bool)
-    for _, j, _ in substring_matches(others, sequences):
+    for _, j, _ in substring_matches(others, sequences, proper=proper):  # one of `others` inside one of ours
         mask[j] = True
-    return mask
-
-
-def overlapping(sequences: Sequence[str], others: Sequence[str]) -> np.ndarray:
-    """Mask of `sequences` that equal, contain or lie inside any of `others` (reverse complements too)."""
-    mask = containing(sequences, others)  # an eval sequence inside (or equal to) one of ours
-    for i, _, _ in substring_matches(sequences, others):  # one of ours inside an eval sequence
+    for i, _, _ in substring_matches(sequences, others, proper=proper):  # one of ours inside one of `others`
         mask[i] = True
     return mask
+
+
+def straddled(windows: list[tuple[str, str, int, int]], held: Sequence[str]) -> np.ndarray:
+    """Mask of windows (window, context, start, end: the window is context[start:end]) that share at least one
+    base with an occurrence of a held-out sequence (either strand) found in their context."""
+    bad = np.zeros(len(windows), dtype=bool)
+    for i, j, _ in substring_matches(held, [context for _, context, _, _ in windows]):
+        _, context, start, end = windows[j]
+        for needle in {held[i], reverse_complement(held[i])}:
+            pos = context.find(needle)
+            while pos != -1 and not bad[j]:
+                bad[j] = pos < end and pos + len(needle) > start
+                pos = context.find(needle, pos + 1)
+    return bad

@@ -31,7 +31,7 @@ from .arms import ARMS, Arm
 from .checkpoints import save_checkpoint
 from .data import IUPAC_TO_N, Split, read_split
 from .errors import DataError, ParameterError
-from .leakage import eval_sequences, overlapping, reverse_complement, substring_matches
+from .leakage import eval_sequences, overlapping, straddled
 from .models import DEFAULT_DROPOUT, MODELS, count_parameters
 from .progress import format_seconds
 from .runtime import Runtime
@@ -107,21 +107,6 @@ def windows_in_context(sequences: list[str], window: int, flank: int) -> list[tu
                 left = max(0, start - flank)
                 out.append((piece, seq[left:start + window + flank], start - left, start - left + len(piece)))
     return out
-
-
-def straddled(windows: list[tuple[str, str, int, int]], held: list[str]) -> np.ndarray:
-    """Mask of the windows that share at least one base with an occurrence of a held-out sequence (either
-    strand) in their sequence, as found in each window's context."""
-    bad = np.zeros(len(windows), dtype=bool)
-    contexts = [context for _, context, _, _ in windows]
-    for i, j, _ in substring_matches(held, contexts):
-        _, context, start, end = windows[j]
-        for needle in {held[i], reverse_complement(held[i])}:
-            pos = context.find(needle)
-            while pos != -1 and not bad[j]:
-                bad[j] = pos < end and pos + len(needle) > start
-                pos = context.find(needle, pos + 1)
-    return bad
 
 
 def exclude_eval_overlap(sequences: list[str], window: int, source: str, exclude_eval: str | None = None

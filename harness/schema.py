@@ -173,6 +173,9 @@ def split_metrics(split: str, metrics: dict[str, float], prefix: str = "") -> di
     return {f"{prefix}{split}_{name}": value for name, value in metrics.items()}
 
 
+OVERLAP_PAIRS = (("train", "dev"), ("train", "test"), ("dev", "test"))  # the split pairs a task's overlaps count
+
+
 def overlap_pair(first: str, second: str, kind: str = "exact") -> str:
     """The key of `TaskData.overlaps` for two splits: `train_test` (exact) or `train_test_contained`."""
     return f"{first}_{second}" if kind == "exact" else f"{first}_{second}_{kind}"

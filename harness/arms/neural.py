@@ -58,7 +58,7 @@ class TorchFitted:
 class TorchArm(Arm):
     @property
     def hyperparameters(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        return ("lr", "batch_size"), ("weight_decay", "warmup_ratio", "dropout", *MODELS.get(self.model).architecture_keys)
+        return ("lr", "batch_size"), ("weight_decay", "warmup_ratio", "dropout", *self.architecture_keys)
 
     @property
     def architecture_keys(self) -> tuple[str, ...]:
