@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -32,6 +33,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_tracking_uri_exists(uri: str) -> None:
+    """Refuse a sqlite tracking database that does not exist: MLflow would create an empty one, left behind."""
+    from sqlalchemy.engine import make_url
+
+    from harness import tracking
+
+    from .collect import AnalysisError
+
+    if not uri.startswith("sqlite:"):
+        return
+    path = make_url(uri).database
+    if path and path != ":memory:" and not Path(path).is_file():
+        raise AnalysisError(f"no MLflow tracking database at {tracking.redact(uri)}: {Path(path).resolve()} does not "
+                            "exist. Pass the harness's tracking URI (--tracking-uri or MLFLOW_TRACKING_URI) or run "
+                            "the harness first")
+
+
+def check_writable(out: Path) -> None:
+    """Refuse a report folder that cannot be written (a read-only or missing mount, a path under a file),
+    naming it, rather than failing after the analysis on a temporary folder beside it."""
+    from harness.errors import ParameterError
+
+    if out.exists() and not out.is_dir():
+        raise ParameterError(f"--out {out} is a file; pass a folder (new or existing) for the report")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{out.name}.check-", dir=out.parent):
+            pass
+    except OSError as err:
+        raise ParameterError(f"--out {out}: cannot write the report folder there ({err.strerror or err}); "
+                             "pass a writable folder") from None
+
+
 def run(args: argparse.Namespace) -> Path:
     import mlflow
     import yaml
@@ -48,8 +82,14 @@ def run(args: argparse.Namespace) -> Path:
 
     settings = Settings(alpha=number(args.alpha, "--alpha", float, 1e-9, 1.0),
                         rope=number(args.rope, "--rope", float, 0.0), seed=number(args.seed, "--seed", int, 0))
-    mlflow.set_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.DEFAULT_TRACKING_URI)
-    results = collect(args.experiment, args.metric, args.study or None)
+    uri = args.tracking_uri or tracking.tracking_uri()
+    check_tracking_uri_exists(uri)
+    tracking.check_tracking_store(uri)
+    out = Path(args.out or Path("reports") / args.experiment)
+    check_writable(out)  # before minutes of bootstrap, and before an MLflow run is started
+    mlflow.set_tracking_uri(uri)
+    with tracking.redacted_errors(uri):
+        results = collect(args.experiment, args.metric, args.study or None)
     contrasts, notes = default_contrasts(results.arms), []
     try:
         if results.study_file:
@@ -66,12 +106,11 @@ def run(args: argparse.Namespace) -> Path:
             notes.append(f"{len(spec.contrasts)} contrast(s) declared in {spec.path}")
     except StudyError as err:
         notes.append(f"no study file ({err}): only the default contrasts")
-    out = Path(args.out or Path("reports") / args.experiment)
     log.info("analysing %d final runs of %d arms on %d tasks (%d contrasts)", len(results.runs),
              results.runs["arm"].nunique(), results.runs["task"].nunique(), len(contrasts))
     if args.no_log:
         return build_report(results, contrasts, out, settings, notes)
-    tracking.setup(args.experiment)
+    tracking.setup(args.experiment, uri)
     tags = {Tag.STAGE: Stage.ANALYSIS, Tag.ANALYSED_EXPERIMENT: args.experiment, Tag.STUDY: results.studies[0],
             Tag.GIT_COMMIT: tracking.git_commit()}
     with tracking.run(f"analysis | {results.metric}", tags):

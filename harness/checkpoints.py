@@ -133,27 +133,73 @@ def open_checkpoint(source: str) -> Checkpoint:
                               "or a DNABERT-2 folder (config.json + weights)")
     if (folder / MANIFEST).is_file():
         meta = read_json(folder / MANIFEST, ("model", "architecture", "tokenizer"))
+        check_architecture(folder / MANIFEST, meta["model"], meta["architecture"])
         return Checkpoint(source, folder, meta["model"], meta["architecture"], meta["tokenizer"],
                           meta.get("pretraining", {}), meta.get("tokenizer_fingerprint"))
     if (folder / "config.json").is_file():  # DNABERT-2's published layout
         if not any((folder / name).is_file() for name in WEIGHT_FILES):
             raise CheckpointError(f"checkpoint {folder}: config.json but neither {' nor '.join(WEIGHT_FILES)}")
-        return Checkpoint(source, folder, "dnabert2", read_json(folder / "config.json", ()), "bpe")
+        config = read_json(folder / "config.json", ())
+        check_architecture(folder / "config.json", "dnabert2", config)
+        return Checkpoint(source, folder, "dnabert2", config, "bpe")
     raise CheckpointError(f"checkpoint {folder}: neither {MANIFEST} (a harness checkpoint) nor config.json "
                           "(a DNABERT-2 checkpoint) is in it")
 
 
+CHECKPOINT_LAYOUT = (f"a checkpoint folder holds {MANIFEST} (a JSON mapping with model, architecture and tokenizer) "
+                     "and model.safetensors (+ tokenizer.json for BPE), as `python -m harness pretrain` writes it, or "
+                     "DNABERT-2's published config.json + weights")
+
+
 def read_json(path: Path, required: tuple[str, ...]) -> dict[str, Any]:
-    """A checkpoint's JSON file as a mapping with the `required` keys, or a CheckpointError saying what is wrong."""
+    """A checkpoint's JSON file as a mapping with the `required` keys, or a CheckpointError naming the file,
+    what is wrong with it and what a checkpoint folder holds."""
     try:
-        content = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"checkpoint file {path} is not valid JSON ({err})") from None
-    missing = [k for k in required if not isinstance(content, dict) or k not in content]
-    if not isinstance(content, dict) or missing:
-        raise CheckpointError(f"checkpoint file {path} lacks {missing or 'a mapping'}: it was not written by "
-                              "`python -m harness pretrain` (or was changed since)")
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"checkpoint file {path} is not valid JSON (line {err.lineno}, column {err.colno}: "
+                              f"{err.msg}); {CHECKPOINT_LAYOUT}") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"checkpoint file {path} is not valid JSON (not UTF-8 text); "
+                              f"{CHECKPOINT_LAYOUT}") from None
+    except OSError as err:
+        raise CheckpointError(f"cannot read {path}: {err.strerror or err}; make it readable and run the same "
+                              "command again") from None
+    if not isinstance(content, dict):
+        raise CheckpointError(f"checkpoint file {path} lacks a mapping (it holds a JSON {type(content).__name__}); "
+                              f"{CHECKPOINT_LAYOUT}")
+    missing = [k for k in required if k not in content]
+    if missing:
+        raise CheckpointError(f"checkpoint file {path} lacks key(s) {', '.join(map(repr, missing))}: it was not "
+                              f"written by `python -m harness pretrain` (or was changed since); {CHECKPOINT_LAYOUT}")
     return content
+
+
+def check_architecture(path: Path, model: Any, architecture: Any) -> None:
+    """The model a checkpoint names is registered, and its architecture names every size the model is built
+    from (a missing one would silently take the default, and the weights would not fit), each valid
+    (`hyperparameters.RULES`): found when the checkpoint is opened, before any run, naming the file."""
+    from .hyperparameters import fixed_problem, value_problem
+    from .models import MODELS
+
+    if model not in MODELS:
+        raise CheckpointError(f"checkpoint file {path}: model {model!r} is not registered (models: "
+                              f"{', '.join(name for name, _ in MODELS.items())}); {CHECKPOINT_LAYOUT}")
+    if not isinstance(architecture, dict):
+        raise CheckpointError(f"checkpoint file {path}: architecture must be a mapping, got {architecture!r}")
+    spec = MODELS.get(model)
+    sizes = [k for k in spec.architecture_keys if k not in spec.head_keys]
+    missing = [k for k in sizes if k not in architecture]
+    if missing:
+        raise CheckpointError(f"checkpoint file {path} lacks key(s) {', '.join(map(repr, missing))}: the {model} "
+                              f"model is built from {', '.join(sizes)}; {CHECKPOINT_LAYOUT}")
+    for key in spec.architecture_keys:
+        problem = value_problem(key, architecture[key]) if key in architecture else None
+        if problem:
+            raise CheckpointError(f"checkpoint file {path}: {problem}")
+    problem = fixed_problem(architecture)
+    if problem:
+        raise CheckpointError(f"checkpoint file {path}: {problem}")
 
 
 def save_checkpoint(folder: Path, model_name: str, architecture: dict[str, Any], module: nn.Module,

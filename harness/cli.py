@@ -12,7 +12,6 @@ import argparse
 import logging
 import os
 import shlex
-import signal
 import sys
 import warnings
 
@@ -186,7 +185,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                                  "n_trials, seeds, device, sample, tokenizer, checkpoint")
         params[key] = value
     request = RunRequest.parse(params)
-    rows = project(request, request.load_tasks(), int(number(params["sample"], "sample")))
+    rows = project(request, request.validate(), int(number(params["sample"], "sample")))
     print(format_plan(rows, request.runtime.describe()))
     return 0
 
@@ -240,14 +239,24 @@ def quiet_libraries() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def redacted_command(storage: str) -> str:
-    from .tracking import redact
+def redacted_command(storage: str, argv: list[str] | None = None) -> str:
+    """The command line (sys.argv), quoted for a shell, with the secrets of the storage URL, of
+    MLFLOW_TRACKING_URI and of any other URL in it masked. Each argument is redacted before quoting: quoting
+    changes how a password with a quote or a space is written, and would let it slip past."""
+    from .tracking import redact, redact_text, secrets_of
 
-    return " ".join(shlex.quote(a) for a in sys.argv).replace(storage, redact(storage))
+    urls = [u for u in (storage, os.environ.get("MLFLOW_TRACKING_URI")) if u]
+    secrets = [s for url in urls for s in secrets_of(url)]
 
+    def clean(arg: str) -> str:
+        option, eq, value = arg.partition("=")  # --storage=URL, -P storage=URL
+        if eq and "://" in value and "://" not in option:
+            arg = f"{option}={redact(value)}"
+        elif "://" in arg:
+            arg = redact(arg)
+        return redact_text(arg, secrets)
 
-def _sigterm_as_interrupt(signum, frame):  # a scheduler's SIGTERM ends runs as KILLED, like Ctrl-C
-    raise KeyboardInterrupt(f"signal {signum}")
+    return " ".join(shlex.quote(clean(a)) for a in (sys.argv if argv is None else argv))
 
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "plan": cmd_plan, "pretrain": cmd_pretrain,
@@ -261,14 +270,18 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if args.command == "list":
         return cmd_list(args)
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     from .errors import print_error
+    from .shutdown import handle_signals
 
-    quiet_libraries()
-    try:
-        return COMMANDS[args.command](args)
-    except Exception as err:
-        return print_error(err)
-    except KeyboardInterrupt:
-        print("interrupted: runs were marked KILLED; run the same command again to resume", file=sys.stderr)
-        return 130
+    # A scheduler's SIGTERM ends runs KILLED, like Ctrl-C; any number of either, at any moment, the same way.
+    with handle_signals():
+        try:
+            quiet_libraries()
+            return COMMANDS[args.command](args)
+        except Exception as err:
+            return print_error(err)
+        except KeyboardInterrupt as err:
+            reason = f"{err}; " if str(err).startswith("SIG") else ""  # the signal, from shutdown.py
+            print(f"interrupted: {reason}runs were marked KILLED and unfinished trials failed (final seeds are "
+                  "queued again); run the same command again to resume", file=sys.stderr)
+            return 130

@@ -77,10 +77,13 @@ def reported(err: Exception) -> tuple[str, int] | None:
     if isinstance(err, HarnessError):
         return str(err), err.exit_code
     if isinstance(err, MlflowException):
-        return f"MLflow: {err.message}", 1
+        from .tracking import lost_server_message  # tracking imports this module
+
+        return lost_server_message(err) or f"MLflow: {err.message}", 1
     if isinstance(err, OSError) and err.errno in ENVIRONMENT_ERRNOS:
-        return (f"cannot write {err.filename or 'results'}: {err.strerror or err}. Runs in progress were marked "
-                "FAILED; completed trials and final runs are kept: fix it and run the same command again"), 1
+        # Raised anywhere (a read or a write, before or during runs): say only what is known to be true.
+        return (f"{err.filename or 'a file or folder'}: {err.strerror or err}. What the command completed is "
+                "kept; fix it and run the same command again"), 1
     return None
 
 

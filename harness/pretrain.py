@@ -188,7 +188,10 @@ def pretrain(req: PretrainRequest) -> tuple[str, Path | None]:
     if not arm.neural:
         raise ParameterError(f"arm {req.arm} is not a neural network; pretraining applies to torch arms")
     spec = load_study(req.study)
-    params = {**spec.fixed.get(spec.space_name(arm.family, "scratch"), {})}  # pretraining starts from scratch
+    space = spec.space_name(arm.family, "scratch")  # pretraining starts from scratch
+    if space in spec.search_spaces:
+        arm.check_values(spec, space)  # its fixed architecture is valid, before the corpus is read
+    params = {**spec.fixed.get(space, {})}
     runtime = Runtime.resolve(req.device, precision="fp32")
     corpus = Corpus.load(req.corpus, req.window, req.seed, req.exclude_eval)
     tok = pretraining_tokenizer(arm, corpus, req.tokenizer, req.vocab_size)

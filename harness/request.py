@@ -14,11 +14,13 @@ import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 from . import tracking
 from .arms import ARMS, Arm, Budget, RunOptions
 from .arms.base import digest
 from .data import TaskData
-from .errors import ParameterError, StudyError
+from .errors import DataError, ParameterError, StudyError
 from .parameters import costs, names, optional_int
 from .runtime import Runtime
 from .schema import NOT_APPLICABLE, Tag, optuna_study_name, parent_run_name
@@ -53,6 +55,34 @@ def default_arms(spec: StudySpec, checkpoint: str | None = None, explicit: bool 
     return tuple(name for name, arm in ARMS.items()
                  if any(space == arm.family or space.startswith(f"{arm.family}_") for space in spec.search_spaces)
                  and (not arm.requires_checkpoint or concerned(arm)))
+
+
+def min_sequence_length(arm: Arm, spec: StudySpec, options: RunOptions) -> tuple[int, str]:
+    """(the shortest sequence `arm` can use, why). Every arm runs on a 1-bp sequence (the U-Net pads to its
+    pooling multiple, a BPE tokenizer keeps single nucleotides) except a k-mer featurisation: a sequence
+    shorter than k has no k-mer (and a train split of them fails with "empty vocabulary"). Its minimum is
+    the largest k the study's search space can give, so that no trial fails on it."""
+    if "k" not in arm.hyperparameters[0]:
+        return 1, ""
+    space = arm.space(spec, options)
+    k = spec.fixed.get(space, {}).get("k", spec.space(space).get("k"))
+    largest = int(getattr(k, "high", None) or max(getattr(k, "choices", None) or [k]))
+    return largest, (f"its k goes up to {largest} in search space {space!r} of {spec.path}, and a sequence "
+                     "shorter than k has no k-mer")
+
+
+def check_sequence_lengths(arm: Arm, task: TaskData, minimum: tuple[int, str]) -> None:
+    """Before any run: every split's shortest sequence is at least what `arm` needs (`min_sequence_length`)."""
+    least, why = minimum
+    for name in ("train", "dev", "test"):
+        split = task.split(name)
+        lengths = np.fromiter(map(len, split.sequences), dtype=np.int64, count=len(split))
+        row = int(np.argmin(lengths))
+        if lengths[row] < least:
+            raise DataError(f"{task.source}/{name}.csv, line {split.line(row)}: a sequence of {lengths[row]} bp "
+                            f"({int((lengths < least).sum())} shorter than {least} bp in this file); arm {arm.name} "
+                            f"needs at least {least} bp: {why}. Remove the shorter sequences or lower the "
+                            "study's k.")
 
 
 @dataclass(frozen=True)
@@ -197,9 +227,30 @@ class RunRequest:
         if "checkpoint" in self.explicit and not any(self.takes_checkpoint(arm) for arm in arms):
             raise ParameterError(f"checkpoint={self.checkpoint} fits none of the arms {', '.join(self.arms)} (its model "
                                  "and tokenizer kind must match the arm's)")
+        self.check_torch_only_parameters(arms)
         for arm in arms:
             arm.validate(self.spec, self.options(arm))
-        return self.load_tasks()
+        tasks = self.load_tasks()
+        for arm in arms:
+            for task in tasks:
+                check_sequence_lengths(arm, task, min_sequence_length(arm, self.spec, self.options(arm)))
+        return tasks
+
+    def check_torch_only_parameters(self, arms: list[Arm]) -> None:
+        """max_length=, an explicit precision= and compile=true concern the torch arms only: given to a request of
+        none, they would be ignored without a word (precision's default `auto` is not a choice, so never counts)."""
+        if any(arm.neural for arm in arms):
+            return
+        estimators = f"{', '.join(self.arms)} (scikit-learn)"
+        if self.max_length is not None:
+            raise ParameterError(f"max_length={self.max_length} applies to torch arms (a token cap); {estimators} "
+                                 "read whole sequences. Leave max_length empty.")
+        if self.precision != "auto":
+            raise ParameterError(f"precision={self.precision} applies to torch arms; {estimators} have no precision "
+                                 "setting. Leave precision empty.")
+        if self.compile:
+            raise ParameterError(f"compile=true applies to torch arms; {estimators} have no model to compile. Leave "
+                                 "compile empty.")
 
     def load_tasks(self) -> list[TaskData]:
         """Every task's data, validated, before any run starts."""

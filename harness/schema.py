@@ -235,6 +235,22 @@ def final_run_name(seed: int) -> str:
     return f"final-seed{seed}"
 
 
+def quoted(value: Any) -> str:
+    """`value` as a string literal of an MLflow filter. MLflow's grammar has no escape inside a literal (it
+    strips the outer quotes and keeps the rest as written), so a value with a ' is written in "...", and one
+    with both quote characters cannot be searched for exactly: it is refused rather than matched loosely."""
+    from .errors import ParameterError
+
+    text = str(value)
+    if "'" not in text:
+        return f"'{text}'"
+    if '"' not in text:
+        return f'"{text}"'
+    raise ParameterError(f"{text!r} contains both ' and \": MLflow cannot search for such a name; rename it "
+                         "(the study file, task folder or experiment)")
+
+
 def query(tags: dict[str, Any]) -> str:
-    """An MLflow filter string that matches these tags, e.g. query({Tag.STAGE: Stage.FINAL})."""
-    return " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
+    """An MLflow filter string that matches these tags, e.g. query({Tag.STAGE: Stage.FINAL}); any value,
+    including a task or study name with a quote, is quoted so that it matches exactly."""
+    return " and ".join(f"tags.`{key}` = {quoted(value)}" for key, value in tags.items())

@@ -3,6 +3,8 @@ space of every arm family. A study is named (looked up in the studies folder) or
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,13 +107,112 @@ def load_study(name_or_path: str) -> StudySpec:
     if not path.is_file():
         raise StudyError(f"{path}: study file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise StudyError(f"{path}: byte {err.start} is not UTF-8; save the study file as UTF-8") from None
     except yaml.YAMLError as err:
-        raise StudyError(f"{path}: not valid YAML ({str(err).splitlines()[0]} {getattr(err, 'problem_mark', '')})") from None
+        raise StudyError(f"{path}: not valid YAML: {yaml_problem(err)}") from None
     return parse_study(raw, str(path))
 
 
-PRUNER_KEYS = {"n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"}
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: what is wrong and where (its own text quotes the offending line below)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    if mark is None:
+        return problem
+    lines = (mark.buffer or "").splitlines()
+    line = lines[mark.line] if mark.line < len(lines) else ""
+    hint = " (YAML indents with spaces, never tabs)" if "\t" in line[:mark.column + 1] else ""
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}{hint}"
+
+
+# ----------------------------------------------------------------------------------- the keys of a study file
+# Every section of a study file accepts only its known keys, so that a typo (`patiance: 2`, `tokenzier:`) is an
+# error naming the key path and the closest valid key rather than a silently different protocol. A schema is a
+# mapping key -> the schema of its value (None: a leaf, or a mapping whose keys are names: tasks, arms, families),
+# `Each(schema)`: a list's entries or a mapping's values of one schema (the key is the user's: a family, a
+# parameter), or `DISTRIBUTION`: the keys of a distribution depend on its type.
+
+
+@dataclass(frozen=True)
+class Each:
+    schema: Any
+    besides: tuple[tuple[str, Any], ...] = ()  # a mapping's keys with a schema of their own (a family's `fixed`)
+
+
+DISTRIBUTION_KEYS = {"float": ("type", "low", "high", "log", "step"), "int": ("type", "low", "high", "log", "step"),
+                     "categorical": ("type", "choices")}
+DISTRIBUTION = "distribution"
+PRUNER_KEYS = ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials")  # optuna's MedianPruner
+TASK_KEYS = {"name": None, "classes": None, "bp": None, "max_length": {"bpe": None, "char": None}}
+CONTRAST_KEYS = {"a": None, "b": None, "name": None, "varies": None}
+CHECKPOINT_KEYS = {"source": None, "arms": None}
+STUDY_SCHEMA: dict[str, Any] = {
+    "name": None,
+    "description": None,
+    "tasks": Each(TASK_KEYS),  # or a plain task name
+    "budget": {"n_trials": None, "max_epochs": None, "patience": None, "seeds": None},
+    "sampler": {"seed": None, "n_startup_trials": None},
+    "pruner": dict.fromkeys(PRUNER_KEYS),  # or `none`
+    "tokenizer": {"bpe": None, "bpe_vocab_size": None},
+    "search_spaces": Each(Each(DISTRIBUTION, besides=(("fixed", None),))),  # family -> parameter -> distribution
+    "analysis": {"contrasts": Each(CONTRAST_KEYS), "families": None},
+    "arms": None,
+    "checkpoint": CHECKPOINT_KEYS,  # or a plain source
+}
+
+
+def key_path(where: str, key: Any, index: bool = False) -> str:
+    """`budget` + `patience` -> `budget.patience`; `tasks` + list index 0 -> `tasks[0]`."""
+    return f"{where}[{key}]" if index else f"{where}.{key}" if where else str(key)
+
+
+def unknown_key_message(path: str, where: str, key: Any, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(str(key), allowed, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{path}: unknown key {key_path(where, key)}; {hint}allowed: {', '.join(allowed)}"
+
+
+def check_keys(value: Any, schema: Any, path: str, where: str = "") -> None:
+    """Raise a StudyError for the first key of `value` that `schema` does not know, naming its full path
+    (`budget.patiance`), the closest known key and the allowed ones. Values of the wrong type are left to the
+    parser, which says what it expects."""
+    if schema is None:
+        return
+    if schema == DISTRIBUTION:
+        kind = value.get("type") if isinstance(value, dict) else None
+        schema = dict.fromkeys(DISTRIBUTION_KEYS[kind]) if kind in DISTRIBUTION_KEYS else None
+        if schema is None:
+            return  # no or an unknown type: parse_distribution says so
+    if isinstance(schema, Each):
+        entries = enumerate(value) if isinstance(value, list) else value.items() if isinstance(value, dict) else []
+        besides = dict(schema.besides)
+        for key, entry in entries:
+            check_keys(entry, besides.get(key, schema.schema), path,
+                       key_path(where, key, index=isinstance(value, list)))
+        return
+    if not isinstance(value, dict):
+        return
+    for key, entry in value.items():
+        if key not in schema:
+            raise StudyError(unknown_key_message(path, where, key, list(schema)))
+        check_keys(entry, schema[key], path, key_path(where, key))
+
+
+def check_arm_names(names: Any, path: str, where: str) -> None:
+    """`arms:` names registered arms; a misspelt one gets the closest name. (`checkpoint.arms` is checked by
+    RunRequest.parse.)"""
+    if not names:
+        return
+    from .arms import ARMS  # harness.arms imports this module: imported here, when a study names arms
+
+    known = list(ARMS)
+    for i, name in enumerate(names if isinstance(names, list) else []):
+        if name not in ARMS:
+            close = difflib.get_close_matches(str(name), known, n=1)
+            raise StudyError(f"{path}: {where}[{i}] {name!r} is not an arm; "
+                             + (f"did you mean {close[0]!r}? " if close else "") + f"registered: {', '.join(known)}")
 
 
 def parse_study(raw: Any, path: str) -> StudySpec:
@@ -131,14 +232,12 @@ def parse_study(raw: Any, path: str) -> StudySpec:
             raise StudyError(f"{path}: {where}{key} must be >= {minimum}, got {value}")
         return value
 
+    check_keys(raw, STUDY_SCHEMA, path)
     budget = get(raw, "budget", dict, "")
     spaces = get(raw, "search_spaces", dict, "")
     sampler = get(raw, "sampler", dict, "", {})
     no_pruning = isinstance(raw, dict) and str(raw.get("pruner")).lower() in ("none", "false")
     pruner = {} if no_pruning else get(raw, "pruner", dict, "", {})
-    unknown = set(pruner) - PRUNER_KEYS
-    if unknown:
-        raise StudyError(f"{path}: pruner has unknown key(s) {sorted(unknown)}; allowed: {sorted(PRUNER_KEYS)}")
     for fam, params in spaces.items():
         if not isinstance(params, dict) or not params:
             raise StudyError(f"{path}: search_spaces.{fam} must be a mapping of parameter: distribution, got {params!r}")
@@ -149,7 +248,7 @@ def parse_study(raw: Any, path: str) -> StudySpec:
     if bad:
         raise StudyError(f"{path}: analysis.families must map task names to family names (strings), got {bad!r}")
     for i, c in enumerate(contrasts):
-        if not isinstance(c, dict) or not {"a", "b"} <= set(c) or set(c) - {"a", "b", "name", "varies"}:
+        if not isinstance(c, dict) or not {"a", "b"} <= set(c):
             raise StudyError(f"{path}: analysis.contrasts[{i}] must be a mapping with keys a, b (arm names), "
                              f"an optional name and an optional varies (factors), got {c!r}")
         unknown = set(c.get("varies", [])) - set(FACTORS) if isinstance(c.get("varies", []), list) else {c["varies"]}
@@ -161,9 +260,12 @@ def parse_study(raw: Any, path: str) -> StudySpec:
         raise StudyError(f"{path}: tasks is empty")
     max_lengths = {}
     for i, t in enumerate(tasks):  # a task is a name, or {name: ..., max_length: {bpe: N, char: M}}
+        if not isinstance(t, (str, dict)):
+            raise StudyError(f"{path}: tasks[{i}] must be a task name or a mapping with name and max_length, "
+                             f"got {t!r}")
         if isinstance(t, dict):
             lengths = t.get("max_length", {})
-            if "name" not in t or not isinstance(lengths, dict) or set(t) - {"name", "max_length", "classes", "bp"} \
+            if "name" not in t or not isinstance(lengths, dict) \
                     or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in lengths.values()):
                 raise StudyError(f"{path}: tasks[{i}] must be a task name or a mapping with name and max_length "
                                  f"{{bpe: N, char: M}} (positive token counts), got {t!r}")
@@ -172,6 +274,8 @@ def parse_study(raw: Any, path: str) -> StudySpec:
     tokenizer = get(raw, "tokenizer", dict, "", {})
     bpe = get(tokenizer, "bpe", str, "tokenizer.", None)
     checkpoint, checkpoint_arms = parse_checkpoint(raw.get("checkpoint"), path)
+    arms = get(raw, "arms", list, "", [])
+    check_arm_names(arms, path, "arms")
     return StudySpec(
         name=str(raw.get("name", Path(path).stem)),
         path=path,
@@ -191,7 +295,7 @@ def parse_study(raw: Any, path: str) -> StudySpec:
         fixed={fam: dict(get(params, "fixed", dict, f"search_spaces.{fam}.", {})) for fam, params in spaces.items()},
         contrasts=[{k: [str(f) for f in v] if k == "varies" else str(v) for k, v in c.items()} for c in contrasts],
         families=dict(families),
-        arms=[str(a) for a in get(raw, "arms", list, "", [])],
+        arms=[str(a) for a in arms],
         max_lengths=max_lengths,
         bpe_tokenizer=beside(bpe, path) if bpe else None,
         checkpoint=beside(checkpoint, path) if checkpoint else None,
@@ -203,8 +307,7 @@ def parse_checkpoint(raw: Any, path: str) -> tuple[str | None, tuple[str, ...] |
     """`checkpoint: SOURCE` or `checkpoint: {source: SOURCE, arms: [ARM, ...]}`."""
     if raw is None or isinstance(raw, str):
         return raw or None, None
-    if not isinstance(raw, dict) or not isinstance(raw.get("source"), str) or set(raw) - {"source", "arms"} \
-            or not isinstance(raw.get("arms", []), list):
+    if not isinstance(raw, dict) or not isinstance(raw.get("source"), str) or not isinstance(raw.get("arms", []), list):
         raise StudyError(f"{path}: checkpoint must be a source (folder, MLflow URI or hub id) or a mapping "
                          f"{{source: ..., arms: [arm, ...]}}, got {raw!r}")
     return raw["source"], tuple(str(a) for a in raw["arms"]) if "arms" in raw else None
@@ -218,20 +321,73 @@ def beside(source: str, study_path: str) -> str:
 
 
 def parse_distribution(d: Any, where: str) -> BaseDistribution:
+    """A distribution mapping -> optuna's, refusing what no hyperparameter could mean whatever the arm: bounds
+    that are not numbers (or not integers for an int), low > high, a log scale from 0 or below, a log that is not
+    true/false, choices of mixed types. Each value's range for its hyperparameter is the arm's check
+    (harness/hyperparameters.py)."""
     if not isinstance(d, dict) or "type" not in d:
         raise StudyError(f"{where}: expected a mapping with a 'type' (float, int or categorical), got {d!r}")
+    kind = d["type"]
+    missing = [k for k in ("choices",) if kind == "categorical" and k not in d] + \
+              [k for k in ("low", "high") if kind in ("float", "int") and k not in d]
+    if missing:
+        raise StudyError(f"{where}: missing key {missing[0]!r}")
     try:
-        kind = d["type"]
         if kind == "float":
-            return FloatDistribution(float(d["low"]), float(d["high"]), log=bool(d.get("log", False)),
-                                     step=d.get("step"))
+            low, high = number(d["low"], float, f"{where}.low"), number(d["high"], float, f"{where}.high")
+            step = None if d.get("step") is None else number(d["step"], float, f"{where}.step")
+            log = numeric_range(low, high, d.get("log", False), step, where)
+            return FloatDistribution(low, high, log=log, step=step)
         if kind == "int":
-            return IntDistribution(int(d["low"]), int(d["high"]), log=bool(d.get("log", False)),
-                                   step=int(d.get("step", 1)))
+            low, high = number(d["low"], int, f"{where}.low"), number(d["high"], int, f"{where}.high")
+            step = number(d.get("step", 1), int, f"{where}.step")
+            log = numeric_range(low, high, d.get("log", False), step, where)
+            return IntDistribution(low, high, log=log, step=step)
         if kind == "categorical":
-            return CategoricalDistribution(list(d["choices"]))
-    except KeyError as err:
-        raise StudyError(f"{where}: missing key {err.args[0]!r}") from None
-    except (ValueError, TypeError) as err:
+            return CategoricalDistribution(choices(d["choices"], where))
+    except ValueError as err:  # what optuna refuses besides (step with log: true)
         raise StudyError(f"{where}: {err}") from None
     raise StudyError(f"{where}: unknown type {kind!r}; use float, int or categorical")
+
+
+def number(value: Any, kind: type, where: str) -> int | float:
+    """A bound or step of `kind`. A float bound may be a string: YAML reads `1e-5` (no dot) as one."""
+    parsed: int | float | None = None
+    if kind is float and isinstance(value, str):
+        try:
+            parsed = float(value)
+        except ValueError:
+            pass
+    elif not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else int):
+        parsed = kind(value)
+    if parsed is not None and math.isfinite(parsed):
+        return parsed
+    raise StudyError(f"{where} must be {'a number' if kind is float else 'an integer'}, got {value!r}")
+
+
+def numeric_range(low: float, high: float, log: Any, step: float | None, where: str) -> bool:
+    """Check a float or int range; returns its `log`."""
+    if not isinstance(log, bool):
+        raise StudyError(f"{where}.log must be true or false, got {log!r}")
+    if low > high:
+        raise StudyError(f"{where}: low ({low:g}) > high ({high:g}); the range is empty")
+    if log and low <= 0:
+        raise StudyError(f"{where}: log: true needs low > 0 (a log scale has no 0 or negatives), got low={low:g}")
+    if step is not None and step <= 0:
+        raise StudyError(f"{where}.step must be > 0, got {step:g}")
+    return log
+
+
+def choices(values: Any, where: str) -> list[Any]:
+    """Categorical choices: a non-empty list of scalars of one kind (numbers, strings or booleans), so that
+    `[32, "64"]` fails here rather than in the trial that draws "64"."""
+    if not isinstance(values, list) or not values:
+        raise StudyError(f"{where}.choices must be a non-empty list, got {values!r}")
+    kinds = {"boolean" if isinstance(v, bool) else "number" if isinstance(v, (int, float)) else
+             "string" if isinstance(v, str) else "null" if v is None else type(v).__name__ for v in values}
+    if not kinds <= {"boolean", "number", "string"}:
+        raise StudyError(f"{where}.choices must be numbers, strings or booleans, got {values!r}")
+    if len(kinds) > 1:
+        mixed = " and ".join(f"{kind}s" for kind in sorted(kinds))
+        raise StudyError(f"{where}.choices mix {mixed}: {values!r}; give them one type (a quoted number is a string)")
+    return values

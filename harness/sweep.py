@@ -32,15 +32,17 @@ log = logging.getLogger("harness")
 def cell_requests(request: RunRequest) -> list[RunRequest]:
     """The request narrowed to each (arm, task): one `run` each. The checkpoint goes only to the arms it
     concerns (`RunRequest.takes_checkpoint`: the pretrained arms' weights, their scratch twins' shape), the
-    tokenizer only to BPE arms."""
+    tokenizer only to BPE arms, a token cap, a precision and compile only to torch arms (a run of a scikit-learn arm
+    refuses them rather than ignore them)."""
     out = []
     for name in request.arms:
         arm = ARMS.get(name)
         takes = request.takes_checkpoint(arm)
         explicit = request.explicit - ({"checkpoint"} if not takes else set()) \
             - ({"tokenizer"} if arm.tokenizer != "bpe" else set())
+        torch_only = {} if arm.neural else {"max_length": None, "precision": "auto", "compile": False}
         out += [replace(request, arms=(name,), tasks=(task,), checkpoint=request.checkpoint if takes else None,
-                        explicit=explicit) for task in request.tasks]
+                        explicit=explicit, **torch_only) for task in request.tasks]
     return out
 
 

@@ -7,20 +7,26 @@ SIGTERM), never left RUNNING; nothing secret (a password inside a storage URL) i
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import os
+import re
 import subprocess
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
+import sqlalchemy
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from sqlalchemy.engine import make_url
 
+from . import shutdown
+from .errors import ParameterError
 from .schema import Stage, Tag, query
 
 log = logging.getLogger(__name__)
@@ -28,56 +34,369 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARAM_LIMIT = 6000  # MLflow's limit on a param value
 
 
+MASK = "***"
+# Query parameters of a URL that carry a credential (psycopg2's password/sslpassword, tokens, keys).
+SECRET_QUERY_KEY = re.compile(r"pass|pwd|secret|token|key|auth|credential", re.IGNORECASE)
+
+
+DATABASE_BACKENDS = {"sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql", "cockroachdb"}
+
+
+def is_database_url(url: str) -> bool:
+    """A SQLAlchemy database URL (dialect[+driver]://...), as opposed to a web URL or a path."""
+    return url.partition("://")[0].split("+")[0].lower() in DATABASE_BACKENDS
+
+
+def _userinfo_split(url: str) -> tuple[str, str, str] | None:
+    """(scheme://, userinfo, @host...) of a URL with credentials, splitting at the LAST '@' before the path:
+    a password with an unencoded '@' (u:p@ss@host) stays whole, where SQLAlchemy would cut it at the first."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return None
+    netloc_end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:netloc_end].rpartition("@")
+    return (scheme + sep, userinfo, at + host + rest[netloc_end:]) if at else None
+
+
+def secrets_of(url: str) -> list[str]:
+    """Every form in which `url`'s secrets may appear in a text: its password and its credential query values,
+    as written (percent-encoded) and decoded. Longest first, so that a shorter one never leaves part of a longer."""
+    found: set[str] = set()
+    split = _userinfo_split(url)
+    password = split[1].split(":", 1)[1] if split and ":" in split[1] else (split[1] if split else "")
+    if password and (":" in split[1] or not is_database_url(url)):  # a bare user of a web URL may be a token
+        found.add(password)
+    query = urllib.parse.urlsplit(url).query if "://" in url else url.partition("?")[2]
+    found.update(value for key, value in urllib.parse.parse_qsl(query, keep_blank_values=False)
+                 if SECRET_QUERY_KEY.search(key))
+    found.update(pair.split("=", 1)[1] for pair in query.split("&")
+                 if "=" in pair and SECRET_QUERY_KEY.search(pair.split("=", 1)[0]))
+    with contextlib.suppress(sqlalchemy.exc.ArgumentError, ValueError):  # not a database URL: covered above
+        parsed = make_url(url)
+        if not (password and parsed.password and parsed.password in password):  # u:p@ss@h: SQLAlchemy reads "p"
+            found.add(parsed.password or "")
+        found.update(str(v) for k, v in parsed.query.items() if SECRET_QUERY_KEY.search(k))
+    found |= {urllib.parse.unquote(s) for s in found} | {urllib.parse.quote(s, safe="") for s in found}
+    return sorted((s for s in found if s and s != MASK), key=len, reverse=True)
+
+
+def _mask_query(query: str) -> str:
+    return "&".join(f"{pair.split('=', 1)[0]}={MASK}" if "=" in pair and SECRET_QUERY_KEY.search(pair.split("=", 1)[0])
+                    else pair for pair in query.split("&"))
+
+
 def redact(url: str) -> str:
-    """A storage/tracking URL without its password, safe for logs, params and tags."""
+    """A storage/tracking URL (or a path) without its password or credential query values, safe for logs,
+    params and tags. Database or not, written well or not: when in doubt a part is masked, never shown."""
+    split = _userinfo_split(url)
+    if split:  # user:password@ -> user:***@; a database user alone is kept, a web URL's may be a token
+        scheme, userinfo, rest = split
+        if ":" in userinfo:
+            url = f"{scheme}{userinfo.split(':', 1)[0]}:{MASK}{rest}"
+        elif not is_database_url(url):
+            url = f"{scheme}{MASK}{rest}"
+    base, sep, query = url.partition("?")
+    url = base + sep + _mask_query(query)
+    return redact_text(url, secrets_of(url))  # a secret that is also written elsewhere in the URL
+
+
+def redact_text(text: str, secrets: list[str] | tuple[str, ...]) -> str:
+    """`text` (a command line, an error message that may echo a URL) with every secret replaced by ***."""
+    for secret in sorted({s for s in secrets if s and s != MASK}, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
+
+
+def redact_urls(text: str, *urls: str | None) -> str:
+    """`text` without the secrets of these URLs, in any form: for messages that may quote them."""
+    for url in filter(None, urls):
+        text = text.replace(url, redact(url))
+        text = redact_text(text, secrets_of(url))
+    return text
+
+
+def tracking_uri() -> str:
+    """The MLflow tracking URI the harness uses: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+# Optuna's RDB storage tables (alembic_version too: Optuna migrates its schema with alembic) and the tables
+# that tell an MLflow tracking database.
+OPTUNA_TABLES = frozenset({
+    "studies", "study_directions", "study_user_attributes", "study_system_attributes", "trials", "trial_params",
+    "trial_values", "trial_intermediate_values", "trial_user_attributes", "trial_system_attributes",
+    "trial_heartbeats", "version_info", "alembic_version"})
+MLFLOW_TABLES = frozenset({"experiments", "runs"})
+# The drivers SQLAlchemy can use per backend, in its order of preference (its default first may be absent).
+DRIVERS = {"postgresql": ("psycopg2", "psycopg", "pg8000", "asyncpg"), "mysql": ("pymysql", "MySQLdb", "mysql.connector")}
+PIP_NAMES = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient",
+             "mysql": "mysql-connector-python"}
+
+
+def database_tables(url: str) -> set[str]:
+    """The tables of the database at `url`, without creating anything: a sqlite file that does not exist
+    is not created (empty set). Raises SQLAlchemy's error when the server cannot be reached."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or ":memory:").is_file():
+        return set()
+    engine = sqlalchemy.create_engine(parsed)
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a database URL (a path, http://...): strip any user:password@
-        if "@" in url and "://" in url:
-            scheme, rest = url.split("://", 1)
-            return f"{scheme}://***@{rest.split('@', 1)[1]}"
-        return url
+        return set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
 
 
-def setup(experiment: str) -> str:
-    """Point MLflow at the tracking store (default sqlite:///mlflow.db) and the study's experiment.
+def database_owner(tables: set[str]) -> str | None:
+    """Which application's database these tables look like: Optuna, MLflow, another application, or None
+    (no tables: a new database)."""
+    if not tables:
+        return None
+    if tables <= OPTUNA_TABLES:
+        return "Optuna"
+    return "MLflow" if MLFLOW_TABLES <= tables else "another application"
+
+
+def missing_driver(url: str, err: ImportError) -> str:
+    """Why SQLAlchemy could not load `url`'s database driver and how to fix it: `postgresql://` means
+    SQLAlchemy's default driver (psycopg 3 since SQLAlchemy 2.1), not whichever one is installed."""
+    parsed = make_url(url)
+    backend, missing = parsed.get_backend_name(), err.name or str(err)
+    pip = PIP_NAMES.get(missing.split(".")[0], missing)
+    installed = [d for d in DRIVERS.get(backend, ()) if d != missing and importlib.util.find_spec(d.split(".")[0])]
+    default = "SQLAlchemy's default driver for" if "+" not in parsed.drivername else "the driver named in"
+    fix = (f"name an installed one in the URL, e.g. {redact(str(parsed.set(drivername=f'{backend}+{installed[0]}')))}"
+           f" (installed: {', '.join(installed)}), or pip install {pip}") if installed else f"pip install {pip}"
+    return f"{default} {parsed.drivername}:// is {missing}, which is not installed: {fix}"
+
+
+def check_tracking_store(uri: str) -> None:
+    """Refuse a tracking URI that is an Optuna storage (MLflow would fail on, or migrate, its tables), a
+    database or tracking server that cannot be reached (MLflow would retry for minutes, then print a
+    traceback), or a folder (MLflow 3's file store is frozen and fails)."""
+    scheme = urllib.parse.urlparse(uri).scheme.lower()
+    if scheme in ("", "file"):
+        raise ParameterError(f"MLFLOW_TRACKING_URI={uri} is a folder (MLflow's file store), which MLflow 3 no longer "
+                             f"supports: use a database, e.g. {DEFAULT_TRACKING_URI}, or a tracking server "
+                             "(http://host:5000)")
+    if scheme in ("http", "https"):
+        check_server_reachable(uri)
+    if not is_database_url(uri):
+        return
+    try:
+        owner = database_owner(database_tables(uri))
+    except ImportError as err:
+        raise ParameterError(f"cannot open the MLflow tracking store {redact(uri)}: {missing_driver(uri, err)}") from None
+    except sqlalchemy.exc.SQLAlchemyError as err:
+        reason = redact_urls(str(err).splitlines()[0], uri)
+        raise ParameterError(f"cannot open the MLflow tracking store {redact(uri)}: {type(err).__name__}: {reason}. "
+                             "Check the URL and that the database server is running") from None
+    if owner == "Optuna":
+        raise ParameterError(f"the MLflow tracking URI {redact(uri)} is an Optuna storage (it has Optuna's tables and "
+                             "no MLflow ones): point MLFLOW_TRACKING_URI at another database, e.g. "
+                             f"{DEFAULT_TRACKING_URI}, and keep --storage for Optuna")
+
+
+def check_server_reachable(uri: str, timeout_s: float = 10) -> None:
+    """A tracking server that does not answer when a command starts is a setting to check, not an outage to
+    wait out (once runs have started, MLflow's client retries: see below)."""
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
+    except requests.RequestException as err:
+        reason = redact_urls(str(err).splitlines()[0] if str(err) else type(err).__name__, uri)
+        raise ParameterError(f"cannot reach the MLflow tracking server {redact(uri)} ({type(err).__name__}: "
+                             f"{reason[:300]}): start it (mlflow server ...) or check MLFLOW_TRACKING_URI") from None
+
+
+# A tracking server that goes away (a restart, a network blip) is waited for by MLflow's own HTTP client: urllib3
+# retries every request on a refused or dropped connection, a timeout and a 429/5xx answer, with exponential
+# backoff. Its bounds, set here unless the user set them: MLflow's defaults for the retries (7, backoff factor 2 s,
+# jitter up to 1 s: waits of 0, 4, 8, 16, 32, 64 and 120 s, about 4 minutes), and 60 s rather than 120 s for one
+# request to answer, so that a server that does not answer at all is given up after 4 + 8 x 1 = 12 minutes.
+# MLflow also reads every run back from a server as it ends, only to print its URL (the harness logs its own
+# progress): one request per run end fewer, and one fewer that can fail.
+HTTP_CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+                        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1.0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+                        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+# What an MLflow REST call was doing, by its endpoint (after /api/2.0/mlflow/), for the error message.
+ENDPOINT_ACTIONS = {"runs/log-batch": "logging metrics, params or tags", "runs/log-metric": "logging a metric",
+                    "runs/log-parameter": "logging a param", "runs/set-tag": "tagging a run",
+                    "runs/create": "starting a run", "runs/update": "ending a run", "runs/get": "reading a run",
+                    "runs/search": "searching runs", "runs/delete": "deleting a run",
+                    "experiments/get-by-name": "opening the experiment", "experiments/create": "creating the experiment",
+                    "experiments/get": "opening the experiment", "mlflow-artifacts": "storing an artifact"}
+
+
+def configure_http_client() -> None:
+    """Bound MLflow's HTTP retries (HTTP_CLIENT_DEFAULTS) where the user has not set them: the time a worker
+    waits for a tracking server that went away is then known (http_retry_wait_s)."""
+    for name, value in HTTP_CLIENT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+def http_retry_wait_s() -> float:
+    """How long MLflow's client waits in backoff for an unreachable server before it gives up on a request,
+    jitter and request timeouts not counted. urllib3 retries the first failure at once, then waits
+    factor * 2**(n - 1) s after the n-th failure, at most Retry.DEFAULT_BACKOFF_MAX (120 s)."""
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, MLFLOW_HTTP_REQUEST_MAX_RETRIES
+    from urllib3.util import Retry
+
+    factor, retries = MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get(), MLFLOW_HTTP_REQUEST_MAX_RETRIES.get()
+    return float(sum(min(Retry.DEFAULT_BACKOFF_MAX, factor * 2 ** (n - 1)) for n in range(2, retries + 1)))
+
+
+def lost_server_message(err: BaseException) -> str | None:
+    """The message for an MLflow call that gave up on an unreachable tracking server after its retries (a refused
+    or dropped connection, no answer, or 429/5xx answers throughout), naming the tracking URI without its
+    password and what the call was doing; None for any other error."""
+    import requests
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
+    from mlflow.exceptions import MlflowException
+
+    # MLflow's http_request wraps the requests error in "API request to <url> failed with ..." (as its cause or,
+    # raised inside its except clause, its context); redacted_errors may wrap that MlflowException once more.
+    cause = err
+    while isinstance(cause, MlflowException):
+        cause = cause.__cause__ or cause.__context__
+    if not isinstance(err, MlflowException) or not isinstance(
+            cause, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.RetryError)):
+        return None
+    url = re.search(r"API request to (\S+?) failed", err.message)
+    endpoint = urllib.parse.urlsplit(url.group(1)).path if url else ""
+    endpoint = re.sub(r"^.*?/api/2\.0/(mlflow/)?", "", endpoint)
+    action = next((what for prefix, what in ENDPOINT_ACTIONS.items() if endpoint.startswith(prefix)),
+                  f"calling {endpoint}" if endpoint else "calling it")
+    if isinstance(cause, requests.exceptions.Timeout) and not isinstance(cause, requests.exceptions.ConnectionError):
+        reason = f"no answer within {MLFLOW_HTTP_REQUEST_TIMEOUT.get()} s"
+    else:
+        found = re.search(r"\[Errno -?\d+\] ([^'\")]+)|(too many \d+ error responses)|(Connection reset by peer)",
+                          str(cause))
+        reason = next((g for g in found.groups() if g), "") if found else type(cause).__name__
+    retries = MLFLOW_HTTP_REQUEST_MAX_RETRIES.get()
+    return (f"lost the MLflow tracking server {redact(mlflow.get_tracking_uri())} while {action} ({reason}; gave up "
+            f"after {retries} {'retry' if retries == 1 else 'retries'} over {http_retry_wait_s():.0f} s); completed "
+            "trials and final runs are kept: run the same command again when it is back")
+
+
+@contextlib.contextmanager
+def redacted_errors(*urls: str) -> Iterator[None]:
+    """Re-raise an MLflow error without the secrets of `urls`: MLflow quotes the tracking URI it rejects."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as err:
+        message = redact_urls(err.message, *urls)
+        if message == err.message:
+            raise
+        raise MlflowException(message, error_code=err.error_code) from None
+
+
+@contextlib.contextmanager
+def single_http_attempt() -> Iterator[None]:
+    """MLflow requests made meanwhile are tried once (MLflow reads its retry bound at every request)."""
+    before = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = before
+
+
+def end_run(status: str, error: BaseException | None = None) -> None:
+    """mlflow.end_run(status), for a run that `error` (if any) is ending. A tracking server that `error` says is
+    gone is tried once more, not waited for again at every level of nested runs; and a server lost while ending
+    the run never hides `error` (a bug keeps its traceback). Such a run stays RUNNING until the same command is
+    run again: its trial or seed is failed in Optuna, and the resume closes its run as FAILED (the parent run is
+    resumed and ended)."""
+    from mlflow.exceptions import MlflowException
+
+    if error is None:
+        mlflow.end_run(status)
+        return
+    active = mlflow.active_run()  # MLflow's own stack: no request
+    with single_http_attempt() if lost_server_message(error) else contextlib.nullcontext():
+        try:
+            mlflow.end_run(status)  # pops the run off MLflow's stack before it calls the server
+        except MlflowException as failed:
+            if lost_server_message(failed) is None:
+                raise
+            log.warning("could not record the end (%s) of MLflow run %s: the tracking server is unreachable; the "
+                        "same command closes it when run again", status, active.info.run_id if active else "?")
+
+
+def setup(experiment: str, uri: str | None = None) -> str:
+    """Point MLflow at the tracking store (`uri`, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db) and the
+    study's experiment; refuse a tracking URI that is an Optuna storage or cannot be reached.
 
     Under `mlflow run`, MLflow has already opened a launcher run (MLFLOW_RUN_ID). The harness's runs
     go to the study's experiment instead, so the launcher run is tagged with a pointer to them and
     detached from this process.
     """
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+    configure_http_client()
+    uri = uri or tracking_uri()
+    check_tracking_store(uri)
+    mlflow.set_tracking_uri(uri)
     launcher = os.environ.pop("MLFLOW_RUN_ID", None)
     os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-    exp = mlflow.set_experiment(experiment)
+    with redacted_errors(uri):  # the first call that reaches the store
+        exp = mlflow.set_experiment(experiment)
     # When another worker created the experiment a moment before, MLflow returns it without making it the
     # active one, and nested runs would land in "Default": make it active explicitly.
     mlflow.set_experiment(experiment_id=exp.experiment_id)
     if launcher:
         MlflowClient().set_tag(launcher, Tag.STAGE, Stage.LAUNCH)
         MlflowClient().set_tag(launcher, Tag.RESULTS_EXPERIMENT, experiment)
+        warn_of_launcher_secrets(launcher)
     return exp.experiment_id
+
+
+def warn_of_launcher_secrets(launcher: str) -> None:
+    """`mlflow run` logs its -P parameters on the launcher run as given, before the harness starts, and MLflow
+    params cannot be changed: a password in -P storage= is there for good. Say so, and how to avoid it."""
+    params = MlflowClient().get_run(launcher).data.params
+    exposed = sorted(k for k, v in params.items() if "://" in v and secrets_of(v))
+    if exposed:
+        log.warning("`mlflow run` recorded the parameter(s) %s with a password on its launcher run %s (MLflow logs "
+                    "-P values as given; the harness cannot change them): delete that run (mlflow gc) and change the "
+                    "password; next time leave it out of the URL and set PGPASSWORD or ~/.pgpass instead",
+                    ", ".join(exposed), launcher)
 
 
 @contextlib.contextmanager
 def run(name: str, tags: dict[str, Any], nested: bool = False, run_id: str | None = None,
         finished_on: tuple[type[BaseException], ...] = (), **kwargs: Any) -> Iterator[Run]:
     """Start (or resume) a run and always end it: FINISHED on success or on `finished_on`
-    exceptions (e.g. a pruned trial), KILLED on Ctrl-C/SIGTERM, FAILED on any other error."""
-    active = mlflow.start_run(run_id=run_id, run_name=None if run_id else name, nested=nested,
-                              tags={k: str(v) for k, v in tags.items()}, **kwargs)
-    status = "FAILED"
+    exceptions (e.g. a pruned trial), KILLED on Ctrl-C/SIGTERM, FAILED on any other error.
+
+    Starting and ending the run are never cut short by a signal (shutdown.py): one that arrives while the
+    run starts is raised once it has started, so it ends KILLED; one that arrives while it ends is raised
+    after it has ended."""
+    active, status, error = None, "FAILED", None
     try:
+        with shutdown.deferred():
+            active = mlflow.start_run(run_id=run_id, run_name=None if run_id else name, nested=nested,
+                                      tags={k: str(v) for k, v in tags.items()}, **kwargs)
         yield active
         status = "FINISHED"
     except finished_on:
         status = "FINISHED"
         raise
-    except KeyboardInterrupt:
-        status = "KILLED"
+    except KeyboardInterrupt as err:
+        shutdown.note_interrupt()  # from here on, further signals wait until every run has ended
+        status, error = "KILLED", err
+        raise
+    except BaseException as err:
+        error = err
         raise
     finally:
-        mlflow.end_run(status)
+        with shutdown.deferred():
+            if active is not None:
+                end_run(status, error)  # a lost server is not waited for again, nor hides `error`
 
 
 def log_params(params: dict[str, Any]) -> None:

@@ -11,11 +11,12 @@ Fairness rules enforced here:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,12 @@ import numpy as np
 import optuna
 import pandas as pd
 import torch
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from . import figures, tracking, workers
+from . import figures, shutdown, tracking, workers
 from .arms import Fitted, RunOptions
 from .data import TaskData
 from .errors import DivergedError, NoCompletedTrialError
@@ -289,6 +291,17 @@ def close_stale_runs(experiment_id: str, parent_id: str, stage: str, number_tag:
             log.info("closed the MLflow run of %s %d (its process died) as FAILED", stage, number)
 
 
+@contextlib.contextmanager
+def parent_run(experiment_id: str, identity: dict[str, str], tags: dict[str, Any], label: str) -> Iterator[Run]:
+    """The cell's parent run, claimed (created RUNNING if new) and started as one step: a signal meanwhile is
+    raised once the run is started, so that it ends KILLED rather than staying RUNNING."""
+    with contextlib.ExitStack() as stack:
+        with shutdown.deferred():
+            parent_id = tracking.claim_parent_run(experiment_id, identity, tags, label)
+            parent = stack.enter_context(tracking.run(label, tags, run_id=parent_id, log_system_metrics=True))
+        yield parent
+
+
 def tune_cell(cell: Cell, storage: RDBStorage, experiment_id: str) -> None:
     """The whole protocol for one (arm, task): tune, pick on dev, retrain with K seeds, test once."""
     request, spec, arm, task = cell.request, cell.spec, cell.arm, cell.task
@@ -300,12 +313,11 @@ def tune_cell(cell: Cell, storage: RDBStorage, experiment_id: str) -> None:
     factors = {**arm.tags(cell.options), **cell.factors()}
     tags = {**identity, **factors, **provenance, Tag.OPTUNA_STUDY: study.study_name, Tag.STUDY_UID: uid,
             Tag.TASK_SOURCE: task.source}
-    parent_id = tracking.claim_parent_run(experiment_id, {**identity, Tag.STUDY_UID: uid}, tags, cell.label)
     done_before = workers.counted_trials(study)
     if done_before:
         log.info("%s | resuming: %d/%d trials already finished", cell.label, done_before, request.n_trials)
 
-    with tracking.run(cell.label, tags, run_id=parent_id, log_system_metrics=True) as parent:
+    with parent_run(experiment_id, {**identity, Tag.STUDY_UID: uid}, tags, cell.label) as parent:
         tracking.log_params({**config, "num_classes": task.num_classes})  # fixed for this study: see open_study
         mlflow.log_dict(task.summary(), Artifact.TASK_SUMMARY)
         mlflow.log_text(Path(spec.path).read_text(), Artifact.STUDY_FILE)

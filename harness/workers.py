@@ -5,7 +5,8 @@ one machine, PostgreSQL for a cluster). What they share lives in that storage, a
 two workers could race on goes through an operation the storage makes atomic:
 
   - **The study.** Exactly one worker creates a cell's study (the storage refuses a second) and records
-    the run configuration on it; every worker, now or on a resume, must bring the same configuration.
+    the run configuration on it; every worker, now or on a resume, must bring the same configuration
+    (while no trial has finished, a corrected command replaces it instead).
 
   - **Trial budget.** A worker only starts a trial while `finished + running < n_trials`; a trial that
     still finds itself beyond the budget once created (two workers asked at the same moment) is skipped:
@@ -25,6 +26,7 @@ two workers could race on goes through an operation the storage makes atomic:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -41,7 +43,7 @@ import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
-from . import tracking
+from . import shutdown, tracking
 from .errors import ParameterError, StorageError, StudyError
 from .schema import final_study_name
 
@@ -77,32 +79,59 @@ class SkippedTrial(Exception):
 
 
 def open_storage(url: str) -> RDBStorage:
-    """An RDB storage with heartbeats: a trial whose process died is marked failed and re-queued."""
+    """An RDB storage with heartbeats: a trial whose process died is marked failed and re-queued.
+    Refuses a database that belongs to another application (e.g. MLflow's): Optuna would add its tables to it."""
     # A database server may drop idle connections between trials: test each before use.
     engine = {} if url.startswith("sqlite") else {"pool_pre_ping": True}
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
     for attempt in range(5):
         try:
+            check_storage_database(url)
             return RDBStorage(
                 url, heartbeat_interval=int(HEARTBEAT_INTERVAL_S), grace_period=int(HEARTBEAT_GRACE_S),
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3), engine_kwargs=engine,
             )
-        except (sqlalchemy.exc.SQLAlchemyError, ImportError) as err:
+        except ImportError as err:  # Optuna's "install appropriate one" hides which driver and why
+            raise ParameterError(f"cannot open Optuna storage {tracking.redact(url)}: "
+                                 f"{tracking.missing_driver(url, err.__cause__ or err)}") from None
+        except sqlalchemy.exc.ArgumentError as err:
+            raise ParameterError(f"cannot open Optuna storage {tracking.redact(url)}: not a database URL "
+                                 f"({tracking.redact_urls(str(err), url)}); e.g. sqlite:///optuna.db or "
+                                 "postgresql+psycopg2://user:password@host/db") from None
+        except sqlalchemy.exc.SQLAlchemyError as err:
             # Workers starting together on an empty database race to create its tables: the losers retry.
             racing = isinstance(err, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)) \
                 or "already exists" in str(err)
             if racing and attempt < 4:
                 time.sleep(random.uniform(0.2, 1.0))
                 continue
+            # The driver's message may echo the URL or its password.
+            reason = tracking.redact_urls(str(err).splitlines()[0], url)
             raise ParameterError(f"cannot open Optuna storage {tracking.redact(url)}: {type(err).__name__}: "
-                                 f"{str(err).splitlines()[0]}") from None
+                                 f"{reason}") from None
     raise AssertionError("unreachable")
+
+
+def check_storage_database(url: str) -> None:
+    """Refuse, before Optuna creates any table, a database that already holds another application's tables."""
+    if not tracking.is_database_url(url):
+        return  # Optuna's own error says what is wrong with it
+    tables = tracking.database_tables(url)
+    owner = tracking.database_owner(tables)
+    if owner in (None, "Optuna"):
+        return
+    telling = sorted(tables & tracking.MLFLOW_TABLES) + sorted(tables - tracking.MLFLOW_TABLES)
+    found = ", ".join(telling[:6]) + (", ..." if len(tables) > 6 else "")
+    raise ParameterError(
+        f"storage={tracking.redact(url)} is not an Optuna storage: it looks like {owner}'s database (tables: "
+        f"{found}). Optuna would add its tables to it: pass another database as storage, e.g. sqlite:///optuna.db"
+        + (" (MLflow's stays the tracking URI)" if owner == "MLflow" else ""))
 
 
 def open_study(name: str, storage: RDBStorage, sampler: optuna.samplers.BaseSampler,
                pruner: optuna.pruners.BasePruner, config: dict[str, Any], fix: str) -> optuna.Study:
     """Create or resume the Optuna study `name`; refuse a resume under another configuration (it would mix
-    two comparisons); `fix` says what the user may restore."""
+    two comparisons), unless the study has no results yet; `fix` says what the user may restore."""
     try:  # exactly one worker creates the study (the storage says which) and records its configuration
         storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], name)
         created = True
@@ -113,14 +142,47 @@ def open_study(name: str, storage: RDBStorage, sampler: optuna.samplers.BaseSamp
         study.set_user_attr("config", config)
         study.set_user_attr("study_uid", uuid.uuid4().hex)  # tells this study from a namesake in another DB
     recorded = wait_for_user_attr(study, "study_uid") and study.user_attrs.get("config")
-    if json.loads(json.dumps(config)) != recorded:
-        changed = sorted(k for k in config.keys() | recorded.keys() if recorded.get(k) != json.loads(json.dumps(config.get(k))))
-        raise StudyError(
-            f"Optuna study {name!r} in this storage was run with a different configuration "
-            f"(changed: {', '.join(changed)}); resuming would mix two comparisons. Restore the original "
-            f"settings ({fix}) or use another study name or storage."
-        )
+    wanted = json.loads(json.dumps(config))  # as the storage gives it back (tuples become lists)
+    if wanted != recorded:
+        changed = ", ".join(sorted(k for k in wanted.keys() | recorded.keys() if recorded.get(k) != wanted.get(k)))
+        if not has_results(study):
+            restart_with_config(study, wanted, changed)
+        if study.user_attrs.get("config") != wanted:  # has results, or another worker restarted it otherwise
+            raise StudyError(
+                f"Optuna study {name!r} in this storage was run with a different configuration "
+                f"(changed: {changed}); resuming would mix two comparisons. Restore the original "
+                f"settings ({fix}) or use another study name or storage."
+            )
     return study
+
+
+def has_results(study: optuna.Study) -> bool:
+    """Has any trial of the study finished or is one running (a worker on the recorded configuration), or
+    has any final seed completed? A study without results can start again under another configuration."""
+    if study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING)):
+        return True
+    try:
+        finals = optuna.load_study(study_name=final_study_name(study.study_name), storage=study._storage)
+    except KeyError:  # no final-seed study yet
+        return False
+    return bool(finals.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)))
+
+
+def restart_with_config(study: optuna.Study, config: dict[str, Any], changed: str) -> None:
+    """Record `config` on a study that has no results (e.g. its only trial was interrupted), so a corrected
+    command starts it afresh instead of being refused. Trials queued under the old configuration (retries of
+    failed trials, final seeds) are dropped: their parameters or seeds may not fit the new one. Workers
+    starting together all record the same configuration."""
+    log.warning("Optuna study %r has no finished trial yet: its recorded configuration is replaced by this "
+                "command's (changed: %s)", study.study_name, changed)
+    queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    with contextlib.suppress(KeyError):
+        final = optuna.load_study(study_name=final_study_name(study.study_name), storage=study._storage)
+        queued += final.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    for trial in queued:
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # another worker ran it meanwhile
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    study.set_user_attr("config", config)
 
 
 def wait_for_user_attr(study: optuna.Study, key: str, timeout_s: float = 60) -> Any:
@@ -144,7 +206,7 @@ def with_storage_retries(call: Callable[[], T], what: str, url: str) -> T:
         try:
             return call()
         except STORAGE_ERRORS as err:
-            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            reason = f"{type(err).__name__}: {tracking.redact_urls(str(err).splitlines()[0], url) if str(err) else ''}"
             if attempt == STORAGE_RETRIES:
                 raise StorageError(
                     f"lost the Optuna storage {tracking.redact(url)} while {what} ({reason}); gave up after "
@@ -158,16 +220,28 @@ def with_storage_retries(call: Callable[[], T], what: str, url: str) -> T:
 
 
 def fail_stale(study: optuna.Study) -> None:
-    """Fail the trials whose worker stopped sending heartbeats (their retries are queued as WAITING)."""
-    with warnings.catch_warnings():
+    """Fail the trials whose worker stopped sending heartbeats (their retries are queued as WAITING); a signal
+    waits until both are done, or a failed trial could lose its retry."""
+    with warnings.catch_warnings(), shutdown.deferred():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         fail_stale_trials(study)
 
 
 def optimize_one(study: optuna.Study, objective: Callable[[optuna.Trial], float]) -> None:
-    """One trial; an error that comes with an unreachable storage is reported as StorageLost."""
+    """One trial; an error that comes with an unreachable storage is reported as StorageLost.
+
+    Only the objective itself is interruptible. A signal while Optuna creates the trial or records its end is
+    raised once that is done: cut there, the trial would stay RUNNING (and Optuna, interrupted while recording
+    it, fails with an UnboundLocalError). A KeyboardInterrupt from the objective is recorded as FAIL by Optuna,
+    which then raises it again."""
+
+    def interruptible_objective(trial: optuna.Trial) -> float:
+        with shutdown.interruptible():
+            return objective(trial)
+
     try:
-        study.optimize(objective, n_trials=1, catch=(SkippedTrial,))
+        with shutdown.deferred():
+            study.optimize(interruptible_objective, n_trials=1, catch=(SkippedTrial,))
     except STORAGE_ERRORS:
         raise
     except Exception as err:

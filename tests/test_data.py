@@ -84,7 +84,7 @@ def test_labels_absent_from_train(tmp_path):
 
 
 def test_train_labels_must_be_contiguous(tmp_path):
-    msg = error_for(tmp_path, raw={"train": "sequence,label\nACGT,0\nTTTT,2\n"})
+    msg = error_for(tmp_path, raw={"train": "sequence,label\nACGT,0\nTTTT,2\nGGGG,0\n"})
     assert "class(es) [1] never occur" in msg
 
 
@@ -110,7 +110,7 @@ def test_missing_file_and_folder(tmp_path):
 
 def test_malformed_csv_row(tmp_path):
     msg = error_for(tmp_path, raw={"train": "sequence,label\nACGT,0\nTTTT,1,extra,fields\n"})
-    assert "train.csv" in msg and "not a readable CSV" in msg
+    assert "train.csv, line 3 has 4 fields, the header has 2" in msg
 
 
 def test_train_test_overlap_is_reported(tmp_path, caplog):
@@ -162,3 +162,57 @@ def test_real_gue_task_loads():
     task = load_task("tf/0", str(root))
     assert task.num_classes == 2 and len(task.train) > 30_000 and len(task.dev) == len(task.test) == 1000
     assert {len(s) for s in task.test.sequences} == {101}
+
+
+def test_unreadable_file_says_cannot_read_and_what_to_do(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    root = make_task(tmp_path)
+    forbidden = root / "toy" / "t" / "dev.csv"
+    real = Path.read_bytes
+
+    def read_bytes(path):  # chmod 000 cannot forbid root, who runs some CI: raise what the OS would
+        if path == forbidden:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    with pytest.raises(DataError, match=f"cannot read {forbidden}: Permission denied; make it readable"):
+        load_gue_task(root, "toy/t")
+
+
+def test_an_os_error_is_reported_neutrally_read_or_write():
+    import errno
+
+    from harness.errors import reported
+
+    message, code = reported(PermissionError(errno.EACCES, "Permission denied", "/data/train.csv"))
+    assert code == 1 and message.startswith("/data/train.csv: Permission denied.")
+    assert "write" not in message and "FAILED" not in message and "run the same command again" in message
+
+
+def test_label_checks_stay_small_whatever_the_largest_label(tmp_path):
+    """A label of 10**6 in a 300-row train split is refused by the row count (no set of a million classes);
+    a missing-class list is cut at 10."""
+    seqs = ["ACGTACGT"] * 300
+    msg = error_for(tmp_path, train=(seqs, [0, 1] * 149 + [1, 1_000_000]))
+    assert "line 301 has 1000000 but train has only 300 rows" in msg and len(msg) < 400
+    msg = error_for(tmp_path, train=(seqs, [0, 60] * 150))
+    assert "class(es) [1, 2, 3, 4, 5, 6, 7, 8, 9, 10 and 49 more] never occur" in msg
+
+
+def test_extra_columns_are_ignored_and_logged(tmp_path, caplog):
+    import logging
+
+    root = make_task(tmp_path, raw={"train": "id,sequence,label\n1,ACGT,0\n2,TTTT,1\n"})
+    with caplog.at_level(logging.INFO, logger="harness.data"):
+        task = load_gue_task(root, "toy/t")
+    assert task.train.sequences == ["ACGT", "TTTT"] and "['id'] ignored" in caplog.text
+
+
+def test_lines_are_file_lines_after_a_quoted_multiline_field(tmp_path):
+    msg = error_for(tmp_path, raw={"dev": 'sequence,label\nACGT,"0\n"\nACGU,1\n'})
+    assert "dev.csv, line 4: character 'U'" in msg
+    msg = error_for(tmp_path, raw={"dev": 'sequence,label\n"AC\nGT",0\nACGT,1\n'})
+    assert "dev.csv, line 2: character '\\n' is not DNA" in msg

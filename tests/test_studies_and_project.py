@@ -36,7 +36,7 @@ def test_shipped_studies_load_and_declare_every_family():
     (lambda r: r["budget"].update(patience="two"), "budget.patience must be int"),
     (lambda r: r["budget"].update(patience=-1), "budget.patience must be >= 1"),
     (lambda r: r["budget"].update(seeds="three"), "budget.seeds must be int"),
-    (lambda r: r["pruner"].update(warmup_steps=2), "pruner has unknown key"),
+    (lambda r: r["pruner"].update(warmup_steps=2), "unknown key pruner.warmup_steps; did you mean 'n_warmup_steps'"),
     (lambda r: r["search_spaces"].update(cnn=None), "search_spaces.cnn must be a mapping of parameter: distribution"),
     (lambda r: r.update(sampler=[1, 2]), "sampler must be dict"),
 ])

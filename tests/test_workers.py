@@ -258,7 +258,7 @@ def test_full_or_read_only_artifact_store_loses_nothing(shared_root, workdir, mo
     monkeypatch.setattr(mlflow, "log_artifact", failing)
     assert harness(run_args(shared_root, storage)) == 1
     err = capsys.readouterr().err
-    assert "cannot write" in err and "test_predictions.csv" in err and message in err and "run the same command again" in err
+    assert f"test_predictions.csv: {message}" in err and "run the same command again" in err
     client = MlflowClient()
     exp = client.get_experiment_by_name("shared").experiment_id
     runs = client.search_runs([exp], max_results=1000)

@@ -10,6 +10,7 @@ test.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from optuna.distributions import distribution_to_json
 from ..checkpoints import Checkpoint, open_checkpoint
 from ..data import TaskData
 from ..errors import ParameterError, StudyError
+from ..hyperparameters import distribution_problem, fixed_problem, value_problem
 from ..models import MODELS
 from ..runtime import Runtime
 from ..schema import Init, Tag, variant_name
@@ -179,8 +181,27 @@ class Arm:
             raise StudyError(
                 f"{spec.path}: search space {space!r} does not fit arm {self.name}: "
                 + (f"missing {sorted(missing)}; " if missing else "") + (f"unused {sorted(unknown)}; " if unknown else "")
+                + "".join(f"did you mean {close[0]!r} for {name!r}? " for name in sorted(unknown)
+                          if (close := difflib.get_close_matches(name, [*required, *optional], n=1)))
                 + f"it takes {list(required)} and optionally {list(optional)}"
             )
+        self.check_values(spec, space)
+
+    def check_values(self, spec: StudySpec, space: str) -> None:
+        """Every value the space's distributions can produce, and every fixed value, in its hyperparameter's
+        range (harness/hyperparameters.py), so that nonsense fails before trial 0 rather than mid-study."""
+        for name, dist in spec.space(space).items():
+            problem = distribution_problem(name, dist)
+            if problem:
+                raise StudyError(f"{spec.path}: search_spaces.{space}.{name}: {problem}")
+        fixed = spec.fixed.get(space, {})
+        for name, value in fixed.items():
+            problem = value_problem(name, value)
+            if problem:
+                raise StudyError(f"{spec.path}: search_spaces.{space}.fixed.{name}: {problem}")
+        problem = fixed_problem(fixed)
+        if problem:
+            raise StudyError(f"{spec.path}: search_spaces.{space}.fixed: {problem}")
 
     def fit(self, task: TaskData, params: dict[str, Any], seed: int, budget: Budget, options: RunOptions,
             on_epoch: EpochCallback | None = None) -> Fitted:

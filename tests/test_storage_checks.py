@@ -1,0 +1,228 @@
+"""Storage URLs that point at the wrong database, a PostgreSQL URL without a driver, names with quotes in
+MLflow filter strings, and the analysis command's checks of its tracking URI and report folder."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import sqlalchemy
+from conftest import TINY_STUDY, write_split
+from mlflow.tracking import MlflowClient
+
+from harness import tracking, workers
+from harness.cli import main as harness
+from harness.errors import ParameterError
+from harness.schema import Stage, Tag, query, quoted
+
+
+def tables(url: str) -> set[str]:
+    engine = sqlalchemy.create_engine(url)
+    try:
+        return set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def mlflow_database(path: Path) -> str:
+    """A real MLflow tracking database with one experiment."""
+    uri = f"sqlite:///{path}"
+    MlflowClient(uri).create_experiment("some_study")
+    return uri
+
+
+def optuna_database(path: Path) -> str:
+    url = f"sqlite:///{path}"
+    optuna.create_study(study_name="s", storage=url).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    return url
+
+
+# ------------------------------------------------------------------- storage= at MLflow's database
+def test_storage_at_mlflows_database_is_refused_and_left_untouched(tmp_path):
+    uri = mlflow_database(tmp_path / "mlflow.db")
+    before = tables(uri)
+    with pytest.raises(ParameterError) as err:
+        workers.open_storage(uri)
+    message = str(err.value)
+    assert f"storage={uri}" in message and "MLflow's database" in message and "sqlite:///optuna.db" in message
+    assert tables(uri) == before and "studies" not in before  # Optuna created nothing in it
+
+
+def test_storage_at_mlflows_database_from_the_command_line(tmp_path, workdir, capsys):
+    uri = mlflow_database(workdir / "mlflow.db")
+    code = harness(["run", "--arm", "kmer_logreg", "--study", "smoke", "--tasks", "synthetic/motif_binary",
+                    "--n-trials", "1", "--seeds", "1", "--storage", uri])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and "is not an Optuna storage" in err
+    assert "studies" not in tables(uri)
+
+
+def test_storage_at_another_applications_database_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path}/app.db"
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as db:
+        db.execute(sqlalchemy.text("create table users (id integer primary key)"))
+    engine.dispose()
+    with pytest.raises(ParameterError, match="another application's database .tables: users"):
+        workers.open_storage(url)
+
+
+def test_new_and_existing_optuna_storages_still_open(tmp_path):
+    """Negative control: the check lets a new file (and a new folder-less path) and Optuna's own database through."""
+    new = f"sqlite:///{tmp_path}/new.db"
+    assert not (tmp_path / "new.db").exists()
+    workers.open_storage(new)
+    assert "studies" in tables(new)
+    existing = optuna_database(tmp_path / "optuna.db")
+    assert [s.study_name for s in optuna.get_all_study_summaries(workers.open_storage(existing))] == ["s"]
+
+
+# ------------------------------------------------------- MLFLOW_TRACKING_URI at Optuna's database
+def test_tracking_uri_at_the_optuna_database_is_refused(tmp_path, monkeypatch):
+    """MLflow itself would add its tables to Optuna's database, then fail with alembic's "Can't locate
+    revision" traceback."""
+    url = optuna_database(tmp_path / "optuna.db")
+    before = tables(url)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    with pytest.raises(ParameterError, match="is an Optuna storage.*MLFLOW_TRACKING_URI"):
+        tracking.setup("some_study")
+    assert tables(url) == before and "experiments" not in before
+
+
+def test_tracking_uri_at_a_new_or_mlflow_database_is_accepted(tmp_path, monkeypatch):
+    for uri in (f"sqlite:///{tmp_path}/fresh.db", mlflow_database(tmp_path / "mlflow.db")):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        tracking.setup("some_study")
+        assert mlflow.get_experiment_by_name("some_study") is not None
+
+
+# ------------------------------------------------------------------ postgresql:// without a driver
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_postgresql_without_a_driver_names_the_missing_and_the_installed_driver():
+    pytest.importorskip("psycopg2")
+    try:
+        import psycopg  # noqa: F401
+        pytest.skip("psycopg (3) is installed: SQLAlchemy's default driver loads")
+    except ImportError:
+        pass
+    url = f"postgresql://harness:pw@127.0.0.1:{closed_port()}/studies"
+    with pytest.raises(ParameterError) as err:
+        workers.open_storage(url)
+    message = str(err.value)
+    assert "default driver for postgresql:// is psycopg, which is not installed" in message
+    assert "postgresql+psycopg2://harness:***@127.0.0.1" in message and "appropriate" not in message
+
+
+@pytest.mark.slow
+def test_postgresql_urls_against_a_real_server(postgres):
+    """The same message with a server up; with the driver named, the storage opens; and an MLflow
+    database on that server is refused as storage."""
+    url = postgres.database("checks")
+    no_driver = url.replace("postgresql+psycopg2://", "postgresql://")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        with pytest.raises(ParameterError, match="postgresql\\+psycopg2://harness:\\*\\*\\*@"):
+            workers.open_storage(no_driver)
+    workers.open_storage(url).get_all_studies()
+    tracked = postgres.database("tracked")
+    MlflowClient(tracked).create_experiment("some_study")
+    with pytest.raises(ParameterError, match="MLflow's database"):
+        workers.open_storage(tracked)
+    assert "studies" not in tables(tracked)
+
+
+# -------------------------------------------------------------------- quotes in MLflow filter strings
+@pytest.mark.parametrize("value", ["plain", "it's", 'say "hi"', "a''b", "back\\'slash"])
+def test_query_matches_names_with_quotes_exactly(value, workdir):
+    client = MlflowClient()
+    exp = client.create_experiment(f"exp {value}")
+    wanted = client.create_run(exp, tags={Tag.TASK: value, Tag.STAGE: Stage.STUDY}).info.run_id
+    client.create_run(exp, tags={Tag.TASK: value + "x", Tag.STAGE: Stage.STUDY})
+    found = client.search_runs([exp], query({Tag.TASK: value, Tag.STAGE: Stage.STUDY}))
+    assert [r.info.run_id for r in found] == [wanted]
+
+
+def test_the_former_unquoted_filter_breaks_on_an_apostrophe(workdir):
+    """Negative control: the f-string the harness used (tags.x = '{value}') cannot search for "it's"."""
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    exp = client.create_experiment("former")
+    client.create_run(exp, tags={Tag.TASK: "it's"})
+    with pytest.raises(MlflowException):
+        client.search_runs([exp], f"tags.{Tag.TASK} = 'it's'")
+    assert len(client.search_runs([exp], query({Tag.TASK: "it's"}))) == 1
+
+
+def test_a_name_with_both_quote_characters_is_refused_not_matched_loosely():
+    with pytest.raises(ParameterError, match="both ' and \""):
+        quoted("it's \"x\"")
+
+
+@pytest.mark.slow
+def test_a_task_and_experiment_with_an_apostrophe_run_resume_and_analyse(tmp_path, workdir, capsys):
+    """End to end: a task folder and an experiment named with quotes; rerunning resumes the same parent."""
+    from harness.synthetic import make_synthetic_task
+
+    task = make_synthetic_task("synthetic/motif_binary")
+    for split, n in (("train", 160), ("dev", 60), ("test", 60)):
+        data = task.split(split)
+        write_split(tmp_path / "gue" / "toy" / "o'brien" / f"{split}.csv", data.sequences[:n], data.labels[:n])
+    study = tmp_path / "quotes.yaml"
+    study.write_text(TINY_STUDY.replace("name: tiny", "name: quotes"))
+    experiment = 'it\'s "quoted"'
+    args = ["run", "--arm", "kmer_logreg", "--study", str(study), "--data", str(tmp_path / "gue"),
+            "--tasks", "toy/o'brien", "--n-trials", "1", "--seeds", "1", "--experiment", experiment]
+    assert harness(args) == 0
+    assert harness(args) == 0  # resumes: finds its parent run by the task's name
+    capsys.readouterr()
+    exp = MlflowClient().get_experiment_by_name(experiment)
+    parents = MlflowClient().search_runs([exp.experiment_id], query({Tag.STAGE: Stage.STUDY}))
+    assert len(parents) == 1 and parents[0].data.tags[Tag.TASK] == "toy/o'brien"
+    from analysis.cli import main as analyze
+
+    assert analyze(["--experiment", experiment, "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "report.md").is_file()
+
+
+# ---------------------------------------------------------------------------------------- analysis
+def test_analysis_of_a_missing_database_creates_none(tmp_path, monkeypatch, capsys):
+    from analysis.cli import main as analyze
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert analyze(["--experiment", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "no MLflow tracking database at sqlite:///mlflow.db" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # no mlflow.db, no reports/ left behind
+    other = tmp_path / "elsewhere.db"
+    assert analyze(["--experiment", "nope", "--tracking-uri", f"sqlite:///{other}"]) == 2
+    assert str(other) in capsys.readouterr().err and not other.exists()
+
+
+def test_analysis_at_the_optuna_database_is_refused(tmp_path, capsys):
+    from analysis.cli import main as analyze
+
+    url = optuna_database(tmp_path / "optuna.db")
+    assert analyze(["--experiment", "s", "--tracking-uri", url]) == 2
+    assert "is an Optuna storage" in capsys.readouterr().err and "experiments" not in tables(url)
+
+
+@pytest.mark.parametrize("out", ["a_file/report", "a_file", "/proc/report"])
+def test_analysis_to_an_unwritable_folder_is_one_clear_error(out, tmp_path, workdir, capsys):
+    from analysis.cli import main as analyze
+
+    mlflow_database(workdir / "mlflow.db")
+    (workdir / "a_file").write_text("not a folder")
+    assert analyze(["--experiment", "some_study", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "Traceback" not in err and f"--out {out}" in err
