@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import json
 import os
 import subprocess
 import sys
@@ -253,3 +254,30 @@ def test_minimum_sequence_length_of_every_arm():
     for name, arm in ARMS.items():
         least, why = min_sequence_length(arm, study, RunOptions())
         assert (least, bool(why)) == ((6, True) if name == "kmer_logreg" else (1, False)), name
+
+
+@pytest.mark.parametrize("config, problem", [
+    ({"foo": 1}, "lacks key(s) 'hidden_size', 'num_hidden_layers', 'num_attention_heads', 'intermediate_size'"),
+    ({"hidden_size": 0}, "0 is not a valid hidden_size (the transformer's width): it must be an integer >= 1"),
+    ({"hidden_size": "x"}, "'x' is not a valid hidden_size"),
+    ({"num_attention_heads": 5}, "num_attention_heads=5 does not divide hidden_size=96"),
+])
+def test_a_checkpoint_architecture_that_cannot_be_built_is_refused_when_opened(config, problem, tmp_path):
+    """A published-layout config.json with a size missing (the model's default would be taken silently and the
+    weights would not fit, found only in trial 0) or invalid (a traceback from torch) names the file."""
+    from harness.checkpoints import open_checkpoint
+    from harness.errors import CheckpointError
+
+    valid = {"hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 12, "intermediate_size": 192}
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "pytorch_model.bin").write_bytes(b"")  # opening reads the manifest, not the weights
+    (folder / "config.json").write_text(json.dumps(config if "foo" in config else {**valid, **config}))
+    open_checkpoint.cache_clear()
+    with pytest.raises(CheckpointError) as err:
+        open_checkpoint(str(folder))
+    assert str(err.value).startswith(f"checkpoint file {folder / 'config.json'}") and problem in str(err.value)
+    # Negative control: the valid sizes open.
+    (folder / "config.json").write_text(json.dumps(valid))
+    open_checkpoint.cache_clear()
+    assert open_checkpoint(str(folder)).architecture == valid

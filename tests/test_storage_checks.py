@@ -226,3 +226,52 @@ def test_analysis_to_an_unwritable_folder_is_one_clear_error(out, tmp_path, work
     assert analyze(["--experiment", "some_study", "--out", out]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "Traceback" not in err and f"--out {out}" in err
+
+
+# ------------------------------------------------------------------- tracking URIs checked at start
+@pytest.mark.parametrize("uri", ["mlruns", "./some/folder", "file:///tmp/harness-mlruns"])
+def test_a_folder_as_tracking_uri_is_refused_and_creates_nothing(uri, tmp_path, monkeypatch, capsys):
+    """MLflow 3 keeps its file store only in maintenance: it would create the folder, then fail."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert harness(["run", "--arm", "kmer_logreg", "--n-trials", "1", "--seeds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: MLFLOW_TRACKING_URI={uri} is a folder (MLflow's file store)" in err and "sqlite:///" in err
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "some").exists()
+
+
+def test_a_tracking_server_that_does_not_answer_at_start_is_refused_at_once(tmp_path, monkeypatch, capsys):
+    """Not waited for with MLflow's minutes of retries: a wrong URI or a server not started is a setting."""
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://bob:MARKHTTP@127.0.0.1:{port}")
+    started = time.monotonic()
+    assert harness(["run", "--arm", "kmer_logreg", "--n-trials", "1", "--seeds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert time.monotonic() - started < 30
+    assert f"error: cannot reach the MLflow tracking server http://bob:***@127.0.0.1:{port}" in err
+    assert "MARKHTTP" not in err and "Traceback" not in err
+
+
+def test_mlflow_run_launcher_parameters_with_a_password_are_warned_of(workdir, monkeypatch, caplog):
+    """`mlflow run` logs -P values before the harness starts; it cannot mask them, so it says so."""
+    launcher = MlflowClient().create_run(MlflowClient().create_experiment("launch")).info.run_id
+    MlflowClient().log_param(launcher, "storage", "postgresql+psycopg2://u:MARKLAUNCH@db/optuna")
+    MlflowClient().log_param(launcher, "data", "/gue")
+    monkeypatch.setenv("MLFLOW_RUN_ID", launcher)
+    with caplog.at_level("WARNING"):
+        tracking.setup("results")
+    assert "recorded the parameter(s) storage with a password on its launcher run" in caplog.text
+    assert "PGPASSWORD" in caplog.text and "MARKLAUNCH" not in caplog.text
+    # Negative control: no warning for a launcher whose parameters hold no password.
+    caplog.clear()
+    clean = MlflowClient().create_run(MlflowClient().get_experiment_by_name("launch").experiment_id).info.run_id
+    MlflowClient().log_param(clean, "storage", "postgresql+psycopg2://u@db/optuna")
+    monkeypatch.setenv("MLFLOW_RUN_ID", clean)
+    with caplog.at_level("WARNING"):
+        tracking.setup("results")
+    assert "launcher run" not in caplog.text

@@ -270,3 +270,29 @@ def test_the_same_command_on_a_valid_study_runs_and_writes_the_databases(tmp_pat
                    "--tasks", "synthetic/motif_binary")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "mlflow.db").exists() and (tmp_path / "optuna.db").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name: x\n\tbudget: 1\n", "found character '\\t' that cannot start any token at line 2, column 1 (YAML indents "
+                               "with spaces, never tabs)"),
+    ("name: x\nbudget: {n_trials: 2\n", "expected ',' or '}', but got '<stream end>' at line 3, column 1"),
+])
+def test_invalid_yaml_is_one_line_naming_the_line_and_column(text, message, tmp_path):
+    from harness.errors import StudyError
+    from harness.studies import load_study
+
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(StudyError) as err:
+        load_study(str(path))
+    assert str(err.value) == f"{path}: not valid YAML: {message}"
+
+
+def test_a_study_file_that_is_not_utf8_says_so(tmp_path):
+    from harness.errors import StudyError
+    from harness.studies import load_study
+
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: café\n".encode("latin-1"))
+    with pytest.raises(StudyError, match=r"latin1.yaml: byte 9 is not UTF-8; save the study file as UTF-8"):
+        load_study(str(path))
