@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -50,20 +50,18 @@ def check_tracking_uri_exists(uri: str) -> None:
                             "the harness first")
 
 
-def check_writable(out: Path) -> None:
-    """Refuse a report folder that cannot be written (a read-only or missing mount, a path under a file),
-    naming it, rather than failing after the analysis on a temporary folder beside it."""
+def finite_number(value: str, name: str, low: float, high: float | None = None) -> float:
+    """A float option in [low, high): NaN passes every comparison and inf any open bound, so refuse them first."""
     from harness.errors import ParameterError
+    from harness.parameters import number
 
-    if out.exists() and not out.is_dir():
-        raise ParameterError(f"--out {out} is a file; pass a folder (new or existing) for the report")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f".{out.name}.check-", dir=out.parent):
-            pass
-    except OSError as err:
-        raise ParameterError(f"--out {out}: cannot write the report folder there ({err.strerror or err}); "
-                             "pass a writable folder") from None
+        parsed = float(value)
+    except ValueError:
+        parsed = 0.0  # not a number at all: `number` names the option and the value
+    if not math.isfinite(parsed):
+        raise ParameterError(f"{name} must be a finite number, got {value!r}")
+    return number(value, name, float, low, high)
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -78,15 +76,15 @@ def run(args: argparse.Namespace) -> Path:
 
     from .collect import collect
     from .contrasts import default_contrasts, user_contrasts
-    from .report import Settings, build_report
+    from .report import Settings, build_report, check_report_folder
 
-    settings = Settings(alpha=number(args.alpha, "--alpha", float, 1e-9, 1.0),
-                        rope=number(args.rope, "--rope", float, 0.0), seed=number(args.seed, "--seed", int, 0))
+    settings = Settings(alpha=finite_number(args.alpha, "--alpha", 1e-9, 1.0),
+                        rope=finite_number(args.rope, "--rope", 0.0), seed=number(args.seed, "--seed", int, 0))
+    out = Path(args.out or Path("reports") / args.experiment)
+    check_report_folder(out)  # before minutes of bootstrap, and before an MLflow run is started
     uri = args.tracking_uri or tracking.tracking_uri()
     check_tracking_uri_exists(uri)
     tracking.check_tracking_store(uri)
-    out = Path(args.out or Path("reports") / args.experiment)
-    check_writable(out)  # before minutes of bootstrap, and before an MLflow run is started
     mlflow.set_tracking_uri(uri)
     with tracking.redacted_errors(uri):
         results = collect(args.experiment, args.metric, args.study or None)

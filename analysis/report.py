@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness import figures
+from harness.outputs import check_replaceable, check_writable
 
 from . import stats
 from .collect import Results, overlap_notes
@@ -30,14 +31,53 @@ class Settings:
     seed: int = 0  # bootstrap and posterior sampling
 
 
+# Written into every report folder, listing the files the report wrote: only such a folder (or an empty one)
+# is ever replaced, so `--out` naming a folder of the user's own files cannot delete them.
+MARKER = ".harness-report"
+# What reports written before the marker held (recognised by their report.md), besides figures/*.png.
+LEGACY_FILES = {"report.md", "runs.csv", "cells.csv", "arms.csv", "contrasts.csv", "per_task_tests.csv", "cost.csv",
+                "families.csv", "exclusions.csv", "tuning_adequacy.csv", "ranks.csv", "friedman.csv", "nemenyi.csv"}
+
+
+def not_report_files(folder: Path) -> list[str]:
+    """What in `folder` (paths relative to it) a report did not write; [] for an empty or a report folder.
+    Only the top level and figures/ are listed (all a report writes), so `--out ~` is not walked."""
+    marker = folder / MARKER
+    if marker.is_file():
+        written = set(marker.read_text().splitlines())
+    elif (folder / "report.md").is_file():
+        written = LEGACY_FILES | {f"figures/{p.name}" for p in (folder / "figures").glob("*.png")}
+    else:
+        written = set()  # no report here: every file is the user's
+    looks_like_a_report, written = bool(written), written | {MARKER}
+    found = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name == "figures" and looks_like_a_report and entry.is_dir() and not entry.is_symlink():
+            found += [f"figures/{p.name}" for p in sorted(entry.iterdir())]
+        else:
+            found.append(entry.name + ("/" if entry.is_dir() else ""))
+    return [name for name in found if name not in written]
+
+
+def check_report_folder(out: Path) -> None:
+    """Refuse an `--out` that cannot be written, or that holds files a report did not write (ParameterError)."""
+    check_writable(out, "--out", "report folder")
+    check_replaceable(out, not_report_files, "--out", "report")
+
+
 def build_report(results: Results, contrasts: list[Contrast], out: Path, settings: Settings,
                  notes: list[str] = ()) -> Path:
-    """Evaluate `contrasts` on `results` and write the report folder `out`; returns report.md."""
+    """Evaluate `contrasts` on `results` and write the report folder `out`; returns report.md. An existing `out`
+    is replaced only when it is empty or a previous report (else ParameterError, before any work)."""
+    out = Path(os.path.abspath(out))  # `--out .` has no name to stage a folder beside
+    check_report_folder(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "figures").mkdir(parents=True)
     try:
         write_report(results, contrasts, tmp, settings, list(notes))
+        write_marker(tmp)
+        check_replaceable(out, not_report_files, "--out", "report")  # again: files may have appeared meanwhile
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
@@ -48,6 +88,12 @@ def build_report(results: Results, contrasts: list[Contrast], out: Path, setting
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out / "report.md"
+
+
+def write_marker(folder: Path) -> None:
+    """List every file of the finished report in its marker, so a later run knows what it may replace."""
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    (folder / MARKER).write_text("\n".join(files) + "\n")
 
 
 def write_report(results: Results, contrasts: list[Contrast], folder: Path, s: Settings, notes: list[str]) -> None:

@@ -222,9 +222,12 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
 
 
 def cmd_leakage(args: argparse.Namespace) -> int:
+    from .errors import ParameterError
     from .leakage import log_leakage_report
+    from .parameters import names
+    from .tasks import check_task_name
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    tasks = [check_task_name(t, ParameterError, "--tasks:") for t in names(args.tasks, "tasks")]
     log_leakage_report(args.data, tasks or None, args.out or "reports/leakage", args.experiment or "leakage")
     return 0
 
@@ -271,16 +274,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         return cmd_list(args)
     from .errors import print_error
-    from .shutdown import handle_signals
+    from .shutdown import die_with_parent, handle_signals
 
     # A scheduler's SIGTERM ends runs KILLED, like Ctrl-C; any number of either, at any moment, the same way.
     with handle_signals():
         try:
+            if os.environ.get("MLFLOW_RUN_ID"):  # started by `mlflow run`: stop with it
+                die_with_parent()
             quiet_libraries()
             return COMMANDS[args.command](args)
         except Exception as err:
             return print_error(err)
         except KeyboardInterrupt as err:
+            from .tracking import end_orphaned_launcher
+
+            end_orphaned_launcher()
             reason = f"{err}; " if str(err).startswith("SIG") else ""  # the signal, from shutdown.py
             print(f"interrupted: {reason}runs were marked KILLED and unfinished trials failed (final seeds are "
                   "queued again); run the same command again to resume", file=sys.stderr)

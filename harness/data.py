@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import codecs
 import csv
+import errno
 import hashlib
 import io
 import logging
 import re
+import stat
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -45,8 +47,9 @@ SPLITS = ("train", "dev", "test")
 COLUMNS = ("sequence", "label")
 IUPAC_TO_N = str.maketrans({c: "N" for c in "RYSWKMBDHV"})
 _NOT_DNA = re.compile(r"[^ACGTN]")
-_INTEGER = re.compile(r"^[+-]?\d+$")
+_INTEGER = re.compile(r"^[+-]?[0-9]+$")  # ASCII digits only: `\\d` and int() also read Arabic-Indic or fullwidth ones
 MAX_LABEL_DIGITS = 18  # int64 holds every 18-digit integer
+MAX_LABEL_CHARS = 20  # longer label text (leading zeros included) is refused before any int conversion
 MAX_LISTED = 10  # values a message lists before "and N more"
 # What a compressed file starts with; a task file must be a plain CSV.
 COMPRESSED = {b"\x1f\x8b": ("gzip", "gunzip"), b"PK\x03\x04": ("zip", "unzip"), b"BZh": ("bzip2", "bunzip2"),
@@ -137,15 +140,16 @@ def parse_labels(raw: pd.Series, path: Path) -> np.ndarray:
     if not_int.any():
         line = not_int.idxmax()
         raise DataError(
-            f"{path}, line {line}: label {raw[line]!r} is not an integer. "
+            f"{path}, line {line}: label {shortened(raw[line])!r} is not an integer (digits 0-9). "
             "Labels must be class indices 0..C-1."
         )
-    # More than 18 digits could overflow int64: refuse by length before converting (no class index is that big).
-    huge = text.str.lstrip("+-").str.lstrip("0").str.len() > MAX_LABEL_DIGITS
+    # More than 18 digits could overflow int64, and Python refuses to convert more than 4300 digits (zeros
+    # included): refuse by length before converting (no class index is that big).
+    huge = (text.str.len() > MAX_LABEL_CHARS) | (text.str.lstrip("+-").str.lstrip("0").str.len() > MAX_LABEL_DIGITS)
     if huge.any():
         line = huge.idxmax()
-        raise DataError(f"{path}, line {line}: label {text[line]} is far out of range; labels must be class "
-                        "indices 0..C-1.")
+        raise DataError(f"{path}, line {line}: label {shortened(text[line])} is far out of range; labels must be "
+                        "class indices 0..C-1.")
     labels = text.astype(np.int64).to_numpy()
     if (labels < 0).any():
         line = raw.index[int(np.argmax(labels < 0))]
@@ -153,9 +157,37 @@ def parse_labels(raw: pd.Series, path: Path) -> np.ndarray:
     return labels
 
 
+def shortened(text: str, most: int = 40) -> str:
+    """`text`, cut to `most` characters with how long it was: a message stays short whatever the data."""
+    return text if len(text) <= most else f"{text[:most]}... ({len(text)} characters)"
+
+
+def unreadable(path: Path, err: OSError) -> DataError:
+    """Why an existing `path` cannot be read, and what to do."""
+    if err.errno == errno.ELOOP:
+        return DataError(f"cannot read {path}: it is a symbolic link loop; point it at the real file.")
+    return DataError(f"cannot read {path}: {err.strerror or err}; make it readable (e.g. chmod u+r) and run the "
+                     "same command again.")
+
+
+def check_not_special(path: Path) -> None:
+    """Refuse a path that exists but is neither a regular file nor a folder: reading a named pipe waits for a
+    writer forever, and a device or a socket holds no data. A missing path is left to the caller's message."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as err:  # a symbolic link loop, a forbidden folder on the way...
+        raise unreadable(path, err) from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise DataError(f"{path}: not a regular file (a named pipe, device or socket); give the path of a file "
+                        "saved on disk.")
+
+
 def read_text(path: Path) -> str:
-    """A task file's text, or a DataError that says why it cannot be read (missing, a folder, forbidden,
-    compressed, not UTF-8) and what to do. A UTF-8 byte-order mark is dropped."""
+    """A task file's text, or a DataError that says why it cannot be read (missing, a folder, a named pipe or
+    device, forbidden, a link loop, compressed, not UTF-8) and what to do. A UTF-8 byte-order mark is dropped."""
+    check_not_special(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -164,8 +196,7 @@ def read_text(path: Path) -> str:
         raise DataError(f"{path}: is a folder, not a file. A GUE task folder holds the files train.csv, dev.csv, "
                         "test.csv.") from None
     except OSError as err:  # permission denied, I/O error...: the file exists but this user cannot read it
-        raise DataError(f"cannot read {path}: {err.strerror or err}; make it readable (e.g. chmod u+r) and run the "
-                        "same command again.") from None
+        raise unreadable(path, err) from None
     for magic, (kind, tool) in COMPRESSED.items():
         if data.startswith(magic):
             raise DataError(f"{path}: this is a {kind} file (it starts with bytes {magic.hex(' ')}); {tool} it to a "

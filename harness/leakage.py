@@ -296,7 +296,11 @@ def log_leakage_report(root: str | Path, tasks: Sequence[str] | None, out: str |
     import mlflow  # only the report logs: data.count_overlaps and the corpora use this module without MLflow
 
     from . import tracking
+    from .outputs import check_writable
 
+    # Before any run: a --out that is a file or cannot be written would otherwise fail the run after the search.
+    # The folder is not cleared (only leakage.csv/.md/.png are written into it), so any folder will do.
+    check_writable(Path(out), "--out", "leakage report folder")
     groups = load_groups(root, tasks)
     tracking.setup(experiment)
     tags = {Tag.STAGE: Stage.LEAKAGE, Tag.DATA: str(root), Tag.GIT_COMMIT: tracking.git_commit()}

@@ -3,6 +3,8 @@ errors that name the parameter."""
 
 from __future__ import annotations
 
+import math
+
 from .errors import ParameterError
 
 
@@ -13,6 +15,8 @@ def number(value: str, name: str, kind: type = int, low: float | None = None,
         parsed = kind(value)
     except ValueError:
         raise ParameterError(f"{name} must be a{'n integer' if kind is int else ' number'}, got {value!r}") from None
+    if not math.isfinite(parsed):  # float("nan"), float("inf") parse, and fail later inside torch or optuna
+        raise ParameterError(f"{name} must be a finite number, got {value!r}")
     if low is not None:
         if parsed < low or (high is not None and parsed >= high):
             raise ParameterError(f"{name} must be in [{low}, {high if high is not None else 'inf'}), got {value!r}")
@@ -25,9 +29,14 @@ def optional_int(value: str | None, name: str) -> int | None:
     return None if value in ("", None) else int(number(value, name))
 
 
-def names(value: str | None) -> tuple[str, ...]:
-    """A comma-separated list, e.g. tasks=tf/0,tf/1 (blanks ignored)."""
-    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+def names(value: str | None, name: str) -> tuple[str, ...]:
+    """A comma-separated list, e.g. tasks=tf/0,tf/1: blanks ignored, repeats dropped (first kept, in order).
+    Unset ("" or None) is empty; a value that lists nothing (`,,,`) is a ParameterError, not the default."""
+    listed = tuple(dict.fromkeys(v.strip() for v in (value or "").split(",") if v.strip()))
+    if value and not listed:
+        raise ParameterError(f"{name}={value!r} names no {name.rstrip('s')}; give a comma-separated list, "
+                             f"or leave {name} unset for the default")
+    return listed
 
 
 COSTS = ("gpu_hours", "flops", "seconds")
@@ -37,10 +46,21 @@ def costs(value: str | None, name: str) -> dict[str, float]:
     """A declared compute cost, e.g. pretrain_cost=gpu_hours=2688,flops=1.1e21 (any of gpu_hours, flops,
     seconds)."""
     out: dict[str, float] = {}
-    for item in names(value):
+    for item in names(value, name):
         key, sep, amount = item.partition("=")
         if not sep or key.strip() not in COSTS:
             raise ParameterError(f"{name}: expected KEY=NUMBER with KEY one of {', '.join(COSTS)} "
                                  f"(e.g. {name}=gpu_hours=2688), got {item!r}")
         out[key.strip()] = float(number(amount.strip(), f"{name} {key.strip()}", float))
     return out
+
+
+def experiment_name(value: str, name: str = "experiment") -> str:
+    """An MLflow experiment name: MLflow refuses one longer than its limit only when the run starts, after the
+    data is read; checked here, up front."""
+    from mlflow.utils.validation import MAX_EXPERIMENT_NAME_LENGTH
+
+    if len(value) > MAX_EXPERIMENT_NAME_LENGTH:
+        raise ParameterError(f"{name} is {len(value)} characters long; MLflow allows at most "
+                             f"{MAX_EXPERIMENT_NAME_LENGTH}: give a shorter {name}")
+    return value

@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import logging
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +30,9 @@ import numpy as np
 from . import tracking
 from .arms import ARMS, Arm
 from .checkpoints import save_checkpoint
-from .data import IUPAC_TO_N, Split, read_split
+from .data import COMPRESSED, IUPAC_TO_N, Split, check_not_special, read_split
 from .errors import DataError, ParameterError
+from .parameters import experiment_name
 from .leakage import eval_sequences, overlapping, straddled
 from .models import DEFAULT_DROPOUT, MODELS, count_parameters
 from .progress import format_seconds
@@ -46,24 +48,26 @@ HELD_OUT_FRACTION = 0.02
 
 
 def read_fasta(path: Path) -> list[str]:
-    """Records of a (gzipped) FASTA file, upper-cased, IUPAC codes read as N; other characters are an
-    error naming the line."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    records, current = [], []
-    with opener(path, "rt") as handle:
-        for number, line in enumerate(handle, start=1):
-            line = line.strip()
-            if line.startswith(">"):
-                if current:
-                    records.append("".join(current))
-                current = []
-            elif line:
-                seq = line.upper().translate(IUPAC_TO_N)
-                bad = set(seq) - set("ACGTN")
-                if bad:
-                    raise DataError(f"{path}, line {number}: character {sorted(bad)[0]!r} is not DNA. Allowed: A C G "
-                                    "T N in any case; IUPAC codes are read as N.")
-                current.append(seq)
+    """Records of a (gzipped) FASTA file, upper-cased, IUPAC codes read as N. Every record starts with a
+    '>' header line; sequence lines before the first header, characters that are not DNA, bytes that are not
+    UTF-8 and a `.gz` file that is not gzip are DataErrors naming the file (and the line)."""
+    records, current, seen_header = [], [], False
+    try:
+        with fasta_lines(path) as handle:
+            for number, raw in enumerate(handle, start=1):
+                line = fasta_text(raw, path, number).strip()
+                if line.startswith(">"):
+                    if current:
+                        records.append("".join(current))
+                    current, seen_header = [], True
+                elif line:
+                    if not seen_header:
+                        raise DataError(f"{path}, line {number}: sequence before any '>' header; a FASTA record "
+                                        "starts with a header line such as '>chr1'. Add one above the sequence.")
+                    current.append(fasta_sequence(line, path, number))
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise DataError(f"{path}: not a readable gzip file ({err}); a {path.suffix} corpus must be gzip-compressed "
+                        f"FASTA: rename a plain-text file without {path.suffix}, or gzip it again.") from None
     if current:
         records.append("".join(current))
     if not records:
@@ -71,8 +75,40 @@ def read_fasta(path: Path) -> list[str]:
     return records
 
 
+def fasta_lines(path: Path):
+    """The file's lines as bytes (decoded per line, so that a bad byte is reported at its line)."""
+    if path.suffix.lower() == ".gz":
+        return gzip.open(path, "rb")
+    with open(path, "rb") as handle:
+        magic = handle.read(6)
+    for start, (kind, tool) in COMPRESSED.items():
+        if magic.startswith(start):
+            raise DataError(f"{path}: this is a {kind} file (it starts with bytes {start.hex(' ')}); {tool} it, or "
+                            f"name a gzip file {path.name}.gz.")
+    return open(path, "rb")
+
+
+def fasta_text(raw: bytes, path: Path, number: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}, line {number}: byte 0x{raw[err.start]:02x} (byte {err.start + 1} of the line) is "
+                        "not UTF-8 (the file is probably Latin-1 or Windows-1252); save it as UTF-8 or ASCII "
+                        "text.") from None
+
+
+def fasta_sequence(line: str, path: Path, number: int) -> str:
+    seq = line.upper().translate(IUPAC_TO_N)
+    bad = set(seq) - set("ACGTN")
+    if bad:
+        raise DataError(f"{path}, line {number}: character {sorted(bad)[0]!r} is not DNA. Allowed: A C G "
+                        "T N in any case; IUPAC codes are read as N.")
+    return seq
+
+
 def read_corpus(path: str | Path) -> list[str]:
     path = Path(path)
+    check_not_special(path)  # a named pipe would otherwise read as "no such file", or hang
     if path.is_dir():
         files = sorted(path.rglob("train.csv"))
         if not files:
@@ -185,6 +221,7 @@ class PretrainRequest:
 def pretrain(req: PretrainRequest) -> tuple[str, Path | None]:
     """Run masked-LM pretraining; returns the MLflow run id and the local checkpoint folder (if asked)."""
     arm = ARMS.get(req.arm, parameter="arm")
+    experiment_name(req.experiment)  # MLflow would refuse it only after the corpus is read and the model built
     if not arm.neural:
         raise ParameterError(f"arm {req.arm} is not a neural network; pretraining applies to torch arms")
     spec = load_study(req.study)
@@ -245,6 +282,7 @@ def train_tokenizer(corpus: str, vocab_size: int, window: int = 512, experiment:
                     exclude_eval: str | None = None) -> str:
     """Train a BPE tokenizer on a corpus's windows (without dev/test overlaps, see `Corpus.load`); log it
     (artifact tokenizer.json) with its statistics."""
+    experiment_name(experiment)  # before the corpus is read, not when MLflow refuses it
     data = Corpus.load(corpus, window, exclude_eval=exclude_eval)
     tracking.setup(experiment)
     tags = {Tag.STAGE: Stage.TOKENIZER, Tag.CORPUS: corpus, Tag.CORPUS_FINGERPRINT: data.fingerprint,

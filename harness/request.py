@@ -111,6 +111,9 @@ class RunRequest:
     @classmethod
     def parse(cls, params: Mapping[str, str], command: str = "") -> RunRequest:
         """From the parameters of `run` (arm=), `sweep` or `plan` (arms=), as MLproject passes them."""
+        from .parameters import experiment_name
+        from .tasks import check_task_name
+
         study = params.get("study") or "smoke"
         spec = load_study(study)
         init, checkpoint = params.get("init") or None, params.get("checkpoint") or spec.checkpoint
@@ -121,17 +124,19 @@ class RunRequest:
         if "arm" in params:  # run: exactly the one arm named
             arms = (params["arm"],)
         else:
-            arms = names(params.get("arms")) or default_arms(spec, checkpoint, bool(params.get("checkpoint")))
+            arms = names(params.get("arms"), "arms") or default_arms(spec, checkpoint, bool(params.get("checkpoint")))
         for arm in arms:
             ARMS.get(arm, parameter="arm")  # an unknown arm fails here, listing the known ones
+        # One spelling per task (a study's tasks are checked when it is loaded): `tf/0/` is not a second cell.
+        tasks = tuple(check_task_name(t, ParameterError, "tasks:") for t in names(params.get("tasks"), "tasks"))
         explicit = frozenset(k for k in ("n_trials", "seeds", "tokenizer", "checkpoint") if params.get(k))
         return cls(
             study=study, spec=spec, arms=arms,
-            tasks=names(params.get("tasks")) or tuple(spec.tasks),
+            tasks=tasks or tuple(spec.tasks),
             n_trials=optional_int(params.get("n_trials"), "n_trials") or spec.n_trials,
             seeds=optional_int(params.get("seeds"), "seeds") or spec.seeds,
             data=params.get("data") or "", storage=params.get("storage") or DEFAULT_STORAGE,
-            experiment=params.get("experiment") or "", device=params.get("device") or "auto",
+            experiment=experiment_name(params.get("experiment") or ""), device=params.get("device") or "auto",
             precision=params.get("precision") or "auto", compile=params.get("compile") == "true",
             deterministic=params.get("deterministic") == "true",
             tokenizer=params.get("tokenizer") or spec.bpe_tokenizer,

@@ -10,6 +10,9 @@ Bookkeeping that must not be cut in half (starting or ending an MLflow run, Optu
 recording its state) runs inside `deferred()`: a first signal arriving there is raised as soon as the
 block is left. `interruptible()` reopens a deferred block for the long work inside it (a trial's training).
 
+A signal that lands while Python runs a callback it cannot raise from (garbage collection, a weakref's, a
+__del__) would be swallowed, with a printed traceback: it is sent again a moment later instead.
+
 Should cleanup hang (the storage is down and being retried), a signal arriving FORCE_EXIT_AFTER_S or
 more after the first exits at once with code 130, saying that runs may be left RUNNING (a rerun's
 heartbeat check fails their trials; `close_stale_runs` then closes their MLflow runs). Once the command has
@@ -19,15 +22,22 @@ returned, further signals are ignored while the process exits (see `handle_signa
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
 import signal
+import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType, TracebackType
+from typing import ParamSpec, TypeVar
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+P, R = ParamSpec("P"), TypeVar("R")
 FORCE_EXIT_AFTER_S = float(os.environ.get("HARNESS_FORCE_EXIT_S", "10"))
+RESEND_AFTER_S = 0.05  # a signal swallowed in a callback is sent again this much later
 
 
 @dataclass
@@ -49,6 +59,22 @@ def _say(text: str) -> None:
 def _raise_interrupt(signum: int) -> None:
     _state.interrupted = True
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _on_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    """A KeyboardInterrupt raised while Python ran a callback it cannot raise from (a garbage-collection or
+    weakref callback, a __del__) is swallowed: nothing unwinds. Send the signal again, so that it is raised
+    where the command can act on it, instead of printing a traceback and going on as if none came."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and _state.interrupted:
+        _state.interrupted, _state.first_signal_at = False, None
+        signum = getattr(signal.Signals, str(unraisable.exc_value), signal.SIGINT)
+        # From another thread, a moment later: sent from here, it would be raised inside this hook, and lost again.
+        threading.Timer(RESEND_AFTER_S, os.kill, (os.getpid(), signum)).start()
+        return
+    _previous_unraisablehook(unraisable)
+
+
+_previous_unraisablehook = sys.unraisablehook
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -96,6 +122,19 @@ class deferred:  # lower case: used like a function, `with shutdown.deferred():`
             _raise_pending()
 
 
+def uninterrupted(write: Callable[P, R]) -> Callable[P, R]:
+    """A function that writes to MLflow or Optuna, run as one `deferred` block: a signal cutting a database
+    write in half leaves its transaction open (sqlite: "database is locked" for every later write, runs left
+    RUNNING); deferred, it is raised as soon as the write is done."""
+
+    @functools.wraps(write)
+    def whole(*args: P.args, **kwargs: P.kwargs) -> R:
+        with deferred():
+            return write(*args, **kwargs)
+
+    return whole
+
+
 class interruptible:
     """Inside a deferred block, the long work that signals may interrupt (a trial's training); a signal that
     arrived while deferred is raised on entry."""
@@ -110,6 +149,20 @@ class interruptible:
         _state.depth = self.saved
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """Under `mlflow run`, MLflow's process is this one's parent (bash execs the entry point's one command). A
+    SIGTERM to it is not passed on: it dies and this process would go on as an orphan, its runs outliving the
+    job. Ask Linux to send this process SIGTERM when its parent dies (elsewhere: nothing to do)."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the parent died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def handle_signals() -> Iterator[None]:
     """SIGINT and SIGTERM interrupt the command once (see the module's docstring). Once a signal came, both
@@ -117,11 +170,13 @@ def handle_signals() -> Iterator[None]:
     (library teardown), and Python restores the default handlers as it finalizes, so a further signal would
     turn exit code 130 into a kill. Otherwise the previous handlers return (the command was called
     in-process, e.g. by a test)."""
-    global _state
+    global _state, _previous_unraisablehook
     _state = _State()
     previous = {s: signal.signal(s, _on_signal) for s in SIGNALS}
+    _previous_unraisablehook, sys.unraisablehook = sys.unraisablehook, _on_unraisable
     try:
         yield
     finally:
+        sys.unraisablehook = _previous_unraisablehook
         for s, handler in previous.items():
             signal.signal(s, handler if _state.first_signal_at is None else signal.SIG_IGN)

@@ -16,6 +16,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from .errors import StudyError
 from .schema import FACTORS
+from .tasks import check_task_name
 
 REPO_STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
@@ -107,12 +108,34 @@ def load_study(name_or_path: str) -> StudySpec:
     if not path.is_file():
         raise StudyError(f"{path}: study file not found")
     try:
-        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        raw = yaml.load(path.read_bytes().decode("utf-8"), Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except UnicodeDecodeError as err:
         raise StudyError(f"{path}: byte {err.start} is not UTF-8; save the study file as UTF-8") from None
+    except DuplicateKeyError as err:
+        raise StudyError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         raise StudyError(f"{path}: not valid YAML: {yaml_problem(err)}") from None
     return parse_study(raw, str(path))
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping of a study file names one key twice; PyYAML alone would keep the last value silently."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing a mapping that repeats a key (`budget: {n_trials: 4, n_trials: 2}`)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) or key is None:  # unhashable keys: PyYAML's own error
+                if key in first_line:
+                    raise DuplicateKeyError(f"key {key!r} appears twice in one mapping (lines {first_line[key]} and "
+                                            f"{line}); keep one (YAML would silently use the last)")
+                first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def yaml_problem(err: yaml.YAMLError) -> str:
@@ -271,13 +294,15 @@ def parse_study(raw: Any, path: str) -> StudySpec:
                                  f"{{bpe: N, char: M}} (positive token counts), got {t!r}")
             max_lengths[str(t["name"])] = {str(k): int(v) for k, v in lengths.items()}
     tasks = [str(t["name"]) if isinstance(t, dict) else t for t in tasks]
+    for i, t in enumerate(tasks):
+        check_task_name(str(t), StudyError, f"{path}: tasks[{i}]")
     tokenizer = get(raw, "tokenizer", dict, "", {})
     bpe = get(tokenizer, "bpe", str, "tokenizer.", None)
     checkpoint, checkpoint_arms = parse_checkpoint(raw.get("checkpoint"), path)
     arms = get(raw, "arms", list, "", [])
     check_arm_names(arms, path, "arms")
     return StudySpec(
-        name=str(raw.get("name", Path(path).stem)),
+        name=study_name(raw.get("name", Path(path).stem), path),
         path=path,
         description=str(raw.get("description", "")),
         tasks=[str(t) for t in tasks],
@@ -285,7 +310,7 @@ def parse_study(raw: Any, path: str) -> StudySpec:
         max_epochs=get(budget, "max_epochs", int, "budget.", minimum=1),
         patience=get(budget, "patience", int, "budget.", None, minimum=1),
         seeds=get(budget, "seeds", int, "budget.", 3, minimum=1),
-        sampler_seed=get(sampler, "seed", int, "sampler.", 0),
+        sampler_seed=sampler_seed(get(sampler, "seed", int, "sampler.", 0), path),
         n_startup_trials=get(sampler, "n_startup_trials", int, "sampler.", 10, minimum=0),
         pruner=None if no_pruning else {k: get(pruner, k, int, "pruner.", minimum=0) for k in pruner},
         bpe_vocab_size=get(tokenizer, "bpe_vocab_size", int, "tokenizer.", 4096, minimum=16),
@@ -301,6 +326,35 @@ def parse_study(raw: Any, path: str) -> StudySpec:
         checkpoint=beside(checkpoint, path) if checkpoint else None,
         checkpoint_arms=checkpoint_arms,
     )
+
+
+MAX_NAME_LENGTH = 200  # MLflow's experiment-name limit is 500; Optuna's study names add "/<arm>/<task>"
+# The harness adds the trial count and 7919 per resumed run to the seed (workers.sampler_seed); Optuna refuses a
+# seed outside 0..2**32-1, so the study's own seed stays below 2**31, leaving the other half for those offsets.
+MAX_SAMPLER_SEED = 2**31 - 1
+
+
+def study_name(value: Any, path: str) -> str:
+    """`name:` is the default MLflow experiment and the first part of every Optuna study name
+    (`<study>/<arm>/<task>`, schema.optuna_study_name): a non-empty string of at most MAX_NAME_LENGTH
+    characters, without `/` or `\\` (which would make those names ambiguous) or control characters."""
+    if not isinstance(value, str) or not value.strip():
+        raise StudyError(f"{path}: name must be a non-empty string, got {value!r}; give the study a name "
+                         "(or remove the key: the file's name is used)")
+    if len(value) > MAX_NAME_LENGTH:
+        raise StudyError(f"{path}: name is {len(value)} characters long; use at most {MAX_NAME_LENGTH}")
+    bad = sorted({c for c in value if c in "/\\" or not c.isprintable()})
+    if bad:
+        raise StudyError(f"{path}: name {value!r} contains {', '.join(map(repr, bad))}; a study name may not "
+                         "contain '/', '\\' or control characters (Optuna studies are named <study>/<arm>/<task>)")
+    return value
+
+
+def sampler_seed(seed: int, path: str) -> int:
+    if not 0 <= seed <= MAX_SAMPLER_SEED:
+        raise StudyError(f"{path}: sampler.seed must be in 0..2**31-1 ({MAX_SAMPLER_SEED}), got {seed}; the harness "
+                         "adds offsets per trial and per resumed run, and Optuna accepts seeds below 2**32 only")
+    return seed
 
 
 def parse_checkpoint(raw: Any, path: str) -> tuple[str | None, tuple[str, ...] | None]:
@@ -375,7 +429,20 @@ def numeric_range(low: float, high: float, log: Any, step: float | None, where: 
         raise StudyError(f"{where}: log: true needs low > 0 (a log scale has no 0 or negatives), got low={low:g}")
     if step is not None and step <= 0:
         raise StudyError(f"{where}.step must be > 0, got {step:g}")
+    if step is not None and not step_divides(low, high, step):
+        below = low + math.floor((high - low) / step) * step
+        raise StudyError(f"{where}.step ({step:g}) does not divide high - low ({high:g} - {low:g}): high would never "
+                         f"be drawn; make high {below:g} or {below + step:g}, or change the step")
     return log
+
+
+def step_divides(low: float, high: float, step: float) -> bool:
+    """Whether low + k * step reaches high; Optuna only warns otherwise and silently lowers high. Floats are
+    compared with a tolerance (0.1 steps of 0.01 give 9.999999999999998)."""
+    if all(isinstance(v, int) for v in (low, high, step)):
+        return (high - low) % step == 0
+    steps = (high - low) / step
+    return math.isclose(steps, round(steps), rel_tol=1e-9, abs_tol=1e-9)
 
 
 def choices(values: Any, where: str) -> list[Any]:

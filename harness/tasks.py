@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .data import DataError, TaskData, load_gue_task
+from .errors import InputError
 from .registry import Registry
 from .synthetic import SPECS, make_synthetic_task
 
@@ -40,8 +41,35 @@ for _name, _classes in GUE_TASKS.items():
     TASKS.add(_name, TaskInfo(_name, _classes, "GUE benchmark (pass data=<GUE root>)"))
 
 
+def task_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a task name, or None. A task name is a relative path under data= with plain parts
+    (`family/task`): one spelling per task, so that `tf/0/` or `tf/../tf/0` is not a new cell (a new Optuna
+    study and task tag) for the same data, and no name reads outside data=."""
+    if not name:
+        return "is empty"
+    if "\\" in name:
+        return "contains a backslash; separate its parts with '/' (e.g. tf/0)"
+    if name.startswith("/"):
+        return "is an absolute path; name the task relative to data= (e.g. tf/0 for <data>/tf/0/)"
+    parts = name.split("/")
+    if "" in parts:
+        return "has an empty part (a doubled, leading or trailing '/'); write it as family/task, e.g. tf/0"
+    if any(part in (".", "..") for part in parts):
+        return "has a '.' or '..' part; name the task by its plain path under data=, e.g. tf/0"
+    return None
+
+
+def check_task_name(name: str, error: type[InputError] = DataError, where: str = "task") -> str:
+    """`name`, or `error` naming it (and `where` it was given) with what is wrong."""
+    problem = task_name_problem(name)
+    if problem:
+        raise error(f"{where} {name!r} {problem}")
+    return name
+
+
 def load_task(name: str, data_root: str | None = None) -> TaskData:
     """Load a task by name: synthetic ones need no data; anything else is read under `data_root`."""
+    check_task_name(name)
     if name in SPECS:
         return make_synthetic_task(name)
     if not data_root:

@@ -35,6 +35,7 @@ PARAM_LIMIT = 6000  # MLflow's limit on a param value
 
 
 MASK = "***"
+MIN_SECRET_PIECE = 4
 # Query parameters of a URL that carry a credential (psycopg2's password/sslpassword, tokens, keys).
 SECRET_QUERY_KEY = re.compile(r"pass|pwd|secret|token|key|auth|credential", re.IGNORECASE)
 
@@ -54,6 +55,10 @@ def _userinfo_split(url: str) -> tuple[str, str, str] | None:
     if not sep:
         return None
     netloc_end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    if ":" in rest[:netloc_end] or "@" in rest[:netloc_end]:
+        # user:... starts credentials: a password may hold an unencoded / ? # too, so they end at the last '@'.
+        # (A '@' in a path or query after real credentials then masks a little more than needed, never less.)
+        netloc_end = len(rest)
     userinfo, at, host = rest[:netloc_end].rpartition("@")
     return (scheme + sep, userinfo, at + host + rest[netloc_end:]) if at else None
 
@@ -77,6 +82,9 @@ def secrets_of(url: str) -> list[str]:
             found.add(parsed.password or "")
         found.update(str(v) for k, v in parsed.query.items() if SECRET_QUERY_KEY.search(k))
     found |= {urllib.parse.unquote(s) for s in found} | {urllib.parse.quote(s, safe="") for s in found}
+    # A driver that cuts a password at its first '@' quotes the rest as a host name ("cret@db" of "se@cret"):
+    # the pieces between a password's '@' and ':' are secrets too, when long enough not to mask ordinary words.
+    found |= {piece for s in found for piece in re.split(r"[@:]", s) if len(piece) >= MIN_SECRET_PIECE}
     return sorted((s for s in found if s and s != MASK), key=len, reverse=True)
 
 
@@ -133,6 +141,26 @@ PIP_NAMES = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "MyS
              "mysql": "mysql-connector-python"}
 
 
+def parsed_database_url(url: str, what: str) -> sqlalchemy.engine.URL:
+    """`url` parsed, or a ParameterError naming `what` (storage=, MLFLOW_TRACKING_URI=): a URL SQLAlchemy cannot
+    parse (a password with an unencoded / ? # or :), or a sqlite URL without a file (in memory: gone when the
+    process ends, so nothing could be resumed or shared)."""
+    try:
+        parsed = make_url(url)
+        if "@" in (parsed.host or ""):  # SQLAlchemy cut the password at its first '@' and took the rest as host
+            raise ValueError("the user or password holds an unencoded '@'")
+    except (sqlalchemy.exc.ArgumentError, ValueError) as err:
+        reason = redact_urls(str(err).splitlines()[0] if str(err) else type(err).__name__, url)
+        raise ParameterError(f"{what}={redact(url)} is not a valid database URL ({reason}); percent-encode special "
+                             "characters of the user and password, e.g. python -c \"import urllib.parse; "
+                             "print(urllib.parse.quote('pa/ss@word', safe=''))\"") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise ParameterError(f"{what}={redact(url)} names no database file: an in-memory database is lost when the "
+                             "process ends, so nothing could be resumed or shared; name a file, e.g. "
+                             "sqlite:///optuna.db (relative) or sqlite:////abs/path/optuna.db")
+    return parsed
+
+
 def database_tables(url: str) -> set[str]:
     """The tables of the database at `url`, without creating anything: a sqlite file that does not exist
     is not created (empty set). Raises SQLAlchemy's error when the server cannot be reached."""
@@ -182,6 +210,7 @@ def check_tracking_store(uri: str) -> None:
         check_server_reachable(uri)
     if not is_database_url(uri):
         return
+    parsed_database_url(uri, "MLFLOW_TRACKING_URI")
     try:
         owner = database_owner(database_tables(uri))
     except ImportError as err:
@@ -343,16 +372,44 @@ def setup(experiment: str, uri: str | None = None) -> str:
     mlflow.set_tracking_uri(uri)
     launcher = os.environ.pop("MLFLOW_RUN_ID", None)
     os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-    with redacted_errors(uri):  # the first call that reaches the store
+    # The first call that reaches the store creates a new database's tables (seconds, for sqlite): a signal then
+    # would leave a half-made schema that MLflow cannot open again, so it waits until they are made.
+    with shutdown.deferred(), redacted_errors(uri), unusable_database(uri):
         exp = mlflow.set_experiment(experiment)
     # When another worker created the experiment a moment before, MLflow returns it without making it the
     # active one, and nested runs would land in "Default": make it active explicitly.
     mlflow.set_experiment(experiment_id=exp.experiment_id)
     if launcher:
+        LAUNCHER.update(run_id=launcher, parent_pid=os.getppid())
         MlflowClient().set_tag(launcher, Tag.STAGE, Stage.LAUNCH)
         MlflowClient().set_tag(launcher, Tag.RESULTS_EXPERIMENT, experiment)
         warn_of_launcher_secrets(launcher)
     return exp.experiment_id
+
+
+LAUNCHER: dict[str, Any] = {}  # the `mlflow run` launcher run of this process, and the pid of that process
+
+
+def end_orphaned_launcher() -> None:
+    """After an interrupt: when `mlflow run` itself was killed (its process is no longer this one's parent), its
+    launcher run would stay RUNNING, as MLflow ends it only when it lives to see this process end."""
+    if LAUNCHER and os.getppid() != LAUNCHER["parent_pid"]:
+        with contextlib.suppress(Exception):  # best effort: the command is stopping either way
+            MlflowClient().set_terminated(LAUNCHER["run_id"], "KILLED")
+
+
+@contextlib.contextmanager
+def unusable_database(uri: str) -> Iterator[None]:
+    """A tracking database MLflow cannot open or migrate (a schema left half made by a process killed while it
+    created it, another MLflow version's) is reported with what to do, not as a traceback."""
+    try:
+        yield
+    except sqlalchemy.exc.SQLAlchemyError as err:
+        reason = redact_urls(str(err.orig if getattr(err, "orig", None) else err).splitlines()[0], uri)
+        raise ParameterError(f"MLflow cannot open its tracking database {redact(uri)} ({type(err).__name__}: {reason}): "
+                             "its creation was probably interrupted, or another MLflow version made it. If it holds no "
+                             "runs you need, delete it and run the same command again; otherwise point "
+                             "MLFLOW_TRACKING_URI at another database") from None
 
 
 def warn_of_launcher_secrets(launcher: str) -> None:
@@ -399,11 +456,18 @@ def run(name: str, tags: dict[str, Any], nested: bool = False, run_id: str | Non
                 end_run(status, error)  # a lost server is not waited for again, nor hides `error`
 
 
+@shutdown.uninterrupted
 def log_params(params: dict[str, Any]) -> None:
     flat = {k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v) for k, v in params.items()}
     mlflow.log_params({k: str(v)[:PARAM_LIMIT] for k, v in flat.items()})
 
 
+@shutdown.uninterrupted
+def set_tags(tags: dict[str, Any]) -> None:
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+@shutdown.uninterrupted
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}, step=step)
 

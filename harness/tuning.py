@@ -34,7 +34,7 @@ from optuna.trial import TrialState
 from . import figures, shutdown, tracking, workers
 from .arms import Fitted, RunOptions
 from .data import TaskData
-from .errors import DivergedError, NoCompletedTrialError
+from .errors import DivergedError, NoCompletedTrialError, StudyError
 from .metrics import classification_metrics, confusion
 from .progress import Progress
 from .request import Cell, RunRequest
@@ -127,6 +127,7 @@ def fit_and_log(cell: Cell, params: dict[str, Any], seed: int, progress: Progres
         attempt_stage = stage if accumulation == 1 else f"{stage} [grad_accumulation {accumulation}]"
         best, logged = -math.inf, 0
 
+        @shutdown.uninterrupted  # its writes (MLflow curves, Optuna's report) are never cut in half
         def on_epoch(record: EpochResult) -> None:
             nonlocal best, logged
             best, logged = max(best, record.dev["mcc"]), record.epoch
@@ -143,9 +144,10 @@ def fit_and_log(cell: Cell, params: dict[str, Any], seed: int, progress: Progres
     while True:
         accumulation = options.grad_accumulation
         if cell.arm.neural:  # a one-pass estimator has no batches to accumulate
-            mlflow.set_tag(Tag.GRAD_ACCUMULATION, accumulation)
-            if on_accumulation is not None:
-                on_accumulation(accumulation)
+            with shutdown.deferred():
+                mlflow.set_tag(Tag.GRAD_ACCUMULATION, accumulation)
+                if on_accumulation is not None:
+                    on_accumulation(accumulation)
         try:
             fitted = attempt(options)
             break
@@ -160,7 +162,7 @@ def fit_and_log(cell: Cell, params: dict[str, Any], seed: int, progress: Progres
         progress.redo(logged)
         if logged > superseded:
             superseded = logged
-            mlflow.set_tag(Tag.OOM_SUPERSEDED_EPOCHS, superseded)
+            tracking.set_tags({Tag.OOM_SUPERSEDED_EPOCHS: superseded})
         # Up to one sequence per micro-batch, never more micro-batches than sequences in a batch.
         options = replace(options, grad_accumulation=min(2 * accumulation, batch_size))
         log.warning("%s | %s ran out of memory (%s) after %d epoch(s) at grad_accumulation %d; rerunning at "
@@ -183,11 +185,12 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         cell, n_trials, max_epochs = self.cell, self.cell.request.n_trials, self.cell.budget.max_epochs
-        trial.set_user_attr("worker", workers.WORKER)
         try:
-            workers.check_trial_slot(trial, n_trials)
-            params = cell.spec.suggest(trial, cell.space)
-            workers.check_not_duplicate(trial, trial.params, self.recent_duplicates)
+            with shutdown.deferred():  # Optuna writes the worker, the sampled parameters
+                trial.set_user_attr("worker", workers.WORKER)
+                workers.check_trial_slot(trial, n_trials)
+                params = cell.spec.suggest(trial, cell.space)
+                workers.check_not_duplicate(trial, trial.params, self.recent_duplicates)
         except workers.SkippedTrial as skipped:
             trial.set_user_attr("skip_reason", str(skipped))
             log.info("%s | trial %d skipped (not counted): %s", cell.label, trial.number, skipped)
@@ -195,8 +198,9 @@ class Objective:
         seed = TRIAL_SEED_OFFSET + trial.number
         tags = {**self.tags, Tag.STAGE: Stage.TRIAL, Tag.TRIAL_NUMBER: trial.number, Tag.TRAIN_SEED: seed}
         with tracking.run(trial_run_name(trial.number), tags, nested=True, finished_on=(optuna.TrialPruned,)) as run:
-            trial.set_user_attr("mlflow_run_id", run.info.run_id)
-            tracking.log_params(params)
+            with shutdown.deferred():
+                trial.set_user_attr("mlflow_run_id", run.info.run_id)
+                tracking.log_params(params)
             # Trial numbers keep counting across resumes and retries; show the budget position too.
             stage = f"trial {trial.number} ({workers.counted_trials(trial.study) + 1}/{n_trials})"
 
@@ -228,11 +232,13 @@ class Objective:
                     reason += f" (still at grad_accumulation {accumulation}, micro-batches of {micro})"
                 self.record_end(trial, "PRUNED", reason)
                 raise optuna.TrialPruned(reason) from None
-            tracking.log_metrics({Metric.BEST_DEV_MCC: fitted.result.best_dev["mcc"]})
-            trial.set_user_attr(Metric.BEST_EPOCH, fitted.result.best_epoch)
-            self.record_end(trial, "COMPLETE", "")
+            with shutdown.deferred():
+                tracking.log_metrics({Metric.BEST_DEV_MCC: fitted.result.best_dev["mcc"]})
+                trial.set_user_attr(Metric.BEST_EPOCH, fitted.result.best_epoch)
+                self.record_end(trial, "COMPLETE", "")
             return fitted.result.best_dev["mcc"]
 
+    @shutdown.uninterrupted
     def record_end(self, trial: optuna.Trial, state: str, reason: str) -> None:
         mlflow.set_tags({Tag.TRIAL_STATE: state, **({Tag.FAIL_REASON: reason[:5000]} if reason else {})})
         if reason:
@@ -246,8 +252,9 @@ def run_final(cell: Cell, params: dict[str, Any], seed: int, claim: optuna.Trial
     value of the seed's claim trial: test never reaches Optuna)."""
     tags = {**tags, Tag.STAGE: Stage.FINAL, Tag.SEED: seed, Tag.CLAIM_TRIAL: claim.number}
     with tracking.run(final_run_name(seed), tags, nested=True) as run:
-        claim.set_user_attr("mlflow_run_id", run.info.run_id)
-        tracking.log_params(params)
+        with shutdown.deferred():
+            claim.set_user_attr("mlflow_run_id", run.info.run_id)
+            tracking.log_params(params)
         fitted = fit_and_log(cell, params, seed, progress, f"final seed {seed + 1}/{cell.request.seeds}",
                              epoch_prefix=Metric.EPOCH_PREFIX)
         task = cell.task
@@ -263,6 +270,7 @@ def run_final(cell: Cell, params: dict[str, Any], seed: int, claim: optuna.Trial
         return dev["mcc"]
 
 
+@shutdown.uninterrupted
 def log_final_artifacts(fitted: Fitted, task: TaskData, test_probs: np.ndarray, seed: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -280,6 +288,7 @@ def log_final_artifacts(fitted: Fitted, task: TaskData, test_probs: np.ndarray, 
             mlflow.log_artifact(str(path))
 
 
+@shutdown.uninterrupted
 def close_stale_runs(experiment_id: str, parent_id: str, stage: str, number_tag: str, study: optuna.Study) -> None:
     """A worker killed with SIGKILL leaves its trial's (or final seed's) MLflow run RUNNING; once Optuna
     has failed that trial (heartbeat), its run is closed as FAILED."""
@@ -289,6 +298,19 @@ def close_stale_runs(experiment_id: str, parent_id: str, stage: str, number_tag:
         if 0 <= number < len(trials) and trials[number].state != TrialState.RUNNING:
             MlflowClient().set_terminated(r.info.run_id, "FAILED")
             log.info("closed the MLflow run of %s %d (its process died) as FAILED", stage, number)
+
+
+def check_same_stores(experiment_id: str, identity: dict[str, str], study: optuna.Study, cell: Cell) -> None:
+    """A study with finished trials has its parent run in the MLflow store it ran with (the parent is made before
+    the first trial). None here: these are not that study's two stores (a new mlflow.db beside an old optuna.db,
+    another MLFLOW_TRACKING_URI, or the parent deleted in the UI), and resuming would report its finished trials
+    and final seeds with no runs behind them."""
+    if tracking.find_parent_run(experiment_id, identity) is None:
+        raise StudyError(
+            f"{cell.label}: the Optuna storage {tracking.redact(cell.request.storage)} has {workers.counted_trials(study)} "
+            f"finished trial(s) of this cell, but the MLflow store {tracking.redact(mlflow.get_tracking_uri())} has no "
+            "run of them (experiment, parent run): the two do not belong together. Point MLFLOW_TRACKING_URI at the "
+            "store this study was run with, or pass a new storage= to start the cell afresh")
 
 
 @contextlib.contextmanager
@@ -315,14 +337,16 @@ def tune_cell(cell: Cell, storage: RDBStorage, experiment_id: str) -> None:
             Tag.TASK_SOURCE: task.source}
     done_before = workers.counted_trials(study)
     if done_before:
+        check_same_stores(experiment_id, {**identity, Tag.STUDY_UID: uid}, study, cell)
         log.info("%s | resuming: %d/%d trials already finished", cell.label, done_before, request.n_trials)
 
     with parent_run(experiment_id, {**identity, Tag.STUDY_UID: uid}, tags, cell.label) as parent:
-        tracking.log_params({**config, "num_classes": task.num_classes})  # fixed for this study: see open_study
-        mlflow.log_dict(task.summary(), Artifact.TASK_SUMMARY)
-        mlflow.log_text(Path(spec.path).read_text(), Artifact.STUDY_FILE)
-        tracking.log_metrics({**{overlap_metric(pair): n for pair, n in task.overlaps.items()},
-                              **arm.inherited_cost(cell.options)})
+        with shutdown.deferred():  # writes that a signal must not cut in half
+            tracking.log_params({**config, "num_classes": task.num_classes})  # fixed for this study: see open_study
+            mlflow.log_dict(task.summary(), Artifact.TASK_SUMMARY)
+            mlflow.log_text(Path(spec.path).read_text(), Artifact.STUDY_FILE)
+            tracking.log_metrics({**{overlap_metric(pair): n for pair, n in task.overlaps.items()},
+                                  **arm.inherited_cost(cell.options)})
 
         seeds_done = {int(r.data.tags[Tag.SEED])
                       for r in tracking.child_runs(experiment_id, parent.info.run_id, Stage.FINAL)}
@@ -353,6 +377,7 @@ def tune_cell(cell: Cell, storage: RDBStorage, experiment_id: str) -> None:
                  np.mean(test_mcc), np.std(test_mcc), len(test_mcc))
 
 
+@shutdown.uninterrupted
 def record_best_trial(study: optuna.Study, label: str, n_trials: int) -> optuna.trial.FrozenTrial:
     """Log the tuning outcome on the parent run (best trial, state counts, history plot)."""
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -385,6 +410,7 @@ def boundary_side(value: Any, dist: optuna.distributions.BaseDistribution) -> st
     return "lower" if position <= BOUNDARY_SHARE else "upper" if position >= 1 - BOUNDARY_SHARE else None
 
 
+@shutdown.uninterrupted
 def record_tuning_adequacy(best: optuna.trial.FrozenTrial, space: dict[str, Any], max_epochs: int,
                            label: str) -> None:
     """Was the arm tuned well enough? The best trial's parameters at the edge of their range (the optimum may

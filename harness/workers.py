@@ -116,6 +116,7 @@ def check_storage_database(url: str) -> None:
     """Refuse, before Optuna creates any table, a database that already holds another application's tables."""
     if not tracking.is_database_url(url):
         return  # Optuna's own error says what is wrong with it
+    tracking.parsed_database_url(url, "storage")
     tables = tracking.database_tables(url)
     owner = tracking.database_owner(tables)
     if owner in (None, "Optuna"):

@@ -225,3 +225,77 @@ def test_a_study_with_a_running_trial_or_a_finished_final_seed_is_not_restarted(
     final.tell(final.ask(), 0.7)
     with pytest.raises(StudyError, match="changed: n_trials"):
         open_tiny_study(storage, 4)
+
+
+def test_a_signal_swallowed_in_a_callback_is_sent_again(capfd):
+    """Python cannot raise from a weakref or garbage-collection callback: a KeyboardInterrupt raised there is
+    printed and lost (the command would go on, and count itself as stopping). It is sent again instead."""
+    import threading
+    import weakref
+
+    from harness import shutdown
+
+    class Thing:
+        pass
+
+    def slow_callback(ref):
+        time.sleep(0.5)  # the signal arrives while Python runs this
+
+    finished = False
+    with pytest.raises(KeyboardInterrupt, match="SIGINT"), shutdown.handle_signals():
+        thing = Thing()
+        ref = weakref.ref(thing, slow_callback)  # noqa: F841 (kept alive until `thing` goes)
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+        del thing
+        for _ in range(40):
+            time.sleep(0.05)
+        finished = True
+    assert not finished and "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_killed_mlflow_run_parent_stops_its_entry_point_and_ends_the_launcher_run(tmp_path, tiny_gue):
+    """`mlflow run` does not pass a SIGTERM on: killed, it would leave the entry point running as an orphan and its
+    launcher run RUNNING. The entry point asks Linux for a SIGTERM when its parent dies, and ends the launcher."""
+    worker = Worker(tmp_path, tiny_gue, max_epochs=30, n_trials=3, seeds=2)
+    client = MlflowClient(worker.tracking)
+    launcher = client.create_run(client.create_experiment("launch")).info.run_id  # as `mlflow run` makes it
+    worker.env["MLFLOW_RUN_ID"] = launcher
+    # A stand-in for `mlflow run`: starts the entry point (as bash -c execs it) and waits, until it is killed.
+    parent_code = ("import subprocess, sys, time; p = subprocess.Popen(sys.argv[1:], stderr=open('stderr.log', 'w'), "
+                   "stdout=subprocess.DEVNULL); print(p.pid, flush=True); time.sleep(600)")
+    parent = subprocess.Popen([sys.executable, "-c", parent_code, *worker.cmd], cwd=tmp_path, env=worker.env,
+                              stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    worker.proc = parent  # wait_for checks that this one lives
+    worker.wait_for("epoch 1/30")
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 120
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:  # an orphan is reaped by init
+        time.sleep(0.2)
+    assert not Path(f"/proc/{child}").exists(), "the entry point outlived its killed parent"
+    err = worker.stderr()
+    assert "interrupted: SIGTERM" in err and "Traceback" not in err, err[-3000:]
+    runs = worker.runs()
+    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+    assert client.get_run(launcher).info.status == "KILLED"
+    assert ("study", "KILLED") in {(r.data.tags.get("stage"), r.info.status) for r in runs}
+
+
+def test_a_signal_during_a_database_write_is_raised_when_the_write_is_done():
+    """Cut in half, a sqlite write leaves its transaction open: every later write waits on "database is locked"
+    and runs stay RUNNING. The harness's MLflow and Optuna writes are `uninterrupted`."""
+    steps = []
+
+    @shutdown.uninterrupted
+    def write() -> None:
+        steps.append("begin")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)  # the handler has run by now: deferred, not raised
+        steps.append("commit")
+
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"), shutdown.handle_signals():
+        write()
+        steps.append("after")  # never reached: the signal is raised as the write ends
+    assert steps == ["begin", "commit"]

@@ -275,3 +275,45 @@ def test_mlflow_run_launcher_parameters_with_a_password_are_warned_of(workdir, m
     with caplog.at_level("WARNING"):
         tracking.setup("results")
     assert "launcher run" not in caplog.text
+
+
+@pytest.mark.parametrize("url, problem", [
+    ("sqlite:///", "names no database file"),
+    ("sqlite:///:memory:", "names no database file"),
+    ("postgresql+psycopg2://bob:Se@cretMARK@127.0.0.1:1/db", "holds an unencoded '@'"),
+    ("postgresql+psycopg2://bob:Pw'\"@:/?#%&+= é☃\\xMARK@127.0.0.1:1/db", "is not a valid database URL"),
+])
+def test_storage_urls_that_cannot_serve_are_refused_without_the_password(url, problem, tmp_path):
+    """An in-memory study is lost when the process ends (nothing to resume or share); a password with unencoded
+    characters is cut by SQLAlchemy, whose driver then quotes the rest as a host name."""
+    with pytest.raises(ParameterError) as err:
+        workers.open_storage(url)
+    assert problem in str(err.value) and "MARK" not in str(err.value) and "storage=" in str(err.value)
+
+
+def test_a_driver_message_quoting_part_of_a_password_is_redacted():
+    """SQLAlchemy reads u:se@cretMARK@host as password `se`, host `cretMARK@host`: the piece is a secret too."""
+    url = "postgresql+psycopg2://bob:Se@cretMARK@127.0.0.1:1/db"
+    message = 'could not translate host name "cretMARK@127.0.0.1" to address'
+    assert tracking.redact_urls(message, url) == 'could not translate host name "***@127.0.0.1" to address'
+    assert tracking.redact(url) == "postgresql+psycopg2://bob:***@127.0.0.1:1/db"
+
+
+def test_a_new_mlflow_store_beside_a_used_optuna_storage_is_refused(tmp_path, monkeypatch, capsys):
+    """Finished trials in the storage but no run of them in MLflow: resuming would report trials and seeds with
+    no runs behind them (test MCC NaN over 0 seeds). The two stores do not belong together: say so."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    args = ["run", "--arm", "kmer_logreg", "--tasks", "synthetic/motif_binary", "--n-trials", "1", "--seeds", "1",
+            "--storage", f"sqlite:///{first}/optuna.db"]
+    for folder in (first, second):
+        monkeypatch.chdir(folder)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder}/mlflow.db")
+        mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
+        code = harness(args)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"has 1 finished trial(s) of this cell, but the MLflow store sqlite:///{second}/mlflow.db has no run" in err
+    runs = MlflowClient(f"sqlite:///{second}/mlflow.db").search_runs(
+        [e.experiment_id for e in MlflowClient(f"sqlite:///{second}/mlflow.db").search_experiments()])
+    assert runs == []  # nothing was reported from the other store's results
