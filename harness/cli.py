@@ -16,13 +16,19 @@ import sys
 import warnings
 
 log = logging.getLogger("harness")
+DESCRIPTION = ("An evaluation harness for DNA models: every arm (pretrained or scratch transformers, CNNs, k-mer "
+               "baselines) gets the same Optuna budget on GUE-style tasks, K seeded final runs and one test score, "
+               "all logged to MLflow; `python -m analysis` then compares the arms. Start with `run --arm unet_char` "
+               "(synthetic data) or `list`.")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m harness", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="tune, retrain with K seeds and test one arm on a study's tasks")
+    run = sub.add_parser("run", help="tune, retrain with K seeds and test one arm on a study's tasks",
+                         description="Tune one arm on each task of a study (the study's trial budget, dev MCC), retrain "
+                                     "the best configuration with K seeds and score test once; runs resume.")
     run.add_argument("--arm", required=True, help="a registered arm (see: list arms)")
     add_grid_arguments(run)
     add_tracking_arguments(run)
@@ -38,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_grid_arguments(sweep)
     add_tracking_arguments(sweep)
     sweep.add_argument("--action", default="status", choices=["run", "print", "status"],
-                       help="run every cell here in turn, print one `mlflow run` per cell, or report progress")
+                       help="run every cell here in turn, print one `mlflow run` per cell, or report progress "
+                            "(default: status)")
     sweep.add_argument("--tokenizer", default="", help="tokenizer.json for the BPE arms (default: the study's)")
     add_checkpoint_arguments(sweep)
 
@@ -197,7 +204,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from .pretrain import PretrainRequest, pretrain
 
     if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise ParameterError(f"output={args.output} is a file; pass a folder (new or existing) for the checkpoint")
+        raise ParameterError(f"output={args.output} is a file; pass a new or empty folder for the checkpoint")
+    if args.output and os.path.isdir(args.output) and os.listdir(args.output):
+        # Its files would be overwritten: another checkpoint (that studies were tuned from), or a user's.
+        raise ParameterError(f"output={args.output} is not empty ({sorted(os.listdir(args.output))[0]}, ...); pass a "
+                             "new or empty folder for the checkpoint")
     req = PretrainRequest(
         arm=args.arm, corpus=args.corpus, study=args.study, window=number(args.window, "window"),
         steps=number(args.steps, "steps"), batch_size=number(args.batch_size, "batch_size"),
@@ -273,8 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if args.command == "list":
         return cmd_list(args)
-    from .errors import print_error
-    from .shutdown import die_with_parent, handle_signals
+    from .errors import HarnessError, print_error
+
+    try:
+        from .shutdown import die_with_parent, handle_signals  # reads HARNESS_FORCE_EXIT_S
+    except HarnessError as err:
+        return print_error(err)
 
     # A scheduler's SIGTERM ends runs KILLED, like Ctrl-C; any number of either, at any moment, the same way.
     with handle_signals():

@@ -4,6 +4,7 @@ errors that name the parameter."""
 from __future__ import annotations
 
 import math
+import os
 
 from .errors import ParameterError
 
@@ -64,3 +65,15 @@ def experiment_name(value: str, name: str = "experiment") -> str:
         raise ParameterError(f"{name} is {len(value)} characters long; MLflow allows at most "
                              f"{MAX_EXPERIMENT_NAME_LENGTH}: give a shorter {name}")
     return value
+
+
+def env_number(name: str, default: float, kind: type = float, low: float | None = None) -> int | float:
+    """A tuning knob from the environment (HARNESS_HEARTBEAT_S=...), checked like a parameter: `default` when
+    unset; otherwise positive, or >= `low` when given; a ParameterError naming the variable."""
+    raw = os.environ.get(name, "")
+    if not raw.strip():
+        return default
+    try:
+        return number(raw.strip(), name, kind, low)
+    except ParameterError as err:
+        raise ParameterError(f"environment variable {err}; unset it for the default ({default})") from None

@@ -34,9 +34,11 @@ from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import ParamSpec, TypeVar
 
+from .parameters import env_number
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 P, R = ParamSpec("P"), TypeVar("R")
-FORCE_EXIT_AFTER_S = float(os.environ.get("HARNESS_FORCE_EXIT_S", "10"))
+FORCE_EXIT_AFTER_S = env_number("HARNESS_FORCE_EXIT_S", 10.0)
 RESEND_AFTER_S = 0.05  # a signal swallowed in a callback is sent again this much later
 
 

@@ -128,6 +128,8 @@ class UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         first_line: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged keys may be overridden
+                continue
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
             if isinstance(key, (str, int, float, bool)) or key is None:  # unhashable keys: PyYAML's own error
@@ -186,6 +188,9 @@ STUDY_SCHEMA: dict[str, Any] = {
 }
 
 
+ANCHOR_PREFIX = "x-"  # top-level keys the harness ignores: YAML anchors shared by several sections
+
+
 def key_path(where: str, key: Any, index: bool = False) -> str:
     """`budget` + `patience` -> `budget.patience`; `tasks` + list index 0 -> `tasks[0]`."""
     return f"{where}[{key}]" if index else f"{where}.{key}" if where else str(key)
@@ -193,7 +198,11 @@ def key_path(where: str, key: Any, index: bool = False) -> str:
 
 def unknown_key_message(path: str, where: str, key: Any, allowed: list[str]) -> str:
     close = difflib.get_close_matches(str(key), allowed, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
+    elsewhere = [section for section, keys in STUDY_SCHEMA.items() if isinstance(keys, dict) and key in keys]
+    hint = (f"did you mean {close[0]!r}? " if close else
+            f"it belongs under {elsewhere[0]} ({elsewhere[0]}.{key}); " if elsewhere and not where else
+            "fixed values go inside a family (search_spaces.<family>.fixed); " if key == "fixed" else
+            f"(a block that only holds YAML anchors is named {ANCHOR_PREFIX}<name>); " if not where else "")
     return f"{path}: unknown key {key_path(where, key)}; {hint}allowed: {', '.join(allowed)}"
 
 
@@ -218,6 +227,8 @@ def check_keys(value: Any, schema: Any, path: str, where: str = "") -> None:
     if not isinstance(value, dict):
         return
     for key, entry in value.items():
+        if not where and str(key).startswith(ANCHOR_PREFIX):
+            continue  # a top-level block that only holds YAML anchors (`x-common: &c {...}`, merged with `<<: *c`)
         if key not in schema:
             raise StudyError(unknown_key_message(path, where, key, list(schema)))
         check_keys(entry, schema[key], path, key_path(where, key))
@@ -301,6 +312,12 @@ def parse_study(raw: Any, path: str) -> StudySpec:
     checkpoint, checkpoint_arms = parse_checkpoint(raw.get("checkpoint"), path)
     arms = get(raw, "arms", list, "", [])
     check_arm_names(arms, path, "arms")
+    for fam, params in spaces.items():  # `suggest` would let the searched value win without a word
+        fixed = params.get("fixed") if isinstance(params.get("fixed"), dict) else {}
+        both = sorted(set(fixed) & (set(params) - {"fixed"}))
+        if both:
+            raise StudyError(f"{path}: search_spaces.{fam}: {', '.join(both)} both searched and fixed; keep one "
+                             "(the fixed value would be ignored)")
     return StudySpec(
         name=study_name(raw.get("name", Path(path).stem), path),
         path=path,

@@ -7,6 +7,7 @@ SIGTERM), never left RUNNING; nothing secret (a password inside a storage URL) i
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import json
 import logging
@@ -52,8 +53,10 @@ def _userinfo_split(url: str) -> tuple[str, str, str] | None:
     """(scheme://, userinfo, @host...) of a URL with credentials, splitting at the LAST '@' before the path:
     a password with an unencoded '@' (u:p@ss@host) stays whole, where SQLAlchemy would cut it at the first."""
     scheme, sep, rest = url.partition("://")
-    if not sep:
-        return None
+    if not sep:  # a URL whose scheme was forgotten (user:password@host/db) still carries its password
+        scheme, rest = "", url
+        if ":" not in url.rpartition("@")[0]:
+            return None
     netloc_end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
     if ":" in rest[:netloc_end] or "@" in rest[:netloc_end]:
         # user:... starts credentials: a password may hold an unencoded / ? # too, so they end at the last '@'.
@@ -259,9 +262,64 @@ ENDPOINT_ACTIONS = {"runs/log-batch": "logging metrics, params or tags", "runs/l
 
 def configure_http_client() -> None:
     """Bound MLflow's HTTP retries (HTTP_CLIENT_DEFAULTS) where the user has not set them: the time a worker
-    waits for a tracking server that went away is then known (http_retry_wait_s)."""
+    waits for a tracking server that went away is then known (http_retry_wait_s). And retry a response cut off
+    mid-body (retry_broken_responses)."""
     for name, value in HTTP_CLIENT_DEFAULTS.items():
         os.environ.setdefault(name, value)
+    retry_broken_responses()
+
+
+BROKEN_RESPONSE_RETRIES = 5  # waits of 1, 2, 4, 8, 16 s
+# Requests that make something new: sent again after a lost answer, they might make it twice (a second run left
+# RUNNING). Every other call the harness makes sets a value and may be repeated.
+CREATING_ENDPOINTS = ("/runs/create", "/experiments/create", "/registered-models/create", "/model-versions/create")
+
+
+def broken_response(err: BaseException) -> bool:
+    """An MLflow REST error whose cause is an answer cut off mid-body (a server restarting: IncompleteRead)."""
+    import requests
+    import urllib3
+
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def retry_broken_responses() -> None:
+    """urllib3 retries a request that fails before its answer arrives (MLflow's bounded retries); an answer cut
+    off mid-body, as when the server restarts under the request, reaches the caller as an error. Such calls are
+    retried too, with backoff, except those that create something (CREATING_ENDPOINTS)."""
+    import time
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils import rest_utils
+
+    if getattr(rest_utils.http_request, "retries_broken_responses", False):
+        return
+    original = rest_utils.http_request
+
+    @functools.wraps(original)
+    def http_request(host_creds: Any, endpoint: str, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(BROKEN_RESPONSE_RETRIES + 1):
+            try:
+                return original(host_creds, endpoint, *args, **kwargs)
+            except MlflowException as err:
+                if attempt == BROKEN_RESPONSE_RETRIES or not broken_response(err) \
+                        or str(endpoint).endswith(CREATING_ENDPOINTS):
+                    raise
+                log.warning("MLflow %s: the answer was cut off (%s); retry %d/%d in %d s", endpoint,
+                            str(err).splitlines()[0][:200], attempt + 1, BROKEN_RESPONSE_RETRIES, 2 ** attempt)
+                time.sleep(2 ** attempt)
+        raise AssertionError("unreachable")
+
+    http_request.retries_broken_responses = True
+    rest_utils.http_request = http_request  # call_endpoint, which most REST calls go through, looks it up here
+    from mlflow.store.tracking import rest_store
+
+    rest_store.http_request = http_request  # the tracking store's own direct calls
 
 
 def http_retry_wait_s() -> float:

@@ -45,6 +45,7 @@ from optuna.trial import TrialState
 
 from . import shutdown, tracking
 from .errors import ParameterError, StorageError, StudyError
+from .parameters import env_number
 from .schema import final_study_name
 
 log = logging.getLogger("harness")
@@ -53,15 +54,12 @@ WORKER = f"{socket.gethostname()}:{os.getpid()}"
 T = TypeVar("T")
 
 
-def env_seconds(name: str, default: float) -> float:
-    return float(os.environ.get(name, default))
-
-
-HEARTBEAT_INTERVAL_S = env_seconds("HARNESS_HEARTBEAT_S", 30)
-HEARTBEAT_GRACE_S = env_seconds("HARNESS_HEARTBEAT_GRACE_S", 120)
-POLL_S = env_seconds("HARNESS_POLL_S", 10)  # how often a waiting worker looks again
-STORAGE_RETRIES = int(os.environ.get("HARNESS_STORAGE_RETRIES", 5))
-STORAGE_BACKOFF_S = env_seconds("HARNESS_STORAGE_BACKOFF_S", 2)  # 2, 4, 8, 16, 32 s: about a minute in all
+# Optuna takes whole seconds (>= 1) for heartbeats.
+HEARTBEAT_INTERVAL_S = env_number("HARNESS_HEARTBEAT_S", 30, int)
+HEARTBEAT_GRACE_S = env_number("HARNESS_HEARTBEAT_GRACE_S", 120, int)
+POLL_S = env_number("HARNESS_POLL_S", 10.0)  # how often a waiting worker looks again
+STORAGE_RETRIES = env_number("HARNESS_STORAGE_RETRIES", 5, int, low=0)
+STORAGE_BACKOFF_S = env_number("HARNESS_STORAGE_BACKOFF_S", 2.0, low=0)  # 2, 4, 8, 16, 32 s: about a minute in all
 
 
 class StorageLost(RuntimeError):

@@ -314,3 +314,87 @@ def test_a_missing_corpus_still_says_no_such_file(tmp_path):
 def test_numpy_is_the_label_type(tmp_path):
     # Labels read through the ASCII-only path are still int64, as every arm expects.
     assert read_split(split_file(tmp_path, "1")).labels.dtype == np.int64
+
+
+# ------------------------------------------------------------------------------- second hostile pass
+MERGE_STUDY = """name: merged
+tasks: [synthetic/motif_binary]
+budget: {n_trials: 1, max_epochs: 2, patience: 1, seeds: 1}
+x-common: &c
+  C: {type: float, low: 0.1, high: 1}
+search_spaces:
+  kmer:
+    <<: *c
+    k: {type: int, low: 3, high: 4}
+  onehot:
+    <<: *c
+    C: {type: float, low: 0.5, high: 2}
+"""
+
+
+def test_yaml_merge_keys_and_anchor_blocks_are_accepted(tmp_path):
+    """`<<: *anchor` may be overridden by an explicit key (not a duplicate); `x-` blocks only hold anchors."""
+    from harness.studies import load_study
+
+    path = tmp_path / "merged.yaml"
+    path.write_text(MERGE_STUDY)
+    spec = load_study(str(path))
+    assert set(spec.search_spaces["kmer"]) == {"C", "k"} and spec.search_spaces["onehot"]["C"].low == 0.5
+    path.write_text(MERGE_STUDY.replace("x-common", "common").replace("*c", "*c"))
+    with pytest.raises(StudyError, match=r"unknown key common; \(a block that only holds YAML anchors is named x-"):
+        load_study(str(path))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name: a\nn_trials: 3\n", "unknown key n_trials; it belongs under budget (budget.n_trials)"),
+    ("name: a\nbudget: {n_trials: 1, max_epochs: 1}\ntasks: [synthetic/motif_binary]\nsearch_spaces:\n"
+     "  kmer: {C: {type: float, low: 0.1, high: 1}, k: {type: int, low: 3, high: 4}, fixed: {C: 50.0}}\n",
+     "search_spaces.kmer: C both searched and fixed"),
+])
+def test_misplaced_and_conflicting_study_keys_say_where_they_belong(text, message, tmp_path):
+    from harness.studies import load_study
+
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    with pytest.raises(StudyError, match=re.escape(message)):
+        load_study(str(path))
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("HARNESS_FORCE_EXIT_S", "x", "HARNESS_FORCE_EXIT_S must be a number, got 'x'"),
+    ("HARNESS_HEARTBEAT_S", "0.5", "HARNESS_HEARTBEAT_S must be an integer, got '0.5'"),
+    ("HARNESS_STORAGE_RETRIES", "-1", "HARNESS_STORAGE_RETRIES must be in [0, inf)"),
+    ("HARNESS_POLL_S", "0", "HARNESS_POLL_S must be > 0"),
+])
+def test_environment_knobs_are_checked_like_parameters(variable, value, message, tmp_path):
+    """Read when the harness starts: a bad value was a ValueError traceback at import (or Optuna's, later)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {**os.environ, variable: value, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "harness", "run", "--arm", "kmer_logreg", "--n-trials", "1", "--seeds",
+                           "1", "--storage", f"sqlite:///{tmp_path}/optuna.db"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert f"error: environment variable {message}" in done.stderr
+
+
+def test_a_storage_url_without_its_scheme_hides_the_password():
+    from harness.tracking import redact, secrets_of
+
+    assert redact("bob:s3cr3t@127.0.0.1/db") == "bob:***@127.0.0.1/db" and secrets_of("bob:s3cr3t@db") == ["s3cr3t"]
+    assert redact("/tmp/a@b/optuna.db") == "/tmp/a@b/optuna.db"  # negative control: a path is left as it is
+
+
+def test_pretrain_never_writes_into_a_folder_that_holds_files(tmp_path, monkeypatch, capsys):
+    from harness.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"weights a study was tuned from")
+    assert main(["pretrain", "--arm", "convnova_char", "--corpus", "nowhere.fa", "--output", "ckpt"]) == 2
+    assert "output=ckpt is not empty (model.safetensors, ...)" in capsys.readouterr().err
+    assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == b"weights a study was tuned from"

@@ -273,3 +273,37 @@ def test_ending_a_run_while_the_server_is_gone_is_bounded_and_hides_no_error(
                 with contextlib.suppress(MlflowException):
                     mlflow.end_run()
         mlflow.set_tracking_uri(previous)
+
+
+def test_an_answer_cut_off_mid_body_is_retried_except_for_creating_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """urllib3 retries only before an answer arrives; a server restarting under a request can cut the answer off
+    (IncompleteRead), which MLflow raises at once. Retried by the harness, unless the call creates something
+    (sent again, it might create it twice)."""
+    import requests
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils import rest_utils
+
+    from harness import tracking
+
+    calls: list[str] = []
+
+    def cut_off_twice(host_creds, endpoint, method, **kwargs):
+        calls.append(endpoint)
+        if len(calls) <= 2:
+            try:
+                raise requests.exceptions.ChunkedEncodingError("Connection broken: IncompleteRead(0 bytes read)")
+            except requests.exceptions.ChunkedEncodingError as err:  # as MLflow wraps it
+                raise MlflowException(f"API request to {endpoint} failed with exception {err}")  # noqa: B904
+        return "answer"
+
+    from mlflow.store.tracking import rest_store
+
+    monkeypatch.setattr(rest_utils, "http_request", cut_off_twice)
+    monkeypatch.setattr(rest_store, "http_request", rest_store.http_request)  # restored after the test
+    monkeypatch.setattr("time.sleep", lambda seconds: None)
+    tracking.retry_broken_responses()
+    assert rest_utils.http_request(None, "/api/2.0/mlflow/runs/update", "POST") == "answer" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(MlflowException, match="IncompleteRead"):  # negative control: a create is not repeated
+        rest_utils.http_request(None, "/api/2.0/mlflow/runs/create", "POST")
+    assert len(calls) == 1
