@@ -371,10 +371,12 @@ def tune_cell(cell: Cell, storage: RDBStorage, experiment_id: str) -> None:
 
         finals = tracking.child_runs(experiment_id, parent.info.run_id, Stage.FINAL)
         test_mcc = [r.data.metrics[Metric.TEST_MCC] for r in finals if int(r.data.tags[Tag.SEED]) < request.seeds]
-        tracking.log_metrics({Metric.TEST_MCC_MEAN: float(np.mean(test_mcc)),
-                              Metric.TEST_MCC_STD: float(np.std(test_mcc)), Metric.N_SEEDS: len(test_mcc)})
-        log.info("%s | done in %s: test_mcc %.4f +/- %.4f over %d seeds", cell.label, progress.elapsed(),
-                 np.mean(test_mcc), np.std(test_mcc), len(test_mcc))
+        # The sample sd (n - 1), as the report gives it; none from one seed (not logged: MLflow drops NaN).
+        sd = float(np.std(test_mcc, ddof=1)) if len(test_mcc) > 1 else float("nan")
+        tracking.log_metrics({Metric.TEST_MCC_MEAN: float(np.mean(test_mcc)), Metric.TEST_MCC_STD: sd,
+                              Metric.N_SEEDS: len(test_mcc)})
+        log.info("%s | done in %s: test_mcc %.4f +/- %.4f (sd over seeds) over %d seeds", cell.label,
+                 progress.elapsed(), np.mean(test_mcc), sd, len(test_mcc))
 
 
 @shutdown.uninterrupted

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import mlflow
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -140,6 +141,18 @@ def test_kmer_arm_through_the_cli(workdir, tiny_gue, tiny_study):
     runs = runs_by_stage()
     assert len(runs["trial"]) == 3 and len(runs["final"]) == 1
     assert runs["study"][0].data.tags["family"] == "kmer"
+    assert "test_mcc_std" not in runs["study"][0].data.metrics  # one seed: no spread to report
+
+
+def test_parent_sd_is_the_sample_sd_of_its_final_runs(workdir, tiny_gue, tiny_study):
+    """The parent's test_mcc_std is the sd the report gives (n - 1), not numpy's default population sd."""
+    assert run_cli(tiny_study, tiny_gue, "kmer_logreg", "--seeds", "3") == 0
+    runs = runs_by_stage()
+    for parent in runs["study"]:
+        finals = [r.data.metrics["test_mcc"] for r in runs["final"]
+                  if r.data.tags["mlflow.parentRunId"] == parent.info.run_id]
+        assert len(finals) == 3
+        assert parent.data.metrics["test_mcc_std"] == pytest.approx(float(np.std(finals, ddof=1)))
 
 
 @pytest.mark.parametrize("csv, expected", [
