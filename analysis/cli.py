@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> Path:
     from harness.studies import load_study, parse_study
 
     from .collect import collect
-    from .contrasts import default_contrasts, user_contrasts
+    from .contrasts import default_contrasts, exploratory_contrasts, user_contrasts
     from .report import Settings, build_report, check_report_folder
 
     settings = Settings(alpha=finite_number(args.alpha, "--alpha", 1e-9, 1.0),
@@ -104,8 +104,11 @@ def run(args: argparse.Namespace) -> Path:
             notes.append(f"{len(spec.contrasts)} contrast(s) declared in {spec.path}")
     except StudyError as err:
         notes.append(f"no study file ({err}): only the default contrasts")
-    log.info("analysing %d final runs of %d arms on %d tasks (%d contrasts)", len(results.runs),
-             results.runs["arm"].nunique(), results.runs["task"].nunique(), len(contrasts))
+    exploratory = exploratory_contrasts(results.cells["arm"], contrasts)  # the pairs no named contrast asks about
+    log.info("analysing %d final runs of %d arms on %d tasks (%d named contrast(s), %d exploratory pair(s))",
+             len(results.runs), results.runs["arm"].nunique(), results.runs["task"].nunique(), len(contrasts),
+             len(exploratory))
+    contrasts += exploratory
     if args.no_log:
         return build_report(results, contrasts, out, settings, notes)
     tracking.setup(args.experiment, uri)

@@ -64,6 +64,10 @@ class Results:
             if "identical_replicates" in self.cells else []
 
 
+# What runs of an older harness called the parameter count (Metric.PARAMS today); read when the new name is absent.
+LEGACY_PARAMS = "params"
+
+
 def search(experiment_id: str, stage: str) -> list[Run]:
     return mlflow.search_runs([experiment_id], query({Tag.STAGE: stage}), output_format="list",
                               order_by=["attributes.start_time ASC"])
@@ -110,6 +114,7 @@ def collect(experiment: str, metric: str = Metric.TEST_MCC, study: str | None = 
             continue
         rows.append({"arm": variant_of(parent), "task": parent.data.tags[Tag.TASK], "seed": int(run.data.tags[Tag.SEED]),
                      **{m: run.data.metrics.get(m, math.nan) for m in (*TEST_METRICS, Metric.DEV_MCC, *COST_METRICS)},
+                     Metric.PARAMS: run.data.metrics.get(Metric.PARAMS, run.data.metrics.get(LEGACY_PARAMS, math.nan)),
                      "run_id": run.info.run_id, "parent_run_id": parent.info.run_id,
                      "git_commit": run.data.tags.get(Tag.GIT_COMMIT, ""), "end_time": run.info.end_time})
     runs = drop_duplicate_seeds(pd.DataFrame(rows), excluded)
@@ -199,10 +204,21 @@ def parent_table(parents: list[Run]) -> pd.DataFrame:
     """Per (arm variant, task): the factors its parent run recorded (what a contrast may vary or must hold
     equal), how well it was tuned, and where it ran. A factor an older run did not record is ""."""
     overlaps = [overlap_metric(overlap_pair(a, b, kind)) for a, b in OVERLAP_PAIRS for kind in ("exact", "contained")]
+    numbers = [Tag.BEST_EPOCH_AT_CAP, *overlaps]
     rows = [{"arm": variant_of(p), "task": p.data.tags[Tag.TASK], **{k: p.data.tags.get(k, "") for k in PARENT_TAGS},
-             Metric.BEST_EPOCH_AT_CAP: p.data.metrics.get(Metric.BEST_EPOCH_AT_CAP, math.nan),
-             **{m: p.data.metrics.get(m, math.nan) for m in overlaps}} for p in parents]
-    return pd.DataFrame(rows, columns=["arm", "task", *PARENT_TAGS, Metric.BEST_EPOCH_AT_CAP, *overlaps])
+             **{n: parent_number(p, n) for n in numbers}} for p in parents]
+    return pd.DataFrame(rows, columns=["arm", "task", *PARENT_TAGS, *numbers])
+
+
+def parent_number(parent: Run, name: str) -> float:
+    """A count a parent run keeps as a tag (so that its metrics are its results alone); runs of an older harness
+    logged it as a metric. NaN when neither."""
+    if name in parent.data.tags:
+        try:
+            return float(parent.data.tags[name])
+        except ValueError:
+            return math.nan
+    return parent.data.metrics.get(name, math.nan)
 
 
 def overlap_notes(cells: pd.DataFrame) -> list[str]:
@@ -256,10 +272,13 @@ def cell_table(runs: pd.DataFrame, metric: str, tuning: pd.DataFrame,
                   **{f"{m}_mean": (m, "mean") for m in TEST_METRICS},
                   **{f"{m}_sd": (m, "std") for m in TEST_METRICS},
                   final_seconds=("train_seconds", "sum"), final_flops=("flops", "sum"),
-                  params=("params", "first"), pretrain_seconds=("pretrain_seconds", "first"),
+                  params=(Metric.PARAMS, "first"), pretrain_seconds=("pretrain_seconds", "first"),
                   pretrain_flops=("pretrain_flops", "first"),
                   pretrain_gpu_hours=("pretrain_gpu_hours", "first")).reset_index()
     identical = g[list(TEST_METRICS)].agg(lambda x: x.round(12).nunique(dropna=False) == 1).all(axis=1)
+    # How many different values of the compared metric the seeds gave: 1 of 3 is one observation, not three
+    # with a standard deviation of 0 (the report says so instead of printing ± 0.000).
+    cells["n_distinct_scores"] = g[metric].agg(lambda x: x.round(12).nunique(dropna=False)).to_numpy()
     same = g["run_id"].agg(lambda ids: same_predictions(list(ids), predictions or {}))
     cells["identical_replicates"] = (cells["n_runs"] > 1) & identical.to_numpy() & same.to_numpy()
     cells.insert(2, "n_seeds", cells["n_runs"].where(~cells["identical_replicates"], 1))

@@ -14,14 +14,23 @@ such task is not evaluated:
   pretrained_vs_cnn  question 1 as posed: each pretrained transformer − each CNN trained from scratch, the
                      systems as one would use them (their own tokenizers), pretraining cost counted. Varies:
                      model, architecture, init, tokenizer, max_length.
+  exploratory        every other pair of arm variants present (no named contrast between them), so that a report
+                     for any set of arms compares something. Varies: any factor of the model; the report names
+                     the ones that differ, and it is not a one-factor contrast: no difference it shows can be put
+                     down to one factor. Holm's adjustment runs over the exploratory pairs apart from the named
+                     contrasts, so adding arms never weakens the named questions.
 Never varied by any contrast: the budget (n_trials, max_epochs, patience, seeds), the precision and the data.
+A one-pass estimator (kmer_logreg: one scikit-learn fit, precision n/a) has one "epoch" by construction, so its
+epoch cap and patience say nothing about the budget it had; they are not compared (its trials and seeds are).
 A study file adds its own under `analysis: contrasts: [{a: ARM, b: ARM, name: ..., varies: [factor, ...]}]`
 (without `varies`, every factor of the model may differ; budget, precision and data may not).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,7 +49,14 @@ VARIES = {
     "architecture": frozenset({Tag.MODEL, Tag.ARCHITECTURE_SHA}),
     "pretrained_vs_cnn": frozenset(MODEL_FACTORS),
     "user": frozenset(MODEL_FACTORS),
+    "exploratory": frozenset(MODEL_FACTORS),
 }
+EXPLORATORY = "exploratory"
+# The factors of an arm variant in words, for the sentence that says in what an exploratory pair differs.
+FACTOR_WORDS = {Tag.MODEL: "model", Tag.ARCHITECTURE_SHA: "architecture", Tag.TOKENIZER_SHA: "tokenizer",
+                Tag.MAX_LENGTH: "token cap", Tag.INIT: "initial weights"}
+# Budget factors that count epochs: meaningless for an arm fitted in one pass (see the module docstring).
+EPOCH_FACTORS = frozenset({Tag.MAX_EPOCHS, Tag.PATIENCE})
 
 
 @dataclass(frozen=True)
@@ -58,6 +74,10 @@ class Contrast:
     @property
     def allowed(self) -> frozenset[str]:
         return VARIES[self.effect] if self.varies is None else self.varies
+
+    @property
+    def exploratory(self) -> bool:
+        return self.effect == EXPLORATORY
 
 
 def default_contrasts(arms: pd.DataFrame) -> list[Contrast]:
@@ -81,22 +101,60 @@ def default_contrasts(arms: pd.DataFrame) -> list[Contrast]:
     return out
 
 
+def exploratory_contrasts(variants: Iterable[str], named: list[Contrast]) -> list[Contrast]:
+    """Every pair of `variants` (A − B in name order) that no named contrast already asks about, either way
+    round: a named pair left out for a factor that differs is not let back in as an exploratory one."""
+    asked = {frozenset((c.a, c.b)) for c in named}
+    return [Contrast(EXPLORATORY, a, b) for a, b in itertools.combinations(sorted(set(variants)), 2)
+            if frozenset((a, b)) not in asked]
+
+
+def one_pass(cell: pd.Series) -> bool:
+    """A cell of an arm fitted in one pass, not epoch by epoch: the harness records its precision as n/a
+    (request.factors), as it does for no epoch-trained arm."""
+    return str(cell.get(Tag.PRECISION, "")) == NOT_APPLICABLE
+
+
+def factor_value(cell: pd.Series, factor: str) -> str:
+    return str(cell[factor]) if pd.notna(cell[factor]) else ""
+
+
+def cell_of(cells: pd.DataFrame, arm: str, task: str) -> pd.Series:
+    return cells[(cells["arm"] == arm) & (cells["task"] == task)].iloc[0]
+
+
 def differing_factors(c: Contrast, cells: pd.DataFrame, task: str) -> list[str]:
     """The factors (other than those `c` varies) in which A and B differ on `task`, e.g. 'tokenizer_sha
-    (a: bpe-1a2b…, b: char)'. A factor an arm does not have (n/a) differs from nothing; one a run did not
-    record (a run of an older harness) is unknown, so it cannot be shown equal."""
-    a, b = (cells[(cells["arm"] == arm) & (cells["task"] == task)].iloc[0] for arm in (c.a, c.b))
+    (a: bpe-1a2b…, b: char)'. A factor an arm does not have (n/a) differs from nothing, nor do the epoch cap
+    and patience of a one-pass arm; one a run did not record (a run of an older harness) is unknown, so it
+    cannot be shown equal."""
+    a, b = cell_of(cells, c.a, task), cell_of(cells, c.b, task)
+    skip = c.allowed | (EPOCH_FACTORS if one_pass(a) or one_pass(b) else frozenset())
     out = []
     for factor in FACTORS:
-        if factor in c.allowed or factor not in cells.columns:
+        if factor in skip or factor not in cells.columns:
             continue
-        x, y = str(a[factor]) if pd.notna(a[factor]) else "", str(b[factor]) if pd.notna(b[factor]) else ""
+        x, y = factor_value(a, factor), factor_value(b, factor)
         if NOT_APPLICABLE in (x, y):
             continue
         if not x or not y:
             out.append(f"{factor} not recorded ({c.a if not x else c.b}: a run of an older harness?)")
         elif x != y:
             out.append(f"{factor} differs ({c.a}: {x}, {c.b}: {y})")
+    return out
+
+
+def varied_factors(c: Contrast, cells: pd.DataFrame, tasks: list[str]) -> list[str]:
+    """The factors `c` may vary in which A and B do differ on some of `tasks`, in words ('model', 'tokenizer'),
+    in schema order: what an exploratory pair's difference mixes together."""
+    out = []
+    for factor in FACTORS:
+        if factor not in c.allowed or factor not in cells.columns:
+            continue
+        values = {(factor_value(cell_of(cells, c.a, t), factor), factor_value(cell_of(cells, c.b, t), factor))
+                  for t in tasks}
+        if any(x != y and NOT_APPLICABLE not in (x, y) for x, y in values):
+            out.append(FACTOR_WORDS.get(factor, factor))
     return out
 
 
@@ -138,7 +196,9 @@ def evaluate(c: Contrast, results: Results, alpha: float, rope: float, seed: int
     hl, hl_lo, hl_hi, hl_method = stats.hodges_lehmann(d)
     p_a, p_equal, p_b = stats.bayesian_signed_rank(a, b, rope, seed) if len(d) >= 2 else (math.nan,) * 3
     row = {
-        "contrast": c.label, "effect": c.effect, "a": c.a, "b": c.b, "varies": ",".join(sorted(c.allowed)),
+        "contrast": c.label, "effect": c.effect, "kind": EXPLORATORY if c.exploratory else "named",
+        "a": c.a, "b": c.b, "varies": ",".join(sorted(c.allowed)),
+        "differs_in": ", ".join(varied_factors(c, results.cells, common)),
         "metric": results.metric,
         "n_tasks": len(d), "tasks_left_out": "; ".join(left_out),
         "wins": int(np.sum(d > 0)), "ties": int(np.sum(d == 0)), "losses": int(np.sum(d < 0)),
@@ -236,10 +296,12 @@ def per_task_tests(c: Contrast, results: Results, tasks: list[str], alpha: float
 
 
 def adjust(evaluations: list[Evaluation]) -> None:
-    """Holm across the contrasts of one report: the family is every contrast that has a p-value."""
-    adjusted = stats.holm([e.row["p"] for e in evaluations])
-    for e, p in zip(evaluations, adjusted):
-        e.row["p_holm"] = float(p)
+    """Holm within each family of one report: the named contrasts that have a p-value are one family, the
+    exploratory pairs another (their many pairs must not dilute the questions the study asks)."""
+    for exploratory in (False, True):
+        family = [e for e in evaluations if e.contrast.exploratory == exploratory]
+        for e, p in zip(family, stats.holm([e.row["p"] for e in family])):
+            e.row["p_holm"] = float(p)
 
 
 PHRASES = {"pretraining": "pretraining", "bpe": "BPE tokens (vs single nucleotides)",
@@ -250,36 +312,61 @@ PHRASES = {"pretraining": "pretraining", "bpe": "BPE tokens (vs single nucleotid
 def sentence(row: dict, alpha: float) -> str:
     """One plain sentence per contrast, e.g. 'pretraining improved MCC on 9 of 12 tasks, median
     +0.031 [0.012, 0.050], Holm p = 0.004'."""
-    what = PHRASES[row["effect"]].format(name=row["contrast"])
     metric = row["metric"].removeprefix("test_").upper()
     if row["n_tasks"] == 0:
         return f"{row['a']} vs {row['b']}: no task completed by both arms."
     n, med = row["n_tasks"], row["median_difference"]
-    if med > 0:
-        result = f"improved {metric} on {row['wins']} of {n} tasks"
-    elif med < 0:
-        result = f"lowered {metric} on {row['losses']} of {n} tasks"
-    else:
-        result = f"left the median {metric} unchanged ({row['wins']} better, {row['losses']} worse of {n} tasks)"
     ci = (f" [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]" if math.isfinite(row["ci_low"]) else
           " (too few tasks for a confidence interval)")
-    text = f"{what} ({row['a']} vs {row['b']}) {result}, median {med:+.3f}{ci}"
+    if row["effect"] == EXPLORATORY:
+        text = f"{exploratory_subject(row)}: {exploratory_result(row, metric)}, median {med:+.3f}{ci}"
+    else:
+        what = PHRASES[row["effect"]].format(name=row["contrast"])
+        if med > 0:
+            result = f"improved {metric} on {row['wins']} of {n} tasks"
+        elif med < 0:
+            result = f"lowered {metric} on {row['losses']} of {n} tasks"
+        else:
+            result = f"left the median {metric} unchanged ({row['wins']} better, {row['losses']} worse of {n} tasks)"
+        text = f"{what} ({row['a']} vs {row['b']}) {result}, median {med:+.3f}{ci}"
     text += family_clause(row)
     if math.isfinite(row["p_holm"]):
         verdict = "significant" if row["p_holm"] < alpha else "not significant"
-        text += f", Holm p = {row['p_holm']:.3g} ({verdict} at {alpha:g})"
+        over = " over the exploratory pairs" if row["effect"] == EXPLORATORY else ""
+        text += f", Holm p{over} = {row['p_holm']:.3g} ({verdict} at {alpha:g})"
     else:
         text += f"; no p-value: {row['note']}"
     if math.isfinite(row["p_a_better"]):
         text += (f"; P({row['a']} better) = {row['p_a_better']:.2f}, P(equivalent within ±{row['rope']:g}) = "
                  f"{row['p_equivalent']:.2f}, P({row['b']} better) = {row['p_b_better']:.2f}")
     if math.isfinite(row["flops_ratio"]) or math.isfinite(row["compute_ratio"]):
-        text += (f"; it costs {row['flops_ratio']:.2g}x the fine-tuning FLOPs" if math.isfinite(row["flops_ratio"])
-                 else f"; it costs {row['compute_ratio']:.2g}x the fine-tuning compute time")
+        text += (f"; {row['a']} costs {row['flops_ratio']:.2g}x the fine-tuning FLOPs of {row['b']}"
+                 if math.isfinite(row["flops_ratio"]) else
+                 f"; {row['a']} costs {row['compute_ratio']:.2g}x the fine-tuning compute time of {row['b']}")
         pretraining = pretraining_phrase(row, "a")
         if pretraining:
             text += f" plus {pretraining} of pretraining"
     return text + "."
+
+
+def exploratory_subject(row: dict) -> str:
+    """'exploratory, kmer_logreg − dnabert2_scratch (they differ in model, architecture and tokenizer: not a
+    one-factor contrast)'."""
+    factors = [f for f in str(row.get("differs_in", "")).split(", ") if f]
+    differ = (" and ".join([", ".join(factors[:-1]), factors[-1]]) if len(factors) > 1 else "".join(factors))
+    why = (f"they differ in {differ}: not a one-factor contrast" if len(factors) > 1 else
+           f"they differ in {differ} alone, but no named contrast asks about it" if factors else
+           "they differ in no recorded factor of the model")
+    return f"exploratory, {row['a']} − {row['b']} ({why})"
+
+
+def exploratory_result(row: dict, metric: str) -> str:
+    a, n, med = row["a"], row["n_tasks"], row["median_difference"]
+    if med > 0:
+        return f"{a} had the higher {metric} on {row['wins']} of {n} tasks"
+    if med < 0:
+        return f"{a} had the lower {metric} on {row['losses']} of {n} tasks"
+    return f"the median {metric} difference is 0 ({row['wins']} higher, {row['losses']} lower of {n} tasks)"
 
 
 def excludes_zero(low: float, high: float) -> bool:

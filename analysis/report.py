@@ -21,7 +21,7 @@ from harness.outputs import check_replaceable, check_writable
 
 from . import stats
 from .collect import Results, overlap_notes
-from .contrasts import Contrast, Evaluation, adjust, duration, evaluate, sentence
+from .contrasts import Contrast, Evaluation, adjust, duration, evaluate, exploratory_contrasts, sentence
 
 
 @dataclass(frozen=True)
@@ -96,10 +96,30 @@ def write_marker(folder: Path) -> None:
     (folder / MARKER).write_text("\n".join(files) + "\n")
 
 
+# What each table of the report folder holds, in the order report.md lists them.
+TABLES = {
+    "runs.csv": "one row per arm, task and seed: the final runs' test metrics and cost",
+    "cells.csv": "one row per arm and task: mean and sd over seeds, seeds, compute, and the factors each contrast "
+                 "checks",
+    "arms.csv": "one row per arm variant: model, tokenizer, initial weights",
+    "families.csv": "per task family and arm: tasks and the mean of the per-task means",
+    "contrasts.csv": "one row per evaluated contrast, named or exploratory: every statistic of the contrast table",
+    "per_task_tests.csv": "per contrast and task: the paired bootstrap on the same test sequences",
+    "ranks.csv": "average rank of each arm in the Friedman test",
+    "friedman.csv": "the Friedman test and its approximations",
+    "nemenyi.csv": "every pair of arms: Nemenyi rank difference and p",
+    "cost.csv": "per arm: score over the common tasks and the compute one task costs",
+    "tuning_adequacy.csv": "per arm: best trials at a bound of the search space or at the epoch cap",
+    "exclusions.csv": "what was left out, and why",
+}
+
+
 def write_report(results: Results, contrasts: list[Contrast], folder: Path, s: Settings, notes: list[str]) -> None:
     notes = notes + overlap_notes(results.cells)
     exclusions = results.exclusions.copy()
     present = set(results.cells["arm"])
+    # Pairs no named contrast asks about are compared too, as exploratory: a report for any set of arms.
+    contrasts = list(contrasts) + exploratory_contrasts(present, list(contrasts))
     evaluations: list[Evaluation] = []
     for c in contrasts:
         missing = [arm for arm in (c.a, c.b) if arm not in present]
@@ -124,17 +144,37 @@ def write_report(results: Results, contrasts: list[Contrast], folder: Path, s: S
     per_task = pd.concat([e.per_task for e in evaluations], ignore_index=True) if evaluations else pd.DataFrame()
     rank_block, friedman, block_note = friedman_block(results, s.alpha)
     if block_note:
-        exclusions.loc[len(exclusions)] = ["Friedman / Nemenyi", block_note]
+        exclusions.loc[len(exclusions)] = ["Friedman / Nemenyi",
+                                           block_note if friedman is not None else f"not computed: {block_note}"]
     cost = cost_table(results, rank_block)
     families = family_table(results)
     adequacy = tuning_adequacy(results.cells)
 
-    fig = folder / "figures"
+    draw_figures(results, evaluations, friedman, folder / "figures", s)
+    tables = {"runs.csv": results.runs, "cells.csv": results.cells.drop(columns=["score_mean", "score_sd"]),
+              "arms.csv": results.arms.reset_index(), "families.csv": families, "contrasts.csv": contrast_table,
+              "per_task_tests.csv": per_task, "cost.csv": cost, "tuning_adequacy.csv": adequacy,
+              "exclusions.csv": exclusions}
+    if friedman is not None:
+        tables["ranks.csv"] = friedman.avg_ranks.rename("average_rank").rename_axis("arm").reset_index()
+        tables["friedman.csv"] = pd.DataFrame([friedman_row(friedman)])
+        tables["nemenyi.csv"] = stats.nemenyi_pairs(friedman)
+    for name, frame in tables.items():
+        if len(frame) and len(frame.columns):  # an empty table is left out and the report says why
+            frame.to_csv(folder / name, index=False)
+    omitted = omitted_tables(tables, friedman)
+    text = markdown(results, evaluations, per_task, friedman, cost, exclusions, adequacy, s, notes, families,
+                    block_note=block_note)
+    (folder / "report.md").write_text(text + files_section(folder, omitted))
+
+
+def draw_figures(results: Results, evaluations: list[Evaluation], friedman: stats.Friedman | None, fig: Path,
+                 s: Settings) -> None:
+    label = figures.metric_label(results.metric)
     figures.scores_by_task(results.runs, results.metric, fig / "scores_by_task.png",
-                           f"{results.metric} per task (dots: seeds; bars: mean ± sd)")
-    figures.cost_benefit(cost.rename(columns={"cost_seconds": "cost"}), results.metric,
-                         "compute per task incl. pretraining (s)", fig / "cost_benefit.png",
-                         f"{results.metric} (mean over tasks ± sd across tasks) vs compute")
+                           f"{label} per task (dots: seeds; bars: mean ± sd over seeds)")
+    figures.cost_benefit(cost_points(results), results.metric, "Compute per task, incl. pretraining (s)",
+                         fig / "cost_benefit.png", f"{label} against compute (points: tasks; diamonds: medians)")
     for e in evaluations:
         figures.paired_differences(e.diffs, e.contrast.a, e.contrast.b, results.metric, e.row["median_difference"],
                                    (e.row["ci_low"], e.row["ci_high"]), s.rope, fig / difference_png(e.contrast),
@@ -143,21 +183,62 @@ def write_report(results: Results, contrasts: list[Contrast], folder: Path, s: S
         figures.critical_difference_diagram(friedman.avg_ranks.to_dict(), friedman.cd, fig / "critical_difference.png",
                                             f"Nemenyi, alpha = {s.alpha:g}, {friedman.n} tasks")
 
-    results.runs.to_csv(folder / "runs.csv", index=False)
-    results.cells.drop(columns=["score_mean", "score_sd"]).to_csv(folder / "cells.csv", index=False)
-    results.arms.to_csv(folder / "arms.csv")
-    contrast_table.to_csv(folder / "contrasts.csv", index=False)
-    per_task.to_csv(folder / "per_task_tests.csv", index=False)
-    cost.to_csv(folder / "cost.csv", index=False)
-    families.to_csv(folder / "families.csv", index=False)
-    exclusions.to_csv(folder / "exclusions.csv", index=False)
-    adequacy.to_csv(folder / "tuning_adequacy.csv", index=False)
-    if friedman is not None:
-        friedman.avg_ranks.rename("average_rank").rename_axis("arm").to_csv(folder / "ranks.csv")
-        pd.DataFrame([friedman_row(friedman)]).to_csv(folder / "friedman.csv", index=False)
-        stats.nemenyi_pairs(friedman).to_csv(folder / "nemenyi.csv", index=False)
-    (folder / "report.md").write_text(markdown(results, evaluations, per_task, friedman, cost, exclusions, adequacy,
-                                               s, notes, families))
+
+def cost_points(results: Results) -> pd.DataFrame:
+    """One point per (arm, task) for the cost figure: its mean score over seeds and its compute (tuning and
+    final seeds, seconds), plus the pretraining its weights inherit."""
+    cells = results.cells
+    pretrain = cells["pretrain_seconds"].fillna(0.0) if "pretrain_seconds" in cells else 0.0
+    return pd.DataFrame({"arm": cells["arm"], "task": cells["task"], "score": cells["score_mean"],
+                         "cost": cells["compute_seconds"] + pretrain})
+
+
+def omitted_tables(tables: dict[str, pd.DataFrame], friedman: stats.Friedman | None) -> dict[str, str]:
+    """Table name -> why it was not written (one sentence's clause)."""
+    why = {"contrasts.csv": "no contrast could be evaluated", "per_task_tests.csv": "no contrast could be evaluated",
+           "tuning_adequacy.csv": "no arm's best trial sat at a bound of its search space or at the epoch cap",
+           "exclusions.csv": "nothing was excluded"}
+    out = {name: why.get(name, "it would be empty") for name, frame in tables.items()
+           if not (len(frame) and len(frame.columns))}
+    if friedman is None:
+        out.update(dict.fromkeys(("ranks.csv", "friedman.csv", "nemenyi.csv"),
+                                 "the Friedman test was not computed (see its section)"))
+    return out
+
+
+def report_files(folder: Path) -> list[str]:
+    """Every file of the report folder, relative to it, report.md included (it is written last)."""
+    found = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} | {"report.md"}
+    return sorted(found - {MARKER}, key=lambda name: (name.startswith("figures/"), name != "report.md", name))
+
+
+def files_section(folder: Path, omitted: dict[str, str]) -> str:
+    """The '## Files' list: exactly the files in `folder` (plus report.md), then the tables left out and why."""
+    lines = ["", "## Files", ""]
+    for name in report_files(folder):
+        what = "this report" if name == "report.md" else TABLES.get(name) or figure_description(name)
+        lines.append(f"- `{name}`: {what}")
+    lines.append("")
+    reasons: dict[str, list[str]] = {}
+    for name, why in omitted.items():
+        reasons.setdefault(why, []).append(name)
+    for why, names in reasons.items():
+        lines += [f"Not written: {words_list(names)}, because {why}.", ""]
+    return "\n".join(lines)
+
+
+def figure_description(name: str) -> str:
+    stem = Path(name).stem
+    if stem.startswith("difference_"):
+        return "a contrast's difference on each task, with its median, interval and ROPE"
+    return {"scores_by_task": "every seed's score on each task, with each arm's mean ± sd over seeds",
+            "cost_benefit": "score against compute, one point per arm and task, and each arm's median",
+            "critical_difference": "Nemenyi critical-difference diagram of the average ranks"}.get(stem, "figure")
+
+
+def words_list(items: list[str]) -> str:
+    """['a', 'b', 'c'] -> 'a, b and c'."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def difference_png(c: Contrast) -> str:
@@ -184,7 +265,7 @@ def friedman_block(results: Results, alpha: float) -> tuple[pd.DataFrame, stats.
         notes += [f"{a} lacks {', '.join(table.index[table[a].isna()])}, so the ranking leaves those tasks out"
                   for a in arms if table[a].isna().any()]
     if complete.shape[1] < 3 or len(complete) < 2:
-        notes.append(f"not computed: it needs >= 3 arms on >= 2 common tasks, there are {complete.shape[1]} "
+        notes.append(f"the test needs at least 3 arms on at least 2 common tasks; there are {complete.shape[1]} "
                      f"arms on {len(complete)} common tasks")
         return complete, None, "; ".join(notes)
     return complete, stats.friedman(complete, alpha), "; ".join(notes)
@@ -273,22 +354,25 @@ def fmt_p(p: float) -> str:
 
 def markdown(results: Results, evaluations: list[Evaluation], per_task: pd.DataFrame,
              friedman: stats.Friedman | None, cost: pd.DataFrame, exclusions: pd.DataFrame,
-             adequacy: pd.DataFrame, s: Settings, notes: list[str], families: pd.DataFrame | None = None) -> str:
+             adequacy: pd.DataFrame, s: Settings, notes: list[str], families: pd.DataFrame | None = None,
+             block_note: str = "") -> str:
     m = results.metric
+    label = figures.metric_label(m)
     lines = [f"# Analysis of experiment `{results.experiment}`", "",
-             f"Tracking URI `{results.tracking_uri}`; study {', '.join(results.studies)}; metric `{m}` on test; "
+             f"Tracking URI `{results.tracking_uri}`; study {', '.join(results.studies)}; metric: {label} "
+             f"(`{m}`); "
              f"alpha = {s.alpha:g}; region of practical equivalence ±{s.rope:g}; "
              f"{len(results.runs)} final runs of {results.runs['arm'].nunique()} arms on "
              f"{results.runs['task'].nunique()} tasks; harness commit(s) {', '.join(c[:10] for c in results.commits) or 'not recorded'}; "
              f"built {datetime.datetime.now().isoformat(timespec='seconds')}.", ""]
     lines += [f"- {n}" for n in notes] + ([""] if notes else [])
 
-    table = results.cells.assign(
-        value=lambda c: [f"{mu:.3f} ± {sd:.3f} ({n})" if n > 1 else f"{mu:.3f} (1)"
-                         for mu, sd, n in zip(c["score_mean"], c["score_sd"], c["n_seeds"])])
+    table = results.cells.assign(value=[score_cell(row) for _, row in results.cells.iterrows()])
     wide = table.pivot(index="task", columns="arm", values="value").fillna("–").reset_index()
-    lines += ["## Results", "", f"`{m}`: mean ± standard deviation over final seeds (number of seeds).", "",
-              md_table(wide), ""]
+    lines += ["## Results", "", f"{label}: mean ± sample standard deviation (n − 1) over the final seeds (number of "
+              "seeds). Where every seed gave the same score, the score is shown once with the number of seeds: "
+              "one observation, not a standard deviation of 0.", "",
+              md_table(wide.rename(columns={"task": "Task"})), ""]
     for arm in results.identical_replicate_arms():
         mine = results.cells[results.cells["arm"] == arm]
         lines += [f"- {arm}: its seeds gave identical test metrics on {int(mine['identical_replicates'].sum())} of "
@@ -300,17 +384,15 @@ def markdown(results: Results, evaluations: list[Evaluation], per_task: pd.DataF
     if families is not None and len(families):
         fam = families.assign(value=[f"{mu:.3f} ({n})" for mu, n in zip(families["mean"], families["n_tasks"])])
         lines += ["### By task family", "",
-                  f"Mean of the per-task means of `{m}` within each family (number of tasks). A family is the first "
+                  f"Mean of the per-task means of {label} within each family (number of tasks). A family is the first "
                   "part of a task's name unless the study's `analysis: families:` says otherwise.", "",
-                  md_table(fam.pivot(index="family", columns="arm", values="value").fillna("–").reset_index()), ""]
+                  md_table(fam.pivot(index="family", columns="arm", values="value").fillna("–").reset_index()
+                          .rename(columns={"family": "Family"})), ""]
 
-    lines += ["## Contrasts", ""]
-    if not evaluations:
-        lines += ["No contrast could be evaluated: none of the named pairs of arms has results here.", ""]
-    lines += [f"- {sentence(e.row, s.alpha)}" for e in evaluations] + [""]
+    lines += ["## Contrasts", ""] + contrast_sentences(results, evaluations, s)
     if evaluations:
         rows = pd.DataFrame([{
-            "contrast": e.row["contrast"], "n": e.row["n_tasks"], "T": e.row["wilcoxon_T"],
+            "Contrast": e.row["contrast"], "n": e.row["n_tasks"], "T": e.row["wilcoxon_T"],
             "R+": e.row["r_plus"], "R−": e.row["r_minus"], "p": fmt_p(e.row["p"]), "Holm p": fmt_p(e.row["p_holm"]),
             "median [95% CI]": (f"{e.row['median_difference']:+.3f} [{e.row['ci_low']:+.3f}, {e.row['ci_high']:+.3f}]"
                                 if math.isfinite(e.row["ci_low"]) else f"{e.row['median_difference']:+.3f}"),
@@ -323,7 +405,7 @@ def markdown(results: Results, evaluations: list[Evaluation], per_task: pd.DataF
                                    if math.isfinite(e.row["p_a_better"]) else "–"),
             "compute A/B": e.row["compute_ratio"], "p method": e.row["p_method"]} for e in evaluations])
         lines += [md_table(rows, ".2f"), "",
-                  f"Each contrast is A − B over the tasks both arms completed, on per-task means of {m} over "
+                  f"Each contrast is A − B over the tasks both arms completed, on per-task means of {label} over "
                   "seeds. Wilcoxon signed-rank test, two-sided: zero differences are split evenly between R+ and "
                   "R− (Demšar 2006), equal |differences| share their average rank, T = min(R+, R−). The p-value is "
                   "exact when there are no ties or zeros (n ≤ 50), an exact permutation over all 2^n sign "
@@ -337,7 +419,8 @@ def markdown(results: Results, evaluations: list[Evaluation], per_task: pd.DataF
                   "estimate (median of the Walsh averages (d_i + d_j)/2) with the interval that inverts the "
                   "signed-rank test (Hollander & Wolfe 1999; exact critical values up to 50 tasks, normal "
                   "approximation above; none below 6 tasks): the estimate and interval that match the p-value. "
-                  "Holm's adjustment runs over the contrasts above that have a p-value. "
+                  "Holm's adjustment runs over the named contrasts that have a p-value, and separately over the "
+                  "exploratory pairs that have one. "
                   "P(A) / P(=) / P(B): Bayesian signed-rank test (Benavoli et al. 2017; Dirichlet process, prior "
                   f"strength 0.5 at zero, 50,000 samples), equivalence within ±{s.rope:g}. compute A/B: mean "
                   "compute per task (tuning trials and final seeds, seconds), pretraining apart.", ""]
@@ -349,13 +432,15 @@ def markdown(results: Results, evaluations: list[Evaluation], per_task: pd.DataF
                   "and 97.5 percentiles; p: twice the share of resampled differences on the other side of 0; Holm "
                   "over the tasks of a contrast. This asks whether these two trained systems differ on this test "
                   "set, not whether another training run would: the across-task test answers that.", "",
-                  md_table(per_task.assign(p=per_task["p"].map(fmt_p), p_holm=per_task["p_holm"].map(fmt_p))), ""]
+                  md_table(per_task.assign(p=per_task["p"].map(fmt_p), p_holm=per_task["p_holm"].map(fmt_p),
+                                           significant=per_task["significant"].map({True: "yes", False: "no"}))
+                           .rename(columns=PER_TASK_HEADERS)), ""]
 
     lines += ["## All arms: Friedman test and Nemenyi critical difference", ""]
     if friedman is None:
-        lines += ["Not computed: " + exclusions.loc[exclusions["what"] == "Friedman / Nemenyi", "reason"].iloc[-1], ""]
+        lines += [f"Not computed: {block_note}.", ""]
     else:
-        ranks = friedman.avg_ranks.rename("average rank (1 = best)").rename_axis("arm").reset_index()
+        ranks = friedman.avg_ranks.rename("Average rank (1 = best)").rename_axis("Arm").reset_index()
         lines += [md_table(ranks), "",
                   f"Friedman χ²_F = {friedman.chi2:.3f} (k = {friedman.k} arms, N = {friedman.n} tasks): permutation "
                   f"p = {fmt_p(friedman.permutation_p)} ("
@@ -377,13 +462,16 @@ def markdown(results: Results, evaluations: list[Evaluation], per_task: pd.DataF
                   + " All pairs: nemenyi.csv.", ""]
 
     lines += ["## Cost", "",
-              f"Mean {m} over the tasks in the rank block, and the compute one task costs (all tuning trials and "
-              "final seeds) in FLOPs (counted by torch on the first step, scaled by the tokens trained on) and in "
-              "hours of the device it ran on; pretraining is what a checkpoint's run recorded or its authors "
-              "declared (pretrain_cost.json or pretrain_cost=), counted once, in GPU-hours and FLOPs.", "",
+              f"Mean {label} over the tasks in the rank block (all of an arm's tasks where there is none), and "
+              "the compute one task costs (all tuning trials and final seeds) in FLOPs (counted by torch on the "
+              "first step, scaled by the tokens trained on) and in hours of the device it ran on; pretraining is "
+              "what a checkpoint's run recorded or its authors declared (pretrain_cost.json or pretrain_cost=), "
+              "counted once, in GPU-hours and FLOPs.", "",
               md_table(cost.assign(pretrain=[pretrain_cell(r) for r in cost.itertuples()])
                        [["arm", "n_tasks", "score_mean", "score_sd", "compute_flops_per_task",
-                         "compute_hours_per_task", "device", "pretrain", "params"]], ".3g"),
+                         "compute_hours_per_task", "device", "pretrain", "params"]]
+                       .rename(columns=cost_headers(m)), ".3g"),
+              "", f"The sd is across tasks (how much the arm's {label} varies from task to task), not an uncertainty.",
               "", "![cost-benefit](figures/cost_benefit.png)", ""]
 
     lines += ["## Tuning adequacy", "",
@@ -397,9 +485,56 @@ def markdown(results: Results, evaluations: list[Evaluation], per_task: pd.DataF
     lines += [""]
 
     lines += ["## Exclusions", ""]
-    lines += [md_table(exclusions) if len(exclusions) else "Nothing was excluded.", ""]
-    lines += ["Files: runs.csv (one row per arm, task, seed), cells.csv (per arm and task, with the factors each "
-              "contrast checks), families.csv, contrasts.csv, per_task_tests.csv, ranks.csv, friedman.csv, "
-              "nemenyi.csv, cost.csv, "
-              "tuning_adequacy.csv, exclusions.csv, figures/.", ""]
+    lines += [md_table(exclusions.rename(columns={"what": "What", "reason": "Reason"})) if len(exclusions)
+              else "Nothing was excluded.", ""]
     return "\n".join(lines)
+
+
+PER_TASK_HEADERS = {"contrast": "Contrast", "task": "Task", "n_test": "Test sequences", "n_seeds_a": "Seeds A",
+                    "n_seeds_b": "Seeds B", "mcc_a": "MCC A", "mcc_b": "MCC B", "mcc_difference": "MCC A − B",
+                    "ci_low": "CI low", "ci_high": "CI high", "p": "p", "note": "Note", "p_holm": "Holm p",
+                    "significant": "Significant"}
+
+
+def cost_headers(metric: str) -> dict[str, str]:
+    label = figures.metric_label(metric)
+    return {"arm": "Arm", "n_tasks": "Tasks", "score_mean": f"{label} (mean over tasks)",
+            "score_sd": "sd across tasks", "compute_flops_per_task": f"{figures.metric_label('flops')} per task",
+            "compute_hours_per_task": "Device-hours per task", "device": "Device", "pretrain": "Pretraining",
+            "params": figures.metric_label("params")}
+
+
+def score_cell(cell: pd.Series) -> str:
+    """'0.812 ± 0.031 (3 seeds)'; '0.812 (1 distinct of 3 seeds: deterministic)' where every seed gave the
+    same score (a standard deviation of 0 would read as certainty); '0.812 (1 seed)'."""
+    mu, n_runs = cell["score_mean"], int(cell.get("n_runs", cell["n_seeds"]))
+    distinct = int(cell.get("n_distinct_scores", cell["n_seeds"]))
+    if n_runs == 1:
+        return f"{mu:.3f} (1 seed)"
+    if distinct == 1:
+        why = "deterministic" if bool(cell.get("identical_replicates", False)) else "same score, different predictions"
+        return f"{mu:.3f} (1 distinct of {n_runs} seeds: {why})"
+    return f"{mu:.3f} ± {cell['score_sd']:.3f} ({n_runs} seeds)"
+
+
+def contrast_sentences(results: Results, evaluations: list[Evaluation], s: Settings) -> list[str]:
+    """The contrasts in words: the named ones, then the exploratory pairs with what makes them exploratory."""
+    named = [e for e in evaluations if not e.contrast.exploratory]
+    exploratory = [e for e in evaluations if e.contrast.exploratory]
+    lines = []
+    if results.cells["arm"].nunique() < 2:
+        return ["Only one arm has results: there is nothing to compare.", ""]
+    if named:
+        lines += [f"- {sentence(e.row, s.alpha)}" for e in named] + [""]
+    else:
+        lines += ["None of the named contrasts (pretraining, BPE, architecture, pretrained transformer vs CNN, or "
+                  "one the study declares) could be evaluated on these arms.", ""]
+    if exploratory:
+        lines += ["Exploratory pairs: arms that no named contrast compares. Each sentence names the factors of the "
+                  "model in which the pair differs; where there are several, the difference cannot be put down to "
+                  "any one of them. Only the budget, the precision and the data are held equal: a task enters a "
+                  "pair only where they are. Holm's adjustment runs over these pairs alone.", ""]
+        lines += [f"- {sentence(e.row, s.alpha)}" for e in exploratory] + [""]
+    if not evaluations:
+        lines += ["No pair of arms could be compared: see the exclusions for why each was left out.", ""]
+    return lines

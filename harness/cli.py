@@ -139,6 +139,9 @@ def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deterministic", default="false", choices=["false", "true"],
                         help="deterministic kernels only: bit-reproducible GPU runs where PyTorch can, slower "
                              "(nearly a no-op on a CPU)")
+    parser.add_argument("--save-models", default="best", help="register final models in MLflow's Model Registry as "
+                        "pyfunc models: best (the final seed with the best dev MCC, per arm and task; default), all "
+                        "(every seed) or none")
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -4,7 +4,8 @@ task x task heat map.
 
 Each function draws one figure, saves it, closes it and returns the path, so a report can build many figures
 without holding them in memory. Arms keep one colour across a report's figures: `arm_colors` hands out the
-default colour cycle in sorted-name order.
+default colour cycle in sorted-name order. Axes and titles say what they show in words (`metric_label`: test_mcc
+-> "Test MCC"), which the report's tables use too.
 """
 
 from __future__ import annotations
@@ -70,40 +71,64 @@ def _require(frame: pd.DataFrame, columns: Iterable[str], what: str) -> None:
         raise ValueError(f"{what} lacks column(s) {missing}; it has {list(frame.columns)}")
 
 
+# ------------------------------------------------------------------------------------ words, not names
+# What a reader sees instead of a metric's or a column's name: the one place such labels are made (figures and
+# report.md tables). A name without an entry is shown as it is rather than guessed at.
+LABELS = {
+    "test_mcc": "Test MCC", "test_f1": "Test F1", "test_accuracy": "Test accuracy", "test_auroc": "Test AUROC",
+    "dev_mcc": "Dev MCC", "best_dev_mcc": "Best dev MCC", "mcc": "MCC", "train_loss": "Training loss",
+    "train_seconds": "Training time (s)", "compute_seconds": "Compute time (s)", "flops": "FLOPs",
+    "compute_flops": "FLOPs", "params": "Parameters", "n_parameters": "Parameters", "epoch": "Epoch",
+}
+
+
+def metric_label(name: str) -> str:
+    """`test_mcc` -> 'Test MCC', `train_seconds` -> 'Training time (s)'; an unknown name is returned unchanged."""
+    return LABELS.get(name, name)
+
+
 # ------------------------------------------------------------------------------------ one run's figures
 def confusion_matrix(cm: np.ndarray, path: Path, title: str) -> Path:
+    """Counts of (true, predicted) class on test; `title` names the arm, the task and the seed."""
     size = max(3.6, 0.6 * len(cm) + 1.8)
     with plt.style.context("default"):
         fig, ax = plt.subplots(figsize=(size, size))
         ax.imshow(cm, cmap="Blues")
         for (i, j), n in np.ndenumerate(cm):
             ax.text(j, i, str(n), ha="center", va="center", color="white" if n > cm.max() / 2 else "black")
-        ax.set(xlabel="predicted class", ylabel="true class", xticks=range(len(cm)), yticks=range(len(cm)))
+        ax.set(xlabel="Predicted class", ylabel="True class", xticks=range(len(cm)), yticks=range(len(cm)))
         ax.set_title(title, fontsize=9)
         fig.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(fig)
     return path
 
 
-def learning_curve(history: list, path: Path, title: str) -> Path:
-    """Train loss and dev MCC per epoch of one fit (`train.EpochResult`s)."""
+def learning_curve(history: list, path: Path, title: str, selected_epoch: int | None = None) -> Path:
+    """Training loss and dev MCC per epoch of one fit (`train.EpochResult`s); `title` names the arm, the task
+    and the seed. `selected_epoch` (FitResult.best_epoch: the checkpoint kept, chosen on dev MCC) is marked by
+    a vertical line, so a reader sees which epoch the test score comes from."""
     epochs = [r.epoch for r in history]
     with plt.style.context("default"):
         fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.plot(epochs, [r.train_loss for r in history], "o-", color="tab:red", label="train loss")
-        ax.set(xlabel="epoch", ylabel="train loss", title=title)
+        ax.plot(epochs, [r.train_loss for r in history], "o-", color="tab:red", label="training loss")
+        ax.set(xlabel="Epoch", ylabel="Training loss", title=title)
+        ax.title.set_fontsize(9)
         ax2 = ax.twinx()
         ax2.plot(epochs, [r.dev["mcc"] for r in history], "s-", color="tab:blue", label="dev MCC")
-        ax2.set_ylabel("dev MCC")
-        fig.legend(loc="lower center", ncol=2, fontsize=8)
+        ax2.set_ylabel("Dev MCC")
+        if selected_epoch:  # 0 or None: nothing was selected (a fit without epochs)
+            ax.axvline(selected_epoch, color="black", ls="--", lw=1,
+                       label=f"selected epoch {selected_epoch} (best dev MCC)")
+        fig.legend(loc="lower center", ncol=3, fontsize=8)
         fig.tight_layout(rect=(0, 0.08, 1, 1))
         fig.savefig(path, dpi=100)
         plt.close(fig)
     return path
 
 
-def optuna_history(study, path: Path) -> Path:
-    """Optuna's optimisation history of a cell's tuning: every trial's dev MCC and the best so far."""
+def optuna_history(study, path: Path, title: str = "") -> Path:
+    """Optuna's optimisation history of a cell's tuning: every trial's dev MCC and the best so far. `title`
+    should name the arm and the task; by default the Optuna study's name (study/arm variant/task)."""
     import warnings
 
     import optuna
@@ -112,9 +137,10 @@ def optuna_history(study, path: Path) -> Path:
     # Optuna's plots switch matplotlib to its own style; the context restores ours afterwards.
     with warnings.catch_warnings(), plt.style.context("default"):
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        ax = plot_optimization_history(study)
-        ax.set_ylabel("dev MCC")
-        ax.set_title(f"{study.study_name}: optimisation history", fontsize=9)
+        ax = plot_optimization_history(study, target_name="Dev MCC")
+        ax.set_xlabel("Trial")
+        ax.set_ylabel("Dev MCC")
+        ax.set_title(title or f"{study.study_name}: tuning history (dev MCC per trial)", fontsize=9)
         ax.figure.set_size_inches(7, 3.5)
         ax.figure.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(ax.figure)
@@ -268,10 +294,12 @@ def scores_by_task(finals: pd.DataFrame, metric: str, path: Path, title: str = "
             ax.scatter(rows["task"].map(x_of_task) + offset, rows[metric], s=12, alpha=0.35,
                        color=colors[arm], linewidths=0, zorder=2)
             per_task = rows.groupby("task")[metric].agg(["mean", "std", "count"])
+            per_task["distinct"] = rows.groupby("task")[metric].agg(lambda v: v.round(12).nunique())
             x = per_task.index.map(x_of_task).to_numpy(float) + offset
             ax.plot(x, per_task["mean"], "o", ms=7, color=colors[arm], label=arm, zorder=3)
-            # A single seed has no spread: drawing a zero-length (or NaN) bar would suggest one.
-            spread = per_task["std"].notna().to_numpy() & (per_task["count"] > 1).to_numpy()
+            # A single seed, or seeds that all gave the same score (a deterministic solver), has no spread:
+            # a zero-length (or NaN) bar would read as certainty.
+            spread = per_task["std"].notna().to_numpy() & (per_task["distinct"] > 1).to_numpy()
             if spread.any():
                 ax.errorbar(x[spread], per_task["mean"][spread], yerr=per_task["std"][spread], fmt="none",
                             ecolor=colors[arm], elinewidth=1.2, capsize=3, zorder=3)
@@ -281,7 +309,7 @@ def scores_by_task(finals: pd.DataFrame, metric: str, path: Path, title: str = "
         else:
             ax.set_xticklabels(tasks)
         ax.set_xlim(-0.6, n_tasks - 0.4)
-        ax.set_ylabel(metric)
+        ax.set_ylabel(metric_label(metric))
         ax.grid(axis="y", alpha=0.3)
         # Outside the axes: with many tasks any inside spot would hide some points.
         ax.legend(title="arm", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
@@ -317,35 +345,42 @@ def paired_differences(diffs: pd.Series, a: str, b: str, metric: str, median: fl
         ax.set_yticks(y)
         ax.set_yticklabels(d.index)
         ax.set_ylim(-0.7, max(len(d), 1) - 0.3)
-        ax.set_xlabel(f"{metric}: {a} − {b}")
+        ax.set_xlabel(f"{metric_label(metric)} difference: {a} − {b}")
         ax.grid(axis="x", alpha=0.3)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=9)
         return _finish(fig, ax, path, title, f"no difference recorded: {', '.join(missing)}" if missing else "")
 
 
 # ------------------------------------------------------------------------------------- cost/benefit
-def cost_benefit(summary: pd.DataFrame, metric: str, cost_label: str, path: Path, title: str = "") -> Path:
-    """Mean score (± SD) against cost on a log axis, one annotated point per arm."""
-    _require(summary, ["arm", "score_mean", "score_sd", "cost"], "summary")
-    data = summary.copy()
+def cost_benefit(points: pd.DataFrame, metric: str, cost_label: str, path: Path, title: str = "") -> Path:
+    """Score against cost (log axis), one small point per (arm, task) in the arm's colour and a large marker
+    at the arm's median over its tasks, named. `points` has columns arm, task, score, cost. The spread of the
+    points is how tasks differ, not uncertainty, so it is shown as the points themselves rather than as a bar."""
+    _require(points, ["arm", "task", "score", "cost"], "points")
+    data = points.copy()
     data["arm"] = data["arm"].astype(str)
-    for column in ("score_mean", "score_sd", "cost"):
+    for column in ("score", "cost"):
         data[column] = pd.to_numeric(data[column], errors="coerce")
     colors = arm_colors(data["arm"])  # every arm, so colours match the figures that do show the others
-    has_cost = np.isfinite(data["cost"]) & (data["cost"] > 0)  # a log axis cannot place the rest
-    shown, left_out = data[has_cost], sorted(data.loc[~has_cost, "arm"])
+    placeable = np.isfinite(data["cost"]) & (data["cost"] > 0) & np.isfinite(data["score"])  # log axis
+    shown = data[placeable]
+    left_out = sorted(set(data["arm"]) - set(shown["arm"]))
 
     with _new_figure((6.5, 4.5)) as (fig, ax):
-        for row in shown.sort_values("arm").itertuples(index=False):
-            sd = row.score_sd if math.isfinite(row.score_sd) else None
-            ax.errorbar([row.cost], [row.score_mean], yerr=None if sd is None else [sd], fmt="o", ms=7,
-                        color=colors[row.arm], capsize=3, elinewidth=1.2)
-            ax.annotate(row.arm, (row.cost, row.score_mean), xytext=(5, 5), textcoords="offset points",
-                        fontsize=9, color=colors[row.arm])
+        for arm, mine in shown.groupby("arm", sort=True):
+            ax.scatter(mine["cost"], mine["score"], s=18, alpha=0.5, color=colors[arm], linewidths=0,
+                       label=f"{arm}: one point per task", zorder=2)
+            median_cost, median_score = float(mine["cost"].median()), float(mine["score"].median())
+            ax.plot([median_cost], [median_score], "D", ms=9, color=colors[arm], markeredgecolor="black",
+                    label=f"{arm}: median over {len(mine)} tasks", zorder=3)
+            ax.annotate(arm, (median_cost, median_score), xytext=(6, 6), textcoords="offset points",
+                        fontsize=9, color=colors[arm])
         ax.set_xscale("log")
         ax.set_xlabel(cost_label)
-        ax.set_ylabel(metric)
+        ax.set_ylabel(metric_label(metric))
         ax.grid(alpha=0.3, which="both")
+        if len(shown):
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=8)
         return _finish(fig, ax, path, title, f"no cost recorded: {', '.join(left_out)}" if left_out else "")
 
 

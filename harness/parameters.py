@@ -77,3 +77,10 @@ def env_number(name: str, default: float, kind: type = float, low: float | None 
         return number(raw.strip(), name, kind, low)
     except ParameterError as err:
         raise ParameterError(f"environment variable {err}; unset it for the default ({default})") from None
+
+
+def choice(value: str, name: str, allowed: tuple[str, ...]) -> str:
+    """One of `allowed` (argparse checks the CLI's own choices; MLproject passes any string)."""
+    if value not in allowed:
+        raise ParameterError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
+    return value

@@ -21,8 +21,9 @@ def format_seconds(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, label: str, planned_epochs: int) -> None:
+    def __init__(self, label: str, planned_epochs: int, one_pass: bool = False) -> None:
         self.label = label
+        self.one_pass = one_pass  # a one-pass estimator: its fit is one step, not "epoch 1/1"
         self.planned = planned_epochs
         self.done = 0
         self.epoch_seconds = 0.0
@@ -33,6 +34,10 @@ class Progress:
         self.done += 1
         self.epoch_seconds += seconds
         remaining = max(self.planned - self.done, 0) * self.epoch_seconds / self.done
+        if self.one_pass:
+            log.info("%s | %s | one pass | loss %.4f | dev_mcc %.4f | %.1fs | ETA %s", self.label, stage, train_loss,
+                     dev_mcc, seconds, format_seconds(remaining))
+            return
         log.info("%s | %s | epoch %d/%d | loss %.4f | dev_mcc %.4f (best %.4f) | %.1fs/epoch | ETA %s",
                  self.label, stage, epoch, max_epochs, train_loss, dev_mcc, best, seconds,
                  format_seconds(remaining))

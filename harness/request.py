@@ -21,13 +21,14 @@ from .arms import ARMS, Arm, Budget, RunOptions
 from .arms.base import digest
 from .data import TaskData
 from .errors import DataError, ParameterError, StudyError
-from .parameters import costs, names, optional_int
+from .parameters import choice, costs, names, optional_int
 from .runtime import Runtime
 from .schema import NOT_APPLICABLE, Tag, optuna_study_name, parent_run_name
 from .studies import StudySpec, load_study
 from .tasks import load_task
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
+SAVE_MODELS = ("none", "best", "all")  # which final models are registered in MLflow's Model Registry
 
 
 def checkpoint_fits(source: str, arm: Arm) -> bool:
@@ -105,6 +106,7 @@ class RunRequest:
     init: str | None = None  # a checkpoint whose weights a scratch arm fine-tunes from (its own variant arm@sha)
     checkpoint: str | None = None  # the pretrained arms' weights, and the shape of their scratch twins (arm~sha)
     pretrain_cost: tuple[tuple[str, float], ...] = ()  # declared cost of the checkpoint: gpu_hours, flops, seconds
+    save_models: str = "best"  # none | best (the final seed with the best dev MCC) | all: registered in MLflow
     command: str = ""  # the command line, password removed
     explicit: frozenset[str] = frozenset()  # parameters given, not taken from the study (printed again)
 
@@ -142,6 +144,7 @@ class RunRequest:
             tokenizer=params.get("tokenizer") or spec.bpe_tokenizer,
             max_length=optional_int(params.get("max_length"), "max_length"),
             init=init, checkpoint=checkpoint, pretrain_cost=tuple(costs(params.get("pretrain_cost"), "pretrain_cost").items()),
+            save_models=choice(params.get("save_models") or "best", "save_models", SAVE_MODELS),
             command=command, explicit=explicit,
         )
 
@@ -159,7 +162,8 @@ class RunRequest:
                   "tokenizer": self.tokenizer if "tokenizer" in self.explicit else "",
                   "max_length": self.max_length, "init": self.init,
                   "checkpoint": self.checkpoint if "checkpoint" in self.explicit else "",
-                  "pretrain_cost": ",".join(f"{k}={v:g}" for k, v in self.pretrain_cost)}
+                  "pretrain_cost": ",".join(f"{k}={v:g}" for k, v in self.pretrain_cost),
+                  "save_models": self.save_models if self.save_models != "best" else ""}
         return {k: str(v) for k, v in params.items() if v not in ("", None)}
 
     def takes_checkpoint(self, arm: Arm) -> bool:

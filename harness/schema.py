@@ -7,18 +7,23 @@ One experiment per study:
                                   (FACTORS: model, architecture_sha, tokenizer_sha, init, budget, data...),
                                   provenance (git_commit, command, data, storage, device); params: the run
                                   configuration; metrics best_dev_mcc, test_mcc_mean/std; artifacts study.yaml...
+                                  description (mlflow.note.content): the result in one line
     trial run (nested)            stage=trial, trial_number, trial_state (COMPLETE/PRUNED), fail_reason,
-                                  grad_accumulation; params: the sampled hyperparameters; per epoch train_loss,
-                                  dev_* (step = epoch)
+                                  grad_accumulation; params: the sampled hyperparameters; best_dev_mcc; per
+                                  epoch epoch_train_loss, epoch_dev_* (step = epoch)
     final run (nested)            stage=final, seed, grad_accumulation; test_*, dev_* (of the selected
                                   checkpoint), cost; per epoch epoch_train_loss, epoch_dev_*; confusion
-                                  matrix, learning curve, predictions
+                                  matrix, learning curve, predictions; the model (save_models=)
+  Every run of a cell is named `<variant> | <task>` (+ ` | trial N`, ` | seed S`), and its splits are logged as
+  MLflow dataset inputs (name = task, digest = the split's fingerprint, context = train/dev/test).
   analysis run                    stage=analysis; the report folder
 Elsewhere: stage=pretrain (experiment `pretrain`), stage=tokenizer (`tokenizers`), stage=leakage (`leakage`),
 and under `mlflow run` the launcher's own run, stage=launch, pointing at the study's experiment.
 
-Optuna: one study per (study, arm variant, task) named `study/variant/task`, and its final seeds' queue
-`study/variant/task/final`.
+Optuna: one study per (study, arm variant, task) named `study/variant/task` (objective `dev_mcc`; user attributes
+arm, variant, task, study, the MLflow experiment and parent run), and its final seeds' queue
+`study/variant/task/final` (user attribute `kind`: not a tuning study; the seed is a user attribute, not a
+parameter, so that no dashboard ranks seeds by "importance").
 """
 
 from __future__ import annotations
@@ -68,6 +73,10 @@ class Tag:
     PRECISION = "precision"
     DATA_SHA = "data_sha"  # the task's three splits' content
     COMPILE = "compile"
+    # a parent's bookkeeping, as numbers in tags (its metrics are its results)
+    BEST_TRIAL = "best_trial_number"
+    N_SEEDS = "n_seeds"  # final seeds finished
+    BEST_EPOCH_AT_CAP = "best_epoch_at_cap"  # 1 when the best trial was still improving at the epoch cap
     # tuning adequacy, on parent runs
     TUNING_BOUNDARY = "tuning_boundary"  # parameters of the best trial in the outer 5% of their range
     TUNING_BOUNDARY_SIDES = "tuning_boundary_sides"  # the same, with the side: lr:upper, dropout:lower
@@ -93,6 +102,13 @@ class Tag:
     # After such a rerun: the per-epoch metrics of epochs 1..n hold a first point from the attempt that ran out
     # of memory; the later point at each step is the rerun's.
     OOM_SUPERSEDED_EPOCHS = "oom_superseded_epochs"
+    REGISTERED_MODEL = "registered_model"  # parent runs: <name>/<version> of the cell's registered model(s)
+    # MLflow's own: the run's description in the UI, and where the run came from (the Source column)
+    NOTE = "mlflow.note.content"
+    RUN_NAME = "mlflow.runName"
+    SOURCE_NAME = "mlflow.source.name"
+    SOURCE_TYPE = "mlflow.source.type"
+    SOURCE_GIT_COMMIT = "mlflow.source.git.commit"
     # other stages
     RESULTS_EXPERIMENT = "results_experiment"  # on the launcher run
     ANALYSED_EXPERIMENT = "analysed_experiment"
@@ -125,15 +141,14 @@ NOT_APPLICABLE = "n/a"  # a factor an arm does not have (a k-mer model's precisi
 
 class Metric:
     TEST_MCC = "test_mcc"  # final runs: GUE's metric on test, scored once
-    DEV_MCC = "dev_mcc"  # final runs: the selected checkpoint's; trial runs: per epoch
-    # parent runs
+    DEV_MCC = "dev_mcc"  # final runs: the selected checkpoint's (per epoch: epoch_dev_mcc)
+    # parent runs: their results only, so that the UI's charts of parent runs show the comparison (their
+    # bookkeeping numbers are tags: Tag.BEST_TRIAL, Tag.N_SEEDS, trial_count_tag, overlap_tag...)
     BEST_DEV_MCC = "best_dev_mcc"  # also on trial runs: the best epoch's dev MCC
-    BEST_TRIAL = "best_trial_number"
     TEST_MCC_MEAN = "test_mcc_mean"
-    TEST_MCC_STD = "test_mcc_std"
-    N_SEEDS = "n_seeds"
+    TEST_MCC_STD = "test_mcc_std"  # the sample sd (n - 1) over the final seeds; none from one seed
     # cost, on trial and final runs (pretraining also on parents)
-    PARAMS = "params"
+    PARAMS = "n_parameters"  # trainable parameters of the model (MLflow's "Parameters" are hyperparameters)
     TRAIN_SECONDS = "train_seconds"
     FLOPS = "flops"
     BEST_EPOCH = "best_epoch"
@@ -141,12 +156,12 @@ class Metric:
     PRETRAIN_FLOPS = "pretrain_flops"
     PRETRAIN_TOKENS = "pretrain_tokens"
     PRETRAIN_GPU_HOURS = "pretrain_gpu_hours"  # declared with an external checkpoint (or pretrain_cost=)
-    BEST_EPOCH_AT_CAP = "best_epoch_at_cap"  # parent runs: 1 when the best trial was still improving at the cap
     TOKENS = "tokens"  # pretraining runs, per logged step: tokens trained on so far
-    # per epoch (step = epoch)
-    TRAIN_LOSS = "train_loss"
+    # per epoch (step = epoch), trial and final runs: every per-epoch name starts with epoch_ (a final run's plain
+    # dev_* are its selected checkpoint's, a trial's best_dev_mcc its best epoch's)
+    EPOCH_PREFIX = "epoch_"
+    TRAIN_LOSS = "train_loss"  # logged as epoch_train_loss
     EPOCH_SECONDS = "epoch_seconds"
-    EPOCH_PREFIX = "epoch_"  # final runs: their plain dev_* are the selected checkpoint's
     # masked-LM pretraining and tokenizers
     MLM_LOSS = "mlm_loss"
     EVAL_MLM_LOSS = "eval_mlm_loss"
@@ -182,7 +197,7 @@ def overlap_pair(first: str, second: str, kind: str = "exact") -> str:
 
 
 def overlap_metric(pair: str) -> str:
-    """Parent-run metric of an `overlap_pair`: overlap_train_test (sequences of test equal to a train sequence),
+    """Parent-run tag (a count; the name of a metric elsewhere) of an `overlap_pair`: overlap_train_test (sequences of test equal to a train sequence),
     overlap_train_test_contained (test sequences inside, or containing, a train sequence); either strand."""
     return f"overlap_{pair}"
 
@@ -191,12 +206,14 @@ def truncated_metric(split: str) -> str:
     return f"truncated_{split}"
 
 
-def trial_count_metric(state: str) -> str:
+def trial_count_metric(state: str) -> str:  # parent-run tags
     return f"n_trials_{state.lower()}"  # n_trials_complete, n_trials_pruned, n_trials_fail
 
 
 class Artifact:
     STUDY_FILE = "study.yaml"  # the study file as run: the analysis reads its contrasts here
+    SEARCH_SPACE = "search_space.yaml"  # parent runs: the space this cell was tuned in, fixed values, budget
+    MODEL = "model"  # final runs (save_models=): the pyfunc model, registered under registered_model_name
     TASK_SUMMARY = "task_summary.json"
     BEST_PARAMS = "best_params.json"
     OPTUNA_HISTORY = "optuna_history.png"
@@ -224,15 +241,21 @@ def final_study_name(optuna_study: str) -> str:
 
 
 def parent_run_name(variant: str, task: str) -> str:
+    """`<variant> | <task>`. The UI's runs table cuts names short: it shows the task in its Dataset column."""
     return f"{variant} | {task}"
 
 
-def trial_run_name(number: int) -> str:
-    return f"trial-{number}"
+def trial_run_name(label: str, number: int) -> str:
+    return f"{label} | trial {number}"
 
 
-def final_run_name(seed: int) -> str:
-    return f"final-seed{seed}"
+def final_run_name(label: str, seed: int) -> str:
+    return f"{label} | seed {seed}"
+
+
+def seed_label(seed: int, seeds: int) -> str:
+    """How every console line names a final seed: its value (the tag `seed`, 0-based) and its place."""
+    return f"final seed {seed} ({seed + 1}/{seeds})"
 
 
 def quoted(value: Any) -> str:

@@ -84,6 +84,28 @@ def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
     return trial.suggest_categorical(name, dist.choices)
 
 
+def as_study_entry(dist: BaseDistribution) -> dict[str, Any]:
+    """A distribution written back the way a study file declares it: {type: float, low: .., high: .., log: true}."""
+    if isinstance(dist, CategoricalDistribution):
+        return {"type": "categorical", "choices": list(dist.choices)}
+    kind = "float" if isinstance(dist, FloatDistribution) else "int"
+    entry: dict[str, Any] = {"type": kind, "low": dist.low, "high": dist.high}
+    if dist.log:
+        entry["log"] = True
+    if dist.step is not None and not (kind == "int" and dist.step == 1):
+        entry["step"] = dist.step
+    return entry
+
+
+def describe_distribution(dist: BaseDistribution) -> str:
+    """One line for an MLflow parameter: `float in [0.0003, 0.003], log`, `one of [32, 64]`."""
+    entry = as_study_entry(dist)
+    if entry["type"] == "categorical":
+        return f"one of {entry['choices']}"
+    extras = (", log" if entry.get("log") else "") + (f", step {entry['step']}" if "step" in entry else "")
+    return f"{entry['type']} in [{entry['low']:g}, {entry['high']:g}]{extras}"
+
+
 def study_dirs() -> list[Path]:
     dirs = [Path(os.environ["HARNESS_STUDIES_DIR"])] if "HARNESS_STUDIES_DIR" in os.environ else []
     return dirs + [Path("studies"), REPO_STUDIES]

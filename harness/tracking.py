@@ -13,8 +13,11 @@ import json
 import logging
 import os
 import re
+import shlex
 import subprocess
+import time
 import urllib.parse
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,7 @@ from sqlalchemy.engine import make_url
 
 from . import shutdown
 from .errors import ParameterError
-from .schema import Stage, Tag, query
+from .schema import Metric, Stage, Tag, query
 
 log = logging.getLogger(__name__)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -516,8 +519,19 @@ def run(name: str, tags: dict[str, Any], nested: bool = False, run_id: str | Non
 
 @shutdown.uninterrupted
 def log_params(params: dict[str, Any]) -> None:
-    flat = {k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v) for k, v in params.items()}
-    mlflow.log_params({k: str(v)[:PARAM_LIMIT] for k, v in flat.items()})
+    """Nested settings as one parameter each (`sampler.seed`, `search_space.lr`), so that the UI shows values,
+    not JSON inside JSON."""
+    mlflow.log_params({k: str(v)[:PARAM_LIMIT] for k, v in flat_params(params).items()})
+
+
+def flat_params(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, dict) and value:
+            flat.update(flat_params(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, (dict, list)) else value
+    return flat
 
 
 @shutdown.uninterrupted
@@ -528,6 +542,87 @@ def set_tags(tags: dict[str, Any]) -> None:
 @shutdown.uninterrupted
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}, step=step)
+
+
+def split_datasets(task: Any) -> dict[str, Any]:
+    """A task's splits as MLflow datasets (name = task, digest = the split's fingerprint, source = its file), so
+    that the UI's Dataset column and dataset filter show what each run trained and was scored on. Built once per
+    cell: MLflow profiles the rows (their count) when it is made."""
+    import pandas as pd
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+
+    datasets = {}
+    for name in ("train", "dev", "test"):
+        split = task.split(name)
+        frame = pd.DataFrame({"sequence": split.sequences, "label": split.labels})
+        folder = Path(task.source)
+        source = (str(folder / f"{name}.csv") if folder.is_dir()
+                  else CodeDatasetSource({"generator": "harness.synthetic", "task": task.name}))
+        with warnings.catch_warnings():  # MLflow's hint that integer columns cannot hold missing values
+            warnings.simplefilter("ignore", UserWarning)
+            datasets[name] = mlflow.data.from_pandas(frame, source=source, targets="label", name=task.name,
+                                                     digest=split.fingerprint)
+    return datasets
+
+
+@shutdown.uninterrupted
+def log_datasets(datasets: dict[str, Any], splits: tuple[str, ...] = ("train", "dev", "test")) -> None:
+    for name in splits:
+        log_input_once(datasets[name], name)
+
+
+def log_input_once(dataset: Any, context: str, attempts: int = 5) -> None:
+    """`mlflow.log_input`, retried when another worker inserted the same dataset a moment before: MLflow's SQL store
+    looks the dataset up, then inserts it, and the loser of two workers racing between the two steps gets a
+    unique-constraint error (seen with two workers on sqlite); the next attempt finds the row and links to it."""
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                mlflow.log_input(dataset, context=context)
+            return
+        except mlflow.exceptions.MlflowException as err:
+            if attempt == attempts - 1 or not re.search(r"UNIQUE constraint|duplicate key", str(err)):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def source_tags(command: str) -> dict[str, str]:
+    """MLflow's Source column: the harness's command (`run`, `sweep`, from the command line as run), PROJECT under
+    `mlflow run` (else LOCAL), and the commit."""
+    words = command.split()
+    entry = next((w for w in words[1:] if w in ("run", "sweep")), "run")
+    commit = git_commit().split("+")[0]
+    return {Tag.SOURCE_NAME: f"dna-harness {entry}", Tag.SOURCE_TYPE: "PROJECT" if LAUNCHER else "LOCAL",
+            **({Tag.SOURCE_GIT_COMMIT: commit} if re.fullmatch(r"[0-9a-f]{40}", commit) else {})}
+
+
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+
+
+def runs_table_url(base: str, experiment_id: str, study: str) -> str:
+    """The experiment's runs page in MLflow's model-training view (3.x opens experiments in its GenAI view
+    otherwise), filtered to the study's parent runs (one per arm and task) and showing their charts: each
+    result metric as bars labelled with the whole run name (the table cuts names short and shows no metric
+    until columns are chosen; its button is beside the charts')."""
+    view = urllib.parse.urlencode({"workflowType": "machine_learning",
+                                   "searchFilter": query({Tag.STAGE: Stage.STUDY, Tag.STUDY: study}),
+                                   "orderByKey": f"metrics.`{Metric.TEST_MCC_MEAN}`", "orderByAsc": "false",
+                                   "compareRunsMode": "CHART"}, quote_via=urllib.parse.quote)
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{view}"
+
+
+def where_to_look(experiment_id: str, study: str, experiment: str, storage: str) -> list[str]:
+    """The last lines of a run: the UI command and the URL of the results, the dashboard, the report."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        ui = [f"results: {runs_table_url(redact(uri), experiment_id, study)}"]
+    else:
+        ui = [f"results: mlflow ui --backend-store-uri {shlex.quote(redact(uri))}",
+              f"  then open {runs_table_url(UI_ADDRESS, experiment_id, study)}"]
+    return [*ui, f"tuning:  optuna-dashboard {shlex.quote(redact(storage))}   (pip install -e \".[dashboard]\"; "
+                 "then http://127.0.0.1:8080)",
+            f"compare: python -m analysis --experiment {shlex.quote(experiment)}   (once two or more arms have run)"]
 
 
 def find_parent_run(experiment_id: str, tags: dict[str, str]) -> str | None:

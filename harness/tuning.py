@@ -26,6 +26,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import torch
+import yaml
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from optuna.storages import RDBStorage
@@ -36,7 +37,7 @@ from .arms import Fitted, RunOptions
 from .data import TaskData
 from .errors import DivergedError, NoCompletedTrialError, StudyError
 from .metrics import classification_metrics, confusion
-from .progress import Progress
+from .progress import Progress, format_seconds
 from .request import Cell, RunRequest
 from .schema import (
     Artifact,
@@ -44,12 +45,14 @@ from .schema import (
     Stage,
     Tag,
     final_run_name,
+    seed_label,
     overlap_metric,
     split_metrics,
     trial_count_metric,
     trial_run_name,
     truncated_metric,
 )
+from .studies import as_study_entry, describe_distribution
 from .train import MEMORY_ERRORS, EpochResult, free_memory
 
 log = logging.getLogger("harness")
@@ -61,12 +64,13 @@ def tune(request: RunRequest) -> None:
     tasks = request.validate()
     storage = workers.open_storage(request.storage)
     experiment_id = tracking.setup(request.experiment_name)
-    log.info("arm %s on %d task(s) of study %s: %d trials x %d epochs, %d seeds; MLflow %s, Optuna %s",
-             ", ".join(request.arms), len(tasks), request.spec.name, request.n_trials, request.spec.max_epochs,
-             request.seeds, tracking.redact(mlflow.get_tracking_uri()), tracking.redact(request.storage))
+    log.info("arm %s on %d task(s) of study %s; MLflow %s, Optuna %s", ", ".join(request.arms), len(tasks),
+             request.spec.name, tracking.redact(mlflow.get_tracking_uri()), tracking.redact(request.storage))
     with request.runtime.reproducible():  # deterministic kernels for every fit and scoring, when asked
         for cell in request.cells(tasks):
             tune_cell(cell, storage, experiment_id)
+    for line in tracking.where_to_look(experiment_id, request.spec.name, request.experiment_name, request.storage):
+        log.info("%s", line)
 
 
 def run_config(cell: Cell) -> dict[str, Any]:
@@ -104,10 +108,10 @@ def open_study(cell: Cell, storage: RDBStorage, config: dict[str, Any]) -> optun
 
 
 def fit_and_log(cell: Cell, params: dict[str, Any], seed: int, progress: Progress, stage: str,
-                epoch_prefix: str = "", after_epoch: Callable[[EpochResult], None] | None = None,
+                after_epoch: Callable[[EpochResult], None] | None = None,
                 on_accumulation: Callable[[int], None] | None = None) -> Fitted:
     """The one path of every fit, trial or final seed, inside its MLflow run: train the cell's arm; after each
-    epoch log its curves (step = epoch, names prefixed with `epoch_prefix`), print a progress line and call
+    epoch log its curves (step = epoch, names prefixed `epoch_`), print a progress line and call
     `after_epoch` (a trial's pruning); after the fit log its cost.
 
     A torch arm's fit that runs out of memory is rerun from scratch with twice the gradient accumulation (the
@@ -131,9 +135,9 @@ def fit_and_log(cell: Cell, params: dict[str, Any], seed: int, progress: Progres
         def on_epoch(record: EpochResult) -> None:
             nonlocal best, logged
             best, logged = max(best, record.dev["mcc"]), record.epoch
-            tracking.log_metrics({f"{epoch_prefix}{Metric.TRAIN_LOSS}": record.train_loss,
+            tracking.log_metrics({f"{Metric.EPOCH_PREFIX}{Metric.TRAIN_LOSS}": record.train_loss,
                                   Metric.EPOCH_SECONDS: record.seconds,
-                                  **split_metrics("dev", record.dev, epoch_prefix)}, step=record.epoch)
+                                  **split_metrics("dev", record.dev, Metric.EPOCH_PREFIX)}, step=record.epoch)
             progress.epoch(attempt_stage, record.epoch, max_epochs, record.train_loss, record.dev["mcc"], best,
                            record.seconds)
             if after_epoch is not None:
@@ -179,8 +183,8 @@ def fit_and_log(cell: Cell, params: dict[str, Any], seed: int, progress: Progres
 class Objective:
     """One Optuna trial = one nested MLflow run that trains the arm on train and scores dev."""
 
-    def __init__(self, cell: Cell, progress: Progress, tags: dict[str, Any]) -> None:
-        self.cell, self.progress, self.tags = cell, progress, tags
+    def __init__(self, cell: Cell, progress: Progress, tags: dict[str, Any], datasets: dict[str, Any]) -> None:
+        self.cell, self.progress, self.tags, self.datasets = cell, progress, tags, datasets
         self.recent_duplicates: list[int] = []
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -197,10 +201,12 @@ class Objective:
             raise
         seed = TRIAL_SEED_OFFSET + trial.number
         tags = {**self.tags, Tag.STAGE: Stage.TRIAL, Tag.TRIAL_NUMBER: trial.number, Tag.TRAIN_SEED: seed}
-        with tracking.run(trial_run_name(trial.number), tags, nested=True, finished_on=(optuna.TrialPruned,)) as run:
+        with tracking.run(trial_run_name(cell.label, trial.number), tags, nested=True,
+                          finished_on=(optuna.TrialPruned,)) as run:
             with shutdown.deferred():
                 trial.set_user_attr("mlflow_run_id", run.info.run_id)
                 tracking.log_params(params)
+                tracking.log_datasets(self.datasets, ("train", "dev"))  # a trial never sees test
             # Trial numbers keep counting across resumes and retries; show the budget position too.
             stage = f"trial {trial.number} ({workers.counted_trials(trial.study) + 1}/{n_trials})"
 
@@ -247,16 +253,18 @@ class Objective:
 
 
 def run_final(cell: Cell, params: dict[str, Any], seed: int, claim: optuna.Trial, progress: Progress,
-              tags: dict[str, Any]) -> float:
+              tags: dict[str, Any], datasets: dict[str, Any]) -> float:
     """Retrain the chosen configuration with one seed; score dev and, once, test. Returns dev MCC (the
-    value of the seed's claim trial: test never reaches Optuna)."""
+    value of the seed's claim trial: test never reaches Optuna). With save_models= best or all, the fitted
+    model is logged in the run (`register_models` registers it once every seed is done)."""
     tags = {**tags, Tag.STAGE: Stage.FINAL, Tag.SEED: seed, Tag.CLAIM_TRIAL: claim.number}
-    with tracking.run(final_run_name(seed), tags, nested=True) as run:
+    name = seed_label(seed, cell.request.seeds)
+    with tracking.run(final_run_name(cell.label, seed), tags, nested=True) as run:
         with shutdown.deferred():
             claim.set_user_attr("mlflow_run_id", run.info.run_id)
             tracking.log_params(params)
-        fitted = fit_and_log(cell, params, seed, progress, f"final seed {seed + 1}/{cell.request.seeds}",
-                             epoch_prefix=Metric.EPOCH_PREFIX)
+            tracking.log_datasets(datasets)
+        fitted = fit_and_log(cell, params, seed, progress, name)
         task = cell.task
         dev_probs, test_probs = fitted.predict("dev"), fitted.predict("test")
         dev = classification_metrics(task.dev.labels, dev_probs)
@@ -264,20 +272,31 @@ def run_final(cell: Cell, params: dict[str, Any], seed: int, claim: optuna.Trial
         tracking.log_metrics({**split_metrics("test", test), **split_metrics("dev", dev),
                               **cell.arm.inherited_cost(cell.options),
                               **{truncated_metric(split): n for split, n in fitted.truncated().items()}})
-        log_final_artifacts(fitted, task, test_probs, seed)
-        log.info("%s | final seed %d | test_mcc %.4f | test_f1 %.4f | test_accuracy %.4f",
-                 cell.label, seed, test["mcc"], test["f1"], test["accuracy"])
+        log_final_artifacts(fitted, cell, test_probs, seed)
+        if cell.request.save_models != "none":
+            log_model(fitted, task)
+        log.info("%s | %s | test_mcc %.4f | test_f1 %.4f | test_accuracy %.4f",
+                 cell.label, name, test["mcc"], test["f1"], test["accuracy"])
         return dev["mcc"]
 
 
 @shutdown.uninterrupted
-def log_final_artifacts(fitted: Fitted, task: TaskData, test_probs: np.ndarray, seed: int) -> None:
+def log_model(fitted: Fitted, task: TaskData) -> None:
+    from . import serving  # MLflow's pyfunc flavour: imported only where models are saved
+
+    serving.log_model(fitted, input_example=task.dev.sequences[:3])
+
+
+@shutdown.uninterrupted
+def log_final_artifacts(fitted: Fitted, cell: Cell, test_probs: np.ndarray, seed: int) -> None:
+    task, what = cell.task, f"{cell.variant} on {cell.task.name}, seed {seed}"
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         files = [
             figures.confusion_matrix(confusion(task.test.labels, test_probs), folder / Artifact.CONFUSION_MATRIX,
-                                     f"{task.name} test, seed {seed}"),
-            figures.learning_curve(fitted.result.history, folder / Artifact.LEARNING_CURVE, f"{task.name}, seed {seed}"),
+                                     f"{what}: test"),
+            figures.learning_curve(fitted.result.history, folder / Artifact.LEARNING_CURVE, what,
+                                   selected_epoch=fitted.result.best_epoch if cell.arm.neural else None),
         ]
         predictions = pd.DataFrame({"label": task.test.labels, "prediction": test_probs.argmax(axis=1)})
         for c in range(test_probs.shape[1]):
@@ -320,7 +339,9 @@ def parent_run(experiment_id: str, identity: dict[str, str], tags: dict[str, Any
     with contextlib.ExitStack() as stack:
         with shutdown.deferred():
             parent_id = tracking.claim_parent_run(experiment_id, identity, tags, label)
-            parent = stack.enter_context(tracking.run(label, tags, run_id=parent_id, log_system_metrics=True))
+            # MLflow's system metrics (CPU, GPU, disk, network) only where MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING asks:
+            # by default the parent's metrics are its results, first on its page and alone in its charts.
+            parent = stack.enter_context(tracking.run(label, tags, run_id=parent_id))
         yield parent
 
 
@@ -333,65 +354,180 @@ def tune_cell(cell: Cell, storage: RDBStorage, experiment_id: str) -> None:
                 Tag.STAGE: Stage.STUDY}
     uid, provenance = study.user_attrs["study_uid"], request.provenance()
     factors = {**arm.tags(cell.options), **cell.factors()}
-    tags = {**identity, **factors, **provenance, Tag.OPTUNA_STUDY: study.study_name, Tag.STUDY_UID: uid,
-            Tag.TASK_SOURCE: task.source}
+    source = tracking.source_tags(request.command)
+    tags = {**identity, **factors, **provenance, **source, Tag.OPTUNA_STUDY: study.study_name, Tag.STUDY_UID: uid,
+            Tag.TASK_SOURCE: task.source, Tag.NOTE: f"running: {budget_line(cell)}"}
     done_before = workers.counted_trials(study)
     if done_before:
         check_same_stores(experiment_id, {**identity, Tag.STUDY_UID: uid}, study, cell)
         log.info("%s | resuming: %d/%d trials already finished", cell.label, done_before, request.n_trials)
+    log.info("%s | %s", cell.label, budget_line(cell))
+    datasets = tracking.split_datasets(task)
 
     with parent_run(experiment_id, {**identity, Tag.STUDY_UID: uid}, tags, cell.label) as parent:
         with shutdown.deferred():  # writes that a signal must not cut in half
-            tracking.log_params({**config, "num_classes": task.num_classes})  # fixed for this study: see open_study
+            tracking.log_params({**readable_config(cell, config), "num_classes": task.num_classes})
             mlflow.log_dict(task.summary(), Artifact.TASK_SUMMARY)
             mlflow.log_text(Path(spec.path).read_text(), Artifact.STUDY_FILE)
-            tracking.log_metrics({**{overlap_metric(pair): n for pair, n in task.overlaps.items()},
-                                  **arm.inherited_cost(cell.options)})
+            mlflow.log_text(search_space_yaml(cell), Artifact.SEARCH_SPACE)
+            tracking.log_datasets(datasets)
+            tracking.set_tags({overlap_metric(pair): n for pair, n in task.overlaps.items()})
+            tracking.log_metrics(arm.inherited_cost(cell.options))
+            describe_optuna_study(study, cell, experiment_id, parent.info.run_id)
 
         seeds_done = {int(r.data.tags[Tag.SEED])
                       for r in tracking.child_runs(experiment_id, parent.info.run_id, Stage.FINAL)}
         final_seeds = workers.FinalSeeds(storage, study.study_name, request.seeds, seeds_done)
+        with shutdown.deferred():
+            describe_optuna_study(final_seeds.study, cell, experiment_id, parent.info.run_id, final=True)
         remaining = max(request.n_trials - done_before, 0)
-        progress = Progress(cell.label, (remaining + request.seeds - len(seeds_done)) * cell.budget.max_epochs)
-        child_tags = {**identity, **factors, Tag.GIT_COMMIT: provenance[Tag.GIT_COMMIT],
+        progress = Progress(cell.label, (remaining + request.seeds - len(seeds_done)) * cell.budget.max_epochs,
+                            one_pass=not arm.neural)
+        child_tags = {**identity, **factors, **source, Tag.GIT_COMMIT: provenance[Tag.GIT_COMMIT],
                       Tag.DEVICE: provenance[Tag.DEVICE], Tag.DETERMINISTIC: provenance[Tag.DETERMINISTIC]}
 
         def close_dead_workers_runs() -> None:
             close_stale_runs(experiment_id, parent.info.run_id, Stage.TRIAL, Tag.TRIAL_NUMBER, study)
             close_stale_runs(experiment_id, parent.info.run_id, Stage.FINAL, Tag.CLAIM_TRIAL, final_seeds.study)
 
-        workers.run_trials(study, Objective(cell, progress, child_tags), request.n_trials, cell.label,
+        workers.run_trials(study, Objective(cell, progress, child_tags, datasets), request.n_trials, cell.label,
                            between=close_dead_workers_runs)
-        best = record_best_trial(study, cell.label, request.n_trials)
+        best = record_best_trial(study, cell, request.n_trials)
         record_tuning_adequacy(best, spec.space(cell.space), cell.budget.max_epochs, cell.label)
 
         params = {**spec.fixed.get(cell.space, {}), **best.params}
-        final_seeds.run_all(lambda seed, claim: run_final(cell, params, seed, claim, progress, child_tags),
+        final_seeds.run_all(lambda seed, claim: run_final(cell, params, seed, claim, progress, child_tags, datasets),
                             cell.label, between=close_dead_workers_runs)
 
-        finals = tracking.child_runs(experiment_id, parent.info.run_id, Stage.FINAL)
-        test_mcc = [r.data.metrics[Metric.TEST_MCC] for r in finals if int(r.data.tags[Tag.SEED]) < request.seeds]
+        finals = [r for r in tracking.child_runs(experiment_id, parent.info.run_id, Stage.FINAL)
+                  if int(r.data.tags[Tag.SEED]) < request.seeds]
+        test_mcc = [r.data.metrics[Metric.TEST_MCC] for r in finals]
         # The sample sd (n - 1), as the report gives it; none from one seed (not logged: MLflow drops NaN).
         sd = float(np.std(test_mcc, ddof=1)) if len(test_mcc) > 1 else float("nan")
-        tracking.log_metrics({Metric.TEST_MCC_MEAN: float(np.mean(test_mcc)), Metric.TEST_MCC_STD: sd,
-                              Metric.N_SEEDS: len(test_mcc)})
-        log.info("%s | done in %s: test_mcc %.4f +/- %.4f (sd over seeds) over %d seeds", cell.label,
-                 progress.elapsed(), np.mean(test_mcc), sd, len(test_mcc))
+        tracking.log_metrics({Metric.TEST_MCC_MEAN: float(np.mean(test_mcc)), Metric.TEST_MCC_STD: sd})
+        tracking.set_tags({Tag.N_SEEDS: len(test_mcc)})
+        if request.save_models != "none":
+            register_models(cell, parent.info.run_id, finals)
+        summary = result_line(cell, test_mcc, best, experiment_id, parent.info.run_id)
+        tracking.set_tags({Tag.NOTE: summary})
+        log.info("%s | done in %s: %s", cell.label, progress.elapsed(), summary)
+
+
+def budget_line(cell: Cell) -> str:
+    """What the cell will run, in the words that fit the arm: a one-pass estimator has no epochs."""
+    n_trials, seeds, epochs = cell.request.n_trials, cell.request.seeds, cell.budget.max_epochs
+    fits = (f"{n_trials} trials (one pass each: a one-pass estimator) and {seeds} final seeds" if not cell.arm.neural
+            else f"{n_trials} trials x up to {epochs} epochs and {seeds} final seeds")
+    return f"tuning {fits}, study {cell.spec.name}"
+
+
+def result_line(cell: Cell, test_mcc: list[float], best: optuna.trial.FrozenTrial, experiment_id: str,
+                parent_id: str) -> str:
+    """The parent run's description: its result in one line (mean ± sample sd over the seeds, the best trial,
+    the compute of the whole cell)."""
+    n = len(test_mcc)
+    if n > 1 and max(test_mcc) - min(test_mcc) < 1e-12:
+        score = f"test MCC {test_mcc[0]:.3f} (identical over {n} seeds: a deterministic fit)"
+    elif n > 1:
+        score = f"test MCC {np.mean(test_mcc):.3f} ± {np.std(test_mcc, ddof=1):.3f} (sd over {n} seeds)"
+    else:
+        score = f"test MCC {np.mean(test_mcc):.3f} (1 seed)"
+    runs = [r for stage in (Stage.TRIAL, Stage.FINAL) for r in tracking.child_runs(experiment_id, parent_id, stage)]
+    seconds = sum(r.data.metrics.get(Metric.TRAIN_SECONDS, 0.0) for r in runs)
+    flops = sum(r.data.metrics.get(Metric.FLOPS, 0.0) for r in runs)
+    took = f"{seconds:.1f}s" if seconds < 60 else format_seconds(seconds)
+    return (f"{score} · best trial {best.number}: dev MCC {best.value:.3f} · cost {took} of training, "
+            f"{flops:.2g} FLOPs over {len(runs)} fits (tuning + finals)")
+
+
+def readable_config(cell: Cell, config: dict[str, Any]) -> dict[str, Any]:
+    """The run configuration as MLflow parameters a user can read: each tuned range in words."""
+    space = cell.spec.space(cell.space)
+    return {**config, "search_space": {name: describe_distribution(dist) for name, dist in space.items()}}
+
+
+def search_space_yaml(cell: Cell) -> str:
+    """The cell's search space, fixed values and budget, written the way the study file declares them."""
+    spec = cell.spec
+    return yaml.safe_dump({
+        "study": spec.name, "search_space": cell.space,
+        "tuned": {name: as_study_entry(dist) for name, dist in spec.space(cell.space).items()},
+        "fixed": spec.fixed.get(cell.space, {}),
+        "budget": {"n_trials": cell.request.n_trials, "max_epochs": cell.budget.max_epochs,
+                   "patience": spec.patience, "seeds": cell.request.seeds},
+    }, sort_keys=False)
+
+
+def describe_optuna_study(study: optuna.Study, cell: Cell, experiment_id: str, parent_id: str,
+                          final: bool = False) -> None:
+    """What optuna-dashboard shows of a study: the objective's name, the cell it tunes and its MLflow runs; a
+    seed queue says it is not a tuning study."""
+    metric = FINAL_QUEUE_METRIC if final else Metric.DEV_MCC
+    if study.metric_names != [metric]:
+        study.set_metric_names([metric])
+    attrs = {Tag.ARM: cell.arm.name, Tag.VARIANT: cell.variant, Tag.TASK: cell.task.name, Tag.STUDY: cell.spec.name,
+             "mlflow_experiment_id": experiment_id, "mlflow_parent_run_id": parent_id,
+             "kind": FINAL_QUEUE_KIND if final else "tuning: one trial per sampled configuration, dev MCC"}
+    for key, value in attrs.items():
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
+
+
+FINAL_QUEUE_METRIC = "dev_mcc of one final seed (not tuned: never pick a best seed)"
+FINAL_QUEUE_KIND = ("final seeds, not a tuning study: each trial retrains the best configuration with one seed "
+                    "(user attribute `seed`); compare the seeds, never pick one")
 
 
 @shutdown.uninterrupted
-def record_best_trial(study: optuna.Study, label: str, n_trials: int) -> optuna.trial.FrozenTrial:
+def register_models(cell: Cell, parent_id: str, finals: list[Run]) -> None:
+    """Register the cell's final model(s) once every seed is done: `best`, the seed with the best dev MCC (never
+    chosen on test; the other seeds' logged models are deleted); `all`, every seed. Done once per cell: a
+    resumed or second worker finds the parent tagged."""
+    from . import serving
+
+    parent = MlflowClient().get_run(parent_id)
+    if Tag.REGISTERED_MODEL in parent.data.tags:
+        return
+    with_model = [r for r in finals if serving.logged_model_id(r) is not None]
+    if not with_model:
+        log.warning("%s | no final run logged a model (save_models=none when they ran?): nothing registered",
+                    cell.label)
+        return
+    chosen = with_model if cell.request.save_models == "all" else \
+        [max(with_model, key=lambda r: (r.data.metrics[Metric.DEV_MCC], -int(r.data.tags[Tag.SEED])))]
+    name = serving.registered_model_name(cell.spec.name, cell.variant, cell.task.name)
+    versions = []
+    for run in sorted(chosen, key=lambda r: int(r.data.tags[Tag.SEED])):
+        version = serving.register(serving.logged_model_uri(run), name, {
+            Tag.STUDY: cell.spec.name, Tag.VARIANT: cell.variant, Tag.TASK: cell.task.name,
+            Tag.SEED: run.data.tags[Tag.SEED], Metric.DEV_MCC: f"{run.data.metrics[Metric.DEV_MCC]:.4f}",
+            "mlflow_run_id": run.info.run_id})
+        versions.append(f"{name}/{version.version}")
+    for run in with_model:
+        if run not in chosen:
+            serving.discard(run)
+    tracking.set_tags({Tag.REGISTERED_MODEL: ", ".join(versions)})
+    log.info("%s | registered %s (%s): mlflow.pyfunc.load_model('models:/%s').predict([\"ACGT...\"])", cell.label,
+             ", ".join(versions), "best final seed by dev MCC" if cell.request.save_models == "best" else "every seed",
+             versions[0])
+
+
+@shutdown.uninterrupted
+def record_best_trial(study: optuna.Study, cell: Cell, n_trials: int) -> optuna.trial.FrozenTrial:
     """Log the tuning outcome on the parent run (best trial, state counts, history plot)."""
+    label = cell.label
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise NoCompletedTrialError(f"{label}: none of the {n_trials} trials completed (all pruned or diverged); "
                                     "see the trial runs' fail_reason tags and widen the search space")
     best = study.best_trial
-    tracking.log_metrics({Metric.BEST_DEV_MCC: best.value, Metric.BEST_TRIAL: best.number,
-                          **{trial_count_metric(s.name): len(study.get_trials(deepcopy=False, states=(s,)))
-                             for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}})
+    tracking.log_metrics({Metric.BEST_DEV_MCC: best.value})
+    tracking.set_tags({Tag.BEST_TRIAL: best.number,
+                       **{trial_count_metric(s.name): len(study.get_trials(deepcopy=False, states=(s,)))
+                          for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}})
     mlflow.log_dict(best.params, Artifact.BEST_PARAMS)
     with tempfile.TemporaryDirectory() as tmp:
-        mlflow.log_artifact(str(figures.optuna_history(study, Path(tmp) / Artifact.OPTUNA_HISTORY)))
+        mlflow.log_artifact(str(figures.optuna_history(study, Path(tmp) / Artifact.OPTUNA_HISTORY,
+                                                       f"Tuning {cell.variant} on {cell.task.name}")))
     log.info("%s | best trial %d: dev_mcc %.4f with %s", label, best.number, best.value, best.params)
     return best
 
@@ -417,7 +553,7 @@ def record_tuning_adequacy(best: optuna.trial.FrozenTrial, space: dict[str, Any]
                            label: str) -> None:
     """Was the arm tuned well enough? The best trial's parameters at the edge of their range (the optimum may
     lie outside it: widen the space) and whether its best epoch was the epoch cap (still improving: more epochs).
-    Tag `tuning_boundary` (names), `tuning_boundary_sides` (name:side) and metric `best_epoch_at_cap` on the
+    Tags `tuning_boundary` (names), `tuning_boundary_sides` (name:side) and `best_epoch_at_cap` (0/1) on the
     parent run; the report sums them up per arm."""
     sides = {name: side for name, value in best.params.items() if name in space
              for side in [boundary_side(value, space[name])] if side}
@@ -425,7 +561,7 @@ def record_tuning_adequacy(best: optuna.trial.FrozenTrial, space: dict[str, Any]
     at_cap = int(max_epochs > 1 and best_epoch is not None and best_epoch >= max_epochs)
     mlflow.set_tags({Tag.TUNING_BOUNDARY: ",".join(sorted(sides)),
                      Tag.TUNING_BOUNDARY_SIDES: ",".join(f"{k}:{v}" for k, v in sorted(sides.items()))})
-    tracking.log_metrics({Metric.BEST_EPOCH_AT_CAP: at_cap})
+    tracking.set_tags({Tag.BEST_EPOCH_AT_CAP: at_cap})
     if sides or at_cap:
         log.warning("%s | tuning may be inadequate: %s", label, "; ".join(
             [f"{k} at its {v} bound ({best.params[k]:.3g})" for k, v in sorted(sides.items())]

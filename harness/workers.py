@@ -328,6 +328,8 @@ def sampler_seed(base: int, study_name: str, storage: optuna.storages.BaseStorag
 
 # --------------------------------------------------------------------------------------- final seeds
 def seed_of(trial: optuna.trial.FrozenTrial) -> int | None:
+    """The seed of a final-seed trial: queued (fixed_params), or a parameter in studies made before the
+    harness kept it out of the parameters."""
     fixed = trial.system_attrs.get("fixed_params", {})
     seed = trial.params.get("seed", fixed.get("seed"))
     return None if seed is None else int(seed)
@@ -362,7 +364,10 @@ class FinalSeeds:
             me = next(t for t in trials if t.number == trial.number)
             if "fixed_params" not in me.system_attrs:  # another worker took the last queued seed
                 raise SkippedTrial("no final seed left to claim")
-            seed = trial.suggest_int("seed", 0, self.seeds - 1)
+            # The seed is the queued trial's, kept as a user attribute rather than a parameter: a "parameter"
+            # would let optuna-dashboard rank seeds by importance and invite picking the best one.
+            seed = int(me.system_attrs["fixed_params"]["seed"])
+            trial.set_user_attr("seed", seed)
             earlier = [t for t in trials if t.number < trial.number and t.state != TrialState.FAIL and seed_of(t) == seed]
             if earlier:  # queued twice by workers racing to enqueue: the earliest claim runs it
                 raise SkippedTrial(f"seed {seed} is claimed by final trial {earlier[0].number}")

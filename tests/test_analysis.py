@@ -25,6 +25,7 @@ from analysis.contrasts import Contrast, default_contrasts, evaluate, per_task_t
 from analysis.report import family_table
 from conftest import REPO, TINY_STUDY
 from harness.cli import main as harness
+from harness.schema import Metric
 
 # Demšar (2006), JMLR 7, Tables 2 and 6: AUC of C4.5 with and without tuned m (minimal examples in a
 # leaf) and cf (confidence interval for pruning) on 14 UCI data sets. The published table rounds to 3
@@ -306,7 +307,7 @@ def synthetic_results(n_test: int = 120, missing: str = "") -> Results:
                 mcc = harness_mcc(labels, probs)
                 runs.append({"arm": arm, "task": task, "seed": seed, "test_mcc": mcc, "test_f1": mcc,
                              "test_accuracy": mcc, "test_auroc": mcc, "train_seconds": 1.0, "flops": 1.0,
-                             "params": 10, "pretrain_seconds": math.nan, "pretrain_flops": math.nan,
+                             Metric.PARAMS: 10, "pretrain_seconds": math.nan, "pretrain_flops": math.nan,
                              "pretrain_gpu_hours": math.nan, "run_id": run_id})
                 if run_id != missing:
                     predictions[run_id] = predictions_frame(labels, probs)
@@ -488,9 +489,15 @@ def test_report_builds_from_the_mlflow_runs_alone(at_experiment):
     assert (cells["tuning_seconds"] > 0).all() and (cells["trials_run"] == 1).all()
 
     contrasts = pd.read_csv(out / "contrasts.csv").set_index("contrast")
-    assert set(contrasts.index) == {"bpe: unet_bpe − unet_char", "bpe: dnabert2_scratch − dnabert2_char_scratch",
-                                    "architecture: dnabert2_scratch − unet_bpe",
-                                    "architecture: dnabert2_char_scratch − unet_char", "k-mer vs U-Net"}
+    assert set(contrasts.index[contrasts["kind"] == "named"]) == {
+        "bpe: unet_bpe − unet_char", "bpe: dnabert2_scratch − dnabert2_char_scratch",
+        "architecture: dnabert2_scratch − unet_bpe", "architecture: dnabert2_char_scratch − unet_char",
+        "k-mer vs U-Net"}
+    # Every other pair of the five arms is compared as exploratory, in a Holm family of its own.
+    assert set(contrasts.index[contrasts["kind"] == "exploratory"]) == {
+        "exploratory: dnabert2_char_scratch − kmer_logreg", "exploratory: dnabert2_char_scratch − unet_bpe",
+        "exploratory: dnabert2_scratch − kmer_logreg", "exploratory: dnabert2_scratch − unet_char",
+        "exploratory: kmer_logreg − unet_bpe"}
     unet = contrasts.loc["bpe: unet_bpe − unet_char"]
     d = means.loc["unet_bpe"] - means.loc["unet_char"]
     assert unet["n_tasks"] == 2 and unet["median_difference"] == pytest.approx(d.median())

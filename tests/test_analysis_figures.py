@@ -124,7 +124,7 @@ def test_scores_by_task(tmp_path: Path, drawn: list):
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == [f"t{i}" for i in range(6)]
     assert ax.get_xticklabels()[0].get_rotation() == 45
-    assert ax.get_ylabel() == "mcc"
+    assert ax.get_ylabel() == "MCC"  # in words (figures.metric_label), not the column name
     assert legend_labels(ax) == ["a", "b"]
     assert len(ax.containers) == 2  # one set of ±SD bars per arm
     bars = np.concatenate([c.lines[2][0].get_segments() for c in ax.containers])
@@ -140,6 +140,17 @@ def test_scores_by_task_single_seed_has_no_error_bars(tmp_path: Path, drawn: lis
     ax = drawn[0].axes[0]
     assert ax.containers == []
     assert ax.get_xticklabels()[0].get_rotation() == 0  # few tasks: labels stay level
+
+
+def test_scores_by_task_draws_no_bar_for_seeds_that_agree(tmp_path: Path, drawn: list):
+    """A deterministic arm's seeds give one score: a zero-length bar would read as certainty, so none is drawn."""
+    data = finals(2, 3).rename(columns={"mcc": "test_mcc"})
+    data.loc[data["arm"] == "a", "test_mcc"] = 0.7
+    figures.scores_by_task(data, "test_mcc", tmp_path / "scores.png")
+    ax = drawn[0].axes[0]
+    assert ax.get_ylabel() == "Test MCC"
+    assert len(ax.containers) == 1  # b's bars only
+    assert len(ax.containers[0].lines[2][0].get_segments()) == 2  # b's two tasks
 
 
 def test_scores_by_task_width_is_capped(tmp_path: Path, drawn: list):
@@ -161,7 +172,7 @@ def test_paired_differences(tmp_path: Path, drawn: list):
                                       tmp_path / "pd.png", title="pd")
     assert_png(path)
     ax = drawn[0].axes[0]
-    assert ax.get_xlabel() == "mcc: bpe − kmer"
+    assert ax.get_xlabel() == "MCC difference: bpe − kmer"
     assert [t.get_text() for t in ax.get_yticklabels()] == ["t2", "t3", "t4", "t1"]  # sorted by difference
     labels = legend_labels(ax)
     assert {"ROPE ±0.01", "CI of median", "bpe higher", "kmer higher", "tie"} <= set(labels)
@@ -180,24 +191,100 @@ def test_paired_differences_nan_ci_and_no_rope(tmp_path: Path, drawn: list):
 
 
 # ---------------------------------------------------------------------------------- cost / benefit
-def test_cost_benefit(tmp_path: Path, drawn: list):
-    summary = pd.DataFrame({"arm": ["cnn", "bpe", "kmer", "free"], "score_mean": [0.5, 0.6, 0.4, 0.3],
-                            "score_sd": [0.02, math.nan, 0.01, 0.1], "cost": [1e3, 3e4, 50.0, 0.0]})
-    assert_png(figures.cost_benefit(summary, "mcc", "GPU seconds", tmp_path / "cost.png", title="c"))
+def cost_points() -> pd.DataFrame:
+    return pd.DataFrame({"arm": ["cnn"] * 3 + ["bpe"] * 2 + ["kmer"] * 2 + ["free"],
+                         "task": ["t0", "t1", "t2", "t0", "t1", "t0", "t1", "t0"],
+                         "score": [0.5, 0.6, 0.9, 0.6, 0.7, 0.4, 0.4, 0.3],
+                         "cost": [1e3, 2e3, 4e3, 3e4, 5e4, 50.0, 60.0, 0.0]})
+
+
+def test_cost_benefit_shows_tasks_as_points_and_each_arms_median(tmp_path: Path, drawn: list):
+    points = cost_points()
+    assert_png(figures.cost_benefit(points, "test_mcc", "Training time (s)", tmp_path / "cost.png", title="c"))
     fig = drawn[0]
     ax = fig.axes[0]
     assert ax.get_xscale() == "log"
-    assert ax.get_xlabel() == "GPU seconds" and ax.get_ylabel() == "mcc"
+    assert ax.get_xlabel() == "Training time (s)" and ax.get_ylabel() == "Test MCC"
     words = texts(fig)
     assert "no cost recorded: free" in words
     assert {"cnn", "bpe", "kmer"} <= set(words) and "free" not in words
-    colors = figures.arm_colors(summary["arm"])
-    point_colors = {line.get_color() for line in ax.get_lines() if line.get_marker() == "o"}
-    assert point_colors == {colors["cnn"], colors["bpe"], colors["kmer"]}
+    colors = figures.arm_colors(points["arm"])
+    # One point per task, in the arm's colour: 3 + 2 + 2 placeable tasks.
+    scatter = {c.get_label().split(":")[0]: c for c in ax.collections}
+    assert {arm: len(c.get_offsets()) for arm, c in scatter.items()} == {"cnn": 3, "bpe": 2, "kmer": 2}
+    for arm, c in scatter.items():
+        assert matplotlib_color(c.get_facecolor()[0]) == matplotlib_color(colors[arm])
+    # The median marker of each arm sits at its median cost and score.
+    medians = {line.get_label().split(":")[0]: (line.get_xdata()[0], line.get_ydata()[0])
+               for line in ax.get_lines() if line.get_marker() == "D"}
+    assert medians == {"cnn": (2e3, 0.6), "bpe": (4e4, pytest.approx(0.65)), "kmer": (55.0, 0.4)}
+    # Negative control: no error bars (an sd across tasks is not an uncertainty).
+    assert ax.containers == []
+
+
+def matplotlib_color(c) -> tuple:
+    from matplotlib.colors import to_rgb
+
+    return tuple(round(x, 3) for x in to_rgb(c))
 
 
 def test_cost_benefit_without_any_cost(tmp_path: Path, drawn: list):
-    summary = pd.DataFrame({"arm": ["x", "y"], "score_mean": [0.5, 0.6], "score_sd": [0.1, 0.1],
-                            "cost": [math.nan, -1.0]})
-    assert_png(figures.cost_benefit(summary, "mcc", "FLOPs", tmp_path / "cost.png"))
+    points = pd.DataFrame({"arm": ["x", "y"], "task": ["t", "t"], "score": [0.5, 0.6], "cost": [math.nan, -1.0]})
+    assert_png(figures.cost_benefit(points, "test_mcc", "FLOPs", tmp_path / "cost.png"))
     assert "no cost recorded: x, y" in texts(drawn[0])
+
+
+# ------------------------------------------------------------------------------------- one run's figures
+def test_metric_labels_are_words():
+    assert [figures.metric_label(m) for m in ("test_mcc", "dev_mcc", "train_seconds", "flops")] == \
+        ["Test MCC", "Dev MCC", "Training time (s)", "FLOPs"]
+    assert figures.metric_label("something_new") == "something_new"  # not guessed at
+
+
+def history(n: int) -> list:
+    from harness.train import EpochResult
+
+    return [EpochResult(e, 1.0 / e, {"mcc": 0.1 * e if e <= 3 else 0.2}, 1.0) for e in range(1, n + 1)]
+
+
+def test_learning_curve_marks_the_selected_epoch(tmp_path: Path, drawn: list):
+    assert_png(figures.learning_curve(history(5), tmp_path / "lc.png", "unet_char | toy/motif_binary | seed 0",
+                                      selected_epoch=3))
+    fig = drawn[0]
+    ax, dev = fig.axes
+    assert ax.get_title() == "unet_char | toy/motif_binary | seed 0"
+    assert (ax.get_xlabel(), ax.get_ylabel(), dev.get_ylabel()) == ("Epoch", "Training loss", "Dev MCC")
+    (marker,) = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert list(marker.get_xdata()) == [3, 3]
+    assert "selected epoch 3 (best dev MCC)" in [t.get_text() for t in fig.legends[0].get_texts()]
+
+
+def test_learning_curve_keeps_its_old_call(tmp_path: Path, drawn: list):
+    """tuning.py's call without a selected epoch still works, and then marks nothing."""
+    assert_png(figures.learning_curve(history(2), tmp_path / "lc.png", "t, seed 0"))
+    ax = drawn[0].axes[0]
+    assert not [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert not any(t.get_text().startswith("selected") for t in drawn[0].legends[0].get_texts())
+
+
+def test_confusion_matrix_labels_in_words(tmp_path: Path, drawn: list):
+    assert_png(figures.confusion_matrix(np.array([[5, 1], [2, 7]]), tmp_path / "cm.png", "kmer_logreg | t | seed 0"))
+    ax = drawn[0].axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("Predicted class", "True class",
+                                                                  "kmer_logreg | t | seed 0")
+
+
+def test_optuna_history_names_its_axes_and_takes_a_title(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", study_name="smoke/unet_char/toy")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    seen = []
+    monkeypatch.setattr(figures.plt, "close", lambda fig=None: seen.append(fig))
+    assert_png(figures.optuna_history(study, tmp_path / "h.png", "unet_char | toy: tuning"))
+    ax = seen[0].axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("Trial", "Dev MCC", "unet_char | toy: tuning")
+    assert_png(figures.optuna_history(study, tmp_path / "old.png"))  # the old two-argument call
+    assert seen[1].axes[0].get_title().startswith("smoke/unet_char/toy")
+    plt.close("all")

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import optuna
 import pytest
 import torch
+import yaml
 from mlflow.tracking import MlflowClient
 
 from harness.arms import TorchArm
 from harness.cli import main
-from harness.errors import (CheckpointError, DataError, DivergedError, NoCompletedTrialError, StorageError,
-                            StudyError)
+from harness.errors import (
+    CheckpointError,
+    DataError,
+    DivergedError,
+    NoCompletedTrialError,
+    StorageError,
+    StudyError,
+)
+
+
+def fingerprints(data, task="toy/motif_binary") -> list[str]:
+    from harness.tasks import load_task
+
+    loaded = load_task(task, str(data))
+    return [loaded.split(name).fingerprint for name in ("train", "dev", "test")]
 
 
 def run_cli(study, data, arm="unet_char", *extra):
@@ -57,7 +71,16 @@ def test_tiny_study_logs_the_schema(workdir, tiny_gue, tiny_study, caplog):
         "arm": "unet_char", "task": "toy/motif_binary", "study": "tiny", "stage": "study",
         "tokenizer": "char", "init": "scratch"}
     assert parent.data.params["n_trials"] == "3" and parent.data.params["max_epochs"] == "2"
-    assert json.loads(parent.data.params["search_space"]).keys() == {"lr", "dropout", "batch_size"}
+    # Readable in the UI: one parameter per tuned range, in words; the space as YAML; the result as description.
+    assert {k: v for k, v in parent.data.params.items() if k.startswith("search_space.")} == {
+        "search_space.lr": "float in [0.002, 0.005], log", "search_space.dropout": "float in [0, 0.2]",
+        "search_space.batch_size": "one of [16]"}
+    space = yaml.safe_load(Path(MlflowClient().download_artifacts(parent.info.run_id, "search_space.yaml")).read_text())
+    assert space["tuned"]["lr"] == {"type": "float", "low": 0.002, "high": 0.005, "log": True}
+    assert space["budget"] == {"n_trials": 3, "max_epochs": 2, "patience": 2, "seeds": 2}
+    assert parent.data.tags["mlflow.runName"] == "unet_char | toy/motif_binary"
+    assert parent.data.tags["mlflow.source.name"] == "dna-harness run"
+    assert set(parent.data.metrics) == {"best_dev_mcc", "test_mcc_mean", "test_mcc_std"}  # results only
     assert "git_commit" in parent.data.tags and parent.data.tags["storage"] == "sqlite:///optuna.db"
 
     trials, finals = runs["trial"], runs["final"]
@@ -70,17 +93,25 @@ def test_tiny_study_logs_the_schema(workdir, tiny_gue, tiny_study, caplog):
         assert {"arm", "task", "study"} <= r.data.tags.keys()
     for r in trials:
         assert {"lr", "dropout", "batch_size"} <= r.data.params.keys()
-        history = client.get_metric_history(r.info.run_id, "dev_mcc")
+        history = client.get_metric_history(r.info.run_id, "epoch_dev_mcc")
         assert [m.step for m in history] == [1, 2]
+        assert not {"dev_mcc", "train_loss"} & r.data.metrics.keys()  # per epoch is epoch_* everywhere
+        assert r.data.tags["mlflow.runName"] == f"unet_char | toy/motif_binary | trial {r.data.tags['trial_number']}"
+        assert [(i.dataset.name, i.tags[0].value) for i in r.inputs.dataset_inputs] == [
+            ("toy/motif_binary", "train"), ("toy/motif_binary", "dev")]  # a trial never sees test
         assert r.data.tags["trial_state"] == "COMPLETE"
-    (best,) = [r for r in trials if int(r.data.tags["trial_number"]) == parent.data.metrics["best_trial_number"]]
+    (best,) = [r for r in trials if r.data.tags["trial_number"] == parent.data.tags["best_trial_number"]]
     assert parent.data.metrics["best_dev_mcc"] == max(r.data.metrics["best_dev_mcc"] for r in trials)
     assert parent.data.metrics["best_dev_mcc"] == best.data.metrics["best_dev_mcc"]
     for r in finals:
         m = r.data.metrics
-        assert {"test_mcc", "test_f1", "test_accuracy", "test_auroc", "dev_mcc", "params", "train_seconds",
+        assert {"test_mcc", "test_f1", "test_accuracy", "test_auroc", "dev_mcc", "n_parameters", "train_seconds",
                 "flops"} <= m.keys()
-        assert 1_000_000 < m["params"] < 2_000_000 and m["train_seconds"] > 0
+        assert 1_000_000 < m["n_parameters"] < 2_000_000 and m["train_seconds"] > 0
+        assert r.data.tags["mlflow.runName"] == f"unet_char | toy/motif_binary | seed {r.data.tags['seed']}"
+        splits = {split: parent_split for split, parent_split in zip(("train", "dev", "test"), fingerprints(tiny_gue))}
+        assert {i.tags[0].value: (i.dataset.name, i.dataset.digest) for i in r.inputs.dataset_inputs} == {
+            split: ("toy/motif_binary", digest) for split, digest in splits.items()}
         assert r.data.params["lr"] == best.data.params["lr"]  # finals retrain the best configuration
         curve = client.get_metric_history(r.info.run_id, "epoch_dev_mcc")
         assert m["dev_mcc"] == pytest.approx(max(p.value for p in curve))  # the selected checkpoint, not the last
@@ -89,10 +120,29 @@ def test_tiny_study_logs_the_schema(workdir, tiny_gue, tiny_study, caplog):
         assert {"confusion_matrix.png", "learning_curve.png", "test_predictions.csv"} <= artifacts
     mean = sum(r.data.metrics["test_mcc"] for r in finals) / 2
     assert parent.data.metrics["test_mcc_mean"] == pytest.approx(mean)
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith(f"test MCC {mean:.3f} ± {parent.data.metrics['test_mcc_std']:.3f} (sd over 2 seeds) · best "
+                           f"trial {best.data.tags['trial_number']}: dev MCC {parent.data.metrics['best_dev_mcc']:.3f}")
     assert {"best_params.json", "optuna_history.png", "task_summary.json"} <= {
         a.path for a in client.list_artifacts(parent.info.run_id)}
     # Progress lines: trial, epoch, dev MCC and an ETA.
     assert "trial 0 (1/3) | epoch 1/2" in caplog.text and "ETA" in caplog.text
+    # Seeds are named alike in every line; the last lines say where the results are.
+    assert "final seed 1 (2/2) | epoch 1/2" in caplog.text and "final seed 1 (2/2) | test_mcc" in caplog.text
+    exp_id = MlflowClient().get_experiment_by_name("tiny").experiment_id
+    assert (f"then open http://127.0.0.1:5000/#/experiments/{exp_id}/runs?workflowType=machine_learning&searchFilter="
+            "tags.%60stage%60%20%3D%20%27study%27%20and%20tags.%60study%60%20%3D%20%27tiny%27") in caplog.text
+    assert "python -m analysis --experiment tiny" in caplog.text
+    # optuna-dashboard: the objective named, the cell and its MLflow parent as study attributes.
+    storage = optuna.storages.RDBStorage("sqlite:///optuna.db")
+    tuning = optuna.load_study(study_name="tiny/unet_char/toy/motif_binary", storage=storage)
+    final = optuna.load_study(study_name="tiny/unet_char/toy/motif_binary/final", storage=storage)
+    assert tuning.metric_names == ["dev_mcc"] and final.metric_names[0].startswith("dev_mcc of one final seed")
+    for study in (tuning, final):
+        assert {k: study.user_attrs[k] for k in ("arm", "task", "study", "mlflow_parent_run_id")} == {
+            "arm": "unet_char", "task": "toy/motif_binary", "study": "tiny", "mlflow_parent_run_id": parent.info.run_id}
+    assert final.user_attrs["kind"].startswith("final seeds, not a tuning study")
+    assert all(t.params == {} and t.user_attrs["seed"] in (0, 1) for t in final.trials)  # no "importance" of seeds
 
 
 @pytest.mark.slow

@@ -292,7 +292,7 @@ def test_pretraining_contrast_needs_the_twin_and_question_1_pairs_with_the_cnn(w
     for p in parents.values():
         tags = p.data.tags
         assert set(FACTORS) <= set(tags) and tags["seeds"] == "2" and tags["n_trials"] == "1"
-        assert "tuning_boundary" in tags and p.data.metrics["best_epoch_at_cap"] in (0, 1)
+        assert "tuning_boundary" in tags and tags["best_epoch_at_cap"] in ("0", "1")
     pretrained = parents[("dnabert2_pretrained", "toy/motif_binary")].data.tags
     twin_tags = parents[(twin, "toy/motif_binary")].data.tags
     plain_tags = parents[("dnabert2_scratch", "toy/motif_binary")].data.tags
@@ -310,7 +310,8 @@ def test_pretraining_contrast_needs_the_twin_and_question_1_pairs_with_the_cnn(w
     reason = exclusions["contrast pretraining: dnabert2_pretrained − dnabert2_scratch | toy/motif_binary"]
     assert "architecture_sha differs" in reason and "may vary only init" in reason
     report = (workdir / "report" / "report.md").read_text()
-    assert "## Tuning adequacy" in report and (workdir / "report" / "tuning_adequacy.csv").is_file()
+    assert "## Tuning adequacy" in report
+    assert (workdir / "report" / "tuning_adequacy.csv").is_file() or "Not written: tuning_adequacy.csv" in report
 
 
 @pytest.mark.slow

@@ -121,7 +121,7 @@ def test_repeated_signals_during_a_trial_end_everything(tmp_path, tiny_gue, sign
 def test_signals_during_final_seeds_requeue_the_seed_and_the_rerun_completes(tmp_path, tiny_gue):
     worker = Worker(tmp_path, tiny_gue, max_epochs=4, n_trials=1, seeds=2)
     worker.start()
-    worker.wait_for("final seed 1/2 | epoch 1/4")
+    worker.wait_for("final seed 0 (1/2) | epoch 1/4")
     worker.signal([(0, SIGTERM), (0.3, SIGTERM)])
     assert_ended_cleanly(worker, worker.proc.wait(timeout=120))
     finals = worker.trials()[f"{CELL}/final"]

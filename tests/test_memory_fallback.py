@@ -188,7 +188,7 @@ def test_out_of_memory_fit_reruns_with_gradient_accumulation(workdir, tiny_gue, 
         assert run.data.tags.get("oom_superseded_epochs") == superseded
     assert trial_run.data.tags["trial_state"] == "COMPLETE" and "test_mcc" in final_run.data.metrics
     # The rerun's curves are logged at steps 1 and 2; a failed attempt's epoch 1 sits before the rerun's.
-    history = MlflowClient().get_metric_history(trial_run.info.run_id, "dev_mcc")
+    history = MlflowClient().get_metric_history(trial_run.info.run_id, "epoch_dev_mcc")
     assert sorted(m.step for m in history) == ([1, 1, 2] if superseded else [1, 2])
     assert f"rerunning at grad_accumulation {accumulation} (micro-batches of {rows}, batch size 16" in caplog.text
     assert f"[grad_accumulation {accumulation}] | epoch 2/2" in caplog.text  # the progress lines say so

@@ -27,6 +27,7 @@ import pytest
 from conftest import REPO
 
 N_TRIALS, SEEDS = 6, 2
+CELL_RUN = "kmer_logreg | synthetic/motif_binary"  # the parent run's name; its trials and seeds add " | trial N"
 COMMAND = ["run", "--arm", "kmer_logreg", "--study", "smoke", "--tasks", "synthetic/motif_binary",
            "--n-trials", str(N_TRIALS), "--seeds", str(SEEDS)]
 
@@ -114,7 +115,7 @@ def kill_after_first_trial(server: TrackingServer, harness: subprocess.Popen, ex
                            timeout_s: float = 120) -> None:
     """Kill the server as soon as the first trial run has finished, while the harness is still running."""
     deadline = time.monotonic() + timeout_s
-    while ("trial-0", "FINISHED") not in server.runs(experiment):
+    while (f"{CELL_RUN} | trial 0", "FINISHED") not in server.runs(experiment):
         assert harness.poll() is None, "the harness ended before its first trial finished"
         assert time.monotonic() < deadline, "no trial finished in time"
         time.sleep(0.1)
@@ -133,10 +134,10 @@ def trial_states(tmp_path: Path) -> dict[int, str]:
 def assert_study_complete(server: TrackingServer, experiment: str) -> None:
     runs = server.runs(experiment)
     assert not [run for run in runs if run[1] == "RUNNING"], runs
-    assert ("kmer_logreg | synthetic/motif_binary", "FINISHED") in runs
-    assert sorted(n for n, s in runs if n.startswith("final-seed") and s == "FINISHED") == \
-        [f"final-seed{seed}" for seed in range(SEEDS)], runs
-    assert sum(n.startswith("trial-") and s == "FINISHED" for n, s in runs) >= N_TRIALS, runs
+    assert (CELL_RUN, "FINISHED") in runs
+    assert sorted(n for n, s in runs if n.startswith(f"{CELL_RUN} | seed ") and s == "FINISHED") == \
+        [f"{CELL_RUN} | seed {seed}" for seed in range(SEEDS)], runs
+    assert sum(n.startswith(f"{CELL_RUN} | trial ") and s == "FINISHED" for n, s in runs) >= N_TRIALS, runs
 
 
 @pytest.mark.slow

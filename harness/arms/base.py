@@ -75,6 +75,12 @@ class RunOptions:
         return self.checkpoint.fingerprint if self.pretrained else Init.SCRATCH
 
 
+# What `Fitted.export` writes into its folder, and what `harness.serving` reads back: the learnt arrays (never a
+# pickle) and a JSON file saying how to rebuild the predictor around them. A BPE arm adds its tokenizer.json.
+EXPORT_WEIGHTS = "weights.safetensors"
+EXPORT_CONFIG = "config.json"
+
+
 class Fitted(Protocol):
     result: FitResult
     n_params: int
@@ -84,6 +90,11 @@ class Fitted(Protocol):
     def artifacts(self, folder: Path) -> list[Path]: ...
 
     def truncated(self) -> dict[str, int]: ...
+
+    def export(self, folder: Path) -> None:
+        """Write what predicting needs into `folder` (EXPORT_WEIGHTS, EXPORT_CONFIG, a tokenizer), so that
+        `harness.serving.load_exported(folder)` scores raw sequences as `predict` scores a split."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors.torch import save_model
 from torch import nn
 
 from .. import train
@@ -19,7 +20,7 @@ from ..schema import Artifact, Init, Metric, Tag
 from ..studies import StudySpec
 from ..tokenizers import BPETokenizer, DNATokenizer, TokenizedSplit, TokenizerRequest, build_tokenizer, tokenize
 from ..tracking import redact
-from .base import Arm, Budget, RunOptions
+from .base import EXPORT_CONFIG, EXPORT_WEIGHTS, Arm, Budget, RunOptions
 
 
 @dataclass
@@ -30,6 +31,7 @@ class TorchFitted:
     options: RunOptions
     result: train.FitResult
     architecture: dict[str, Any]
+    model_name: str  # its harness.models name, which rebuilds it from `architecture`
 
     @property
     def n_params(self) -> int:
@@ -53,6 +55,21 @@ class TorchFitted:
                                       "shape_of": self.options.init if self.options.twin else None},
                                      indent=2, default=str))
         return [path, config]
+
+    def export(self, folder: Path) -> None:
+        """The weights (safetensors: tensors the network shares are stored once, and no pickle), the tokenizer
+        (tokenizer.json for BPE; the built-in char tokenizer is named by its fingerprint) and how to rebuild the
+        network: its harness.models name, architecture, classes and token cap. Dropout is not recorded: the
+        network predicts in eval mode, where dropout does nothing."""
+        folder.mkdir(parents=True, exist_ok=True)
+        save_model(self.model, str(folder / EXPORT_WEIGHTS), force_contiguous=True)
+        if self.tokenizer.name == "bpe":
+            self.tokenizer.save(folder / Artifact.TOKENIZER)
+        config = {"kind": "torch", "model": self.model_name, "architecture": self.architecture,
+                  "num_classes": self.task.num_classes, "tokenizer": self.tokenizer.name,
+                  "tokenizer_fingerprint": self.tokenizer.fingerprint, "max_length": self.options.max_length}
+        # No `default=`: a value JSON cannot hold must fail here, not come back as a string that builds another net.
+        (folder / EXPORT_CONFIG).write_text(json.dumps(config, indent=2))
 
 
 class TorchArm(Arm):
@@ -158,4 +175,4 @@ class TorchArm(Arm):
             grad_accumulation=options.grad_accumulation,
         )
         result = train.fit(model, train_split, dev_split, tok.pad_id, cfg, options.runtime, on_epoch)
-        return TorchFitted(model, tok, task, options, result, architecture)
+        return TorchFitted(model, tok, task, options, result, architecture, self.model)
