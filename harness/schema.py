@@ -102,10 +102,12 @@ class Tag:
     # After such a rerun: the per-epoch metrics of epochs 1..n hold a first point from the attempt that ran out
     # of memory; the later point at each step is the rerun's.
     OOM_SUPERSEDED_EPOCHS = "oom_superseded_epochs"
+    MODEL_ERROR = "model_error"  # final runs: why their model could not be logged (the seed still counts)
     REGISTERED_MODEL = "registered_model"  # parent runs: <name>/<version> of the cell's registered model(s)
     # MLflow's own: the run's description in the UI, and where the run came from (the Source column)
     NOTE = "mlflow.note.content"
     RUN_NAME = "mlflow.runName"
+    RUN_COLOR = "mlflow.runColor"  # the UI's colour of a run in charts: one per arm, so arms read apart
     SOURCE_NAME = "mlflow.source.name"
     SOURCE_TYPE = "mlflow.source.type"
     SOURCE_GIT_COMMIT = "mlflow.source.git.commit"
@@ -245,8 +247,9 @@ def parent_run_name(variant: str, task: str) -> str:
     return f"{variant} | {task}"
 
 
-def trial_run_name(label: str, number: int) -> str:
-    return f"{label} | trial {number}"
+def trial_run_name(label: str, number: int, n_trials: int = 10) -> str:
+    """`<label> | trial 07`: zero-padded to the budget's width (at least 2), so that names sort by number."""
+    return f"{label} | trial {number:0{max(2, len(str(n_trials)))}d}"
 
 
 def final_run_name(label: str, seed: int) -> str:

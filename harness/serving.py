@@ -16,8 +16,8 @@ What a logged model holds (nothing pickled; loading runs no code but this file a
   - `artifacts/export/`: what `Fitted.export` wrote (harness/arms/base.py): `weights.safetensors` (a torch
     arm's weights, or a scikit-learn arm's learnt arrays), `config.json` (how to rebuild the predictor around
     them) and, for a BPE arm, its `tokenizer.json`;
-  - the signature, an input example (a few dev sequences) and `requirements.txt`: the harness's own pins
-    (pyproject.toml, read from the installed package's metadata) of the packages prediction imports.
+  - the signature, an input example (a few dev sequences) and `requirements.txt`: the installed versions (the
+    harness's pins) of the packages prediction imports.
 
 Input: a list of sequences, a pandas Series, or a DataFrame with a `sequence` column (or a single column);
 served, `{"inputs": ["ACGT...", ...]}` or `{"dataframe_split": {"columns": ["sequence"], "data": [[...]]}}`.
@@ -62,8 +62,6 @@ from mlflow.models.model import ModelInfo
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 from safetensors.numpy import load_file
 from safetensors.torch import load_model
 from sklearn.pipeline import Pipeline
@@ -91,7 +89,6 @@ SEQUENCE_COLUMN = "sequence"
 # versions are the harness's pins; training-only packages (matplotlib, transformers, baycomp) stay out.
 PREDICTION_PACKAGES = ("torch", "mlflow", "numpy", "pandas", "scikit-learn", "scipy", "safetensors", "tokenizers",
                        "optuna", "pyyaml")
-DISTRIBUTION = "dna-harness"
 
 
 # ------------------------------------------------------------------------------------------------ names
@@ -207,7 +204,10 @@ def sequences_of(model_input: Any) -> list[str]:
         else:
             raise InputError(f"a DataFrame of sequences needs a {SEQUENCE_COLUMN!r} column or a single column; "
                              f"got columns {list(model_input.columns)}")
-    raw = [str(s) for s in model_input]
+    values = pd.Series(list(model_input), dtype=object)
+    if values.isna().any():  # str() would make a missing value "nan", which reads as DNA (N A N)
+        raise InputError(f"input row {int(values.isna().to_numpy().argmax()) + 1}: missing sequence")
+    raw = [str(s) for s in values]
     return normalise_sequences(pd.Series(raw, index=range(1, len(raw) + 1), dtype=object), Path("input row"))
 
 
@@ -258,12 +258,10 @@ def package_copy(folder: Path) -> Path:
 
 
 def prediction_requirements() -> list[str]:
-    """The harness's pins (its installed metadata: pyproject.toml's dependencies) of PREDICTION_PACKAGES."""
-    pins = [Requirement(line) for line in importlib.metadata.requires(DISTRIBUTION) or []]
-    chosen = [str(r) for r in pins if r.marker is None and canonicalize_name(r.name) in PREDICTION_PACKAGES]
-    if len(chosen) != len(PREDICTION_PACKAGES):
-        raise RuntimeError(f"{DISTRIBUTION}'s dependencies pin {chosen}, not all of {PREDICTION_PACKAGES}")
-    return chosen
+    """The versions installed here (the harness's pins, pyproject.toml / conda.yaml) of PREDICTION_PACKAGES: read
+    from each package, since under `mlflow run` with conda the harness itself is not an installed package."""
+    # Without a local version label (torch's `+cpu`, `+cu126`): the serving machine picks its own build.
+    return [f"{name}=={importlib.metadata.version(name).split('+')[0]}" for name in PREDICTION_PACKAGES]
 
 
 def register(model_uri: str, name: str, tags: dict[str, str]) -> ModelVersion:

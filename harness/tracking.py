@@ -495,6 +495,8 @@ def run(name: str, tags: dict[str, Any], nested: bool = False, run_id: str | Non
     run starts is raised once it has started, so it ends KILLED; one that arrives while it ends is raised
     after it has ended."""
     active, status, error = None, "FAILED", None
+    if nested:  # MLflow's system metrics (MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING) belong to the parent only
+        kwargs.setdefault("log_system_metrics", False)
     try:
         with shutdown.deferred():
             active = mlflow.start_run(run_id=run_id, run_name=None if run_id else name, nested=nested,

@@ -27,6 +27,7 @@ import optuna
 import pandas as pd
 import torch
 import yaml
+from matplotlib.colors import to_hex
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from optuna.storages import RDBStorage
@@ -201,7 +202,7 @@ class Objective:
             raise
         seed = TRIAL_SEED_OFFSET + trial.number
         tags = {**self.tags, Tag.STAGE: Stage.TRIAL, Tag.TRIAL_NUMBER: trial.number, Tag.TRAIN_SEED: seed}
-        with tracking.run(trial_run_name(cell.label, trial.number), tags, nested=True,
+        with tracking.run(trial_run_name(cell.label, trial.number, n_trials), tags, nested=True,
                           finished_on=(optuna.TrialPruned,)) as run:
             with shutdown.deferred():
                 trial.set_user_attr("mlflow_run_id", run.info.run_id)
@@ -274,17 +275,25 @@ def run_final(cell: Cell, params: dict[str, Any], seed: int, claim: optuna.Trial
                               **{truncated_metric(split): n for split, n in fitted.truncated().items()}})
         log_final_artifacts(fitted, cell, test_probs, seed)
         if cell.request.save_models != "none":
-            log_model(fitted, task)
+            log_model(fitted, task, cell.label, name)
         log.info("%s | %s | test_mcc %.4f | test_f1 %.4f | test_accuracy %.4f",
                  cell.label, name, test["mcc"], test["f1"], test["accuracy"])
         return dev["mcc"]
 
 
 @shutdown.uninterrupted
-def log_model(fitted: Fitted, task: TaskData) -> None:
+def log_model(fitted: Fitted, task: TaskData, label: str, seed_name: str) -> None:
+    """The seed's model, where save_models= asks. Its test score is already logged: a model that cannot be saved
+    (a full disk, a lost artifact store, a bug in an export) is reported with its traceback and tagged
+    `model_error`, and the seed still counts; it is then not registered."""
     from . import serving  # MLflow's pyfunc flavour: imported only where models are saved
 
-    serving.log_model(fitted, input_example=task.dev.sequences[:3])
+    try:
+        serving.log_model(fitted, input_example=task.dev.sequences[:3])
+    except Exception as err:
+        log.exception("%s | %s: its model could not be logged (%s); the seed's results are kept", label, seed_name,
+                      type(err).__name__)
+        tracking.set_tags({Tag.MODEL_ERROR: f"{type(err).__name__}: {err}"[:5000]})
 
 
 @shutdown.uninterrupted
@@ -342,7 +351,22 @@ def parent_run(experiment_id: str, identity: dict[str, str], tags: dict[str, Any
             # MLflow's system metrics (CPU, GPU, disk, network) only where MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING asks:
             # by default the parent's metrics are its results, first on its page and alone in its charts.
             parent = stack.enter_context(tracking.run(label, tags, run_id=parent_id))
-        yield parent
+        try:
+            yield parent
+        except BaseException as err:
+            describe_stopped_parent(err)
+            raise
+
+
+def describe_stopped_parent(err: BaseException) -> None:
+    """A parent that stops early says so in its description, which otherwise still reads "running: ..."."""
+    if tracking.lost_server_message(err):
+        return  # nothing can be written to a server that is gone
+    what = ("interrupted: run the same command to resume" if isinstance(err, KeyboardInterrupt)
+            else f"stopped by an error ({type(err).__name__}): see the log and the trial runs' fail_reason tags; "
+                 "run the same command to resume")
+    with shutdown.deferred(), contextlib.suppress(Exception):
+        tracking.set_tags({Tag.NOTE: what})
 
 
 def tune_cell(cell: Cell, storage: RDBStorage, experiment_id: str) -> None:
@@ -354,7 +378,7 @@ def tune_cell(cell: Cell, storage: RDBStorage, experiment_id: str) -> None:
                 Tag.STAGE: Stage.STUDY}
     uid, provenance = study.user_attrs["study_uid"], request.provenance()
     factors = {**arm.tags(cell.options), **cell.factors()}
-    source = tracking.source_tags(request.command)
+    source = {**tracking.source_tags(request.command), Tag.RUN_COLOR: arm_color(arm.name)}
     tags = {**identity, **factors, **provenance, **source, Tag.OPTUNA_STUDY: study.study_name, Tag.STUDY_UID: uid,
             Tag.TASK_SOURCE: task.source, Tag.NOTE: f"running: {budget_line(cell)}"}
     done_before = workers.counted_trials(study)
@@ -373,13 +397,16 @@ def tune_cell(cell: Cell, storage: RDBStorage, experiment_id: str) -> None:
             tracking.log_datasets(datasets)
             tracking.set_tags({overlap_metric(pair): n for pair, n in task.overlaps.items()})
             tracking.log_metrics(arm.inherited_cost(cell.options))
-            describe_optuna_study(study, cell, experiment_id, parent.info.run_id)
+            workers.with_storage_retries(lambda: describe_optuna_study(study, cell, experiment_id, parent.info.run_id),
+                                         "describing the Optuna study", request.storage)
 
         seeds_done = {int(r.data.tags[Tag.SEED])
                       for r in tracking.child_runs(experiment_id, parent.info.run_id, Stage.FINAL)}
         final_seeds = workers.FinalSeeds(storage, study.study_name, request.seeds, seeds_done)
         with shutdown.deferred():
-            describe_optuna_study(final_seeds.study, cell, experiment_id, parent.info.run_id, final=True)
+            workers.with_storage_retries(
+                lambda: describe_optuna_study(final_seeds.study, cell, experiment_id, parent.info.run_id, final=True),
+                "describing the final-seed study", request.storage)
         remaining = max(request.n_trials - done_before, 0)
         progress = Progress(cell.label, (remaining + request.seeds - len(seeds_done)) * cell.budget.max_epochs,
                             one_pass=not arm.neural)
@@ -399,8 +426,7 @@ def tune_cell(cell: Cell, storage: RDBStorage, experiment_id: str) -> None:
         final_seeds.run_all(lambda seed, claim: run_final(cell, params, seed, claim, progress, child_tags, datasets),
                             cell.label, between=close_dead_workers_runs)
 
-        finals = [r for r in tracking.child_runs(experiment_id, parent.info.run_id, Stage.FINAL)
-                  if int(r.data.tags[Tag.SEED]) < request.seeds]
+        finals = latest_per_seed(tracking.child_runs(experiment_id, parent.info.run_id, Stage.FINAL), request.seeds)
         test_mcc = [r.data.metrics[Metric.TEST_MCC] for r in finals]
         # The sample sd (n - 1), as the report gives it; none from one seed (not logged: MLflow drops NaN).
         sd = float(np.std(test_mcc, ddof=1)) if len(test_mcc) > 1 else float("nan")
@@ -411,6 +437,25 @@ def tune_cell(cell: Cell, storage: RDBStorage, experiment_id: str) -> None:
         summary = result_line(cell, test_mcc, best, experiment_id, parent.info.run_id)
         tracking.set_tags({Tag.NOTE: summary})
         log.info("%s | done in %s: %s", cell.label, progress.elapsed(), summary)
+
+
+def arm_color(arm: str) -> str:
+    """An arm's colour in MLflow's charts, the same in every experiment (the registry's order, matplotlib's
+    cycle): the UI otherwise hashes run ids into colours, often the same one for different arms."""
+    from .arms import ARMS
+
+    return to_hex(figures.arm_colors(name for name, _ in ARMS.items())[arm])
+
+
+def latest_per_seed(finals: list[Run], seeds: int) -> list[Run]:
+    """One finished run per seed below `seeds`, the latest where a seed finished twice (a worker that died after
+    its run ended but before Optuna recorded it): what the report keeps too (analysis/collect.py)."""
+    latest: dict[int, Run] = {}
+    for run in sorted(finals, key=lambda r: r.info.end_time or 0):
+        seed = int(run.data.tags[Tag.SEED])
+        if seed < seeds:
+            latest[seed] = run
+    return [latest[seed] for seed in sorted(latest)]
 
 
 def budget_line(cell: Cell) -> str:
@@ -489,15 +534,20 @@ def register_models(cell: Cell, parent_id: str, finals: list[Run]) -> None:
     if Tag.REGISTERED_MODEL in parent.data.tags:
         return
     with_model = [r for r in finals if serving.logged_model_id(r) is not None]
-    if not with_model:
-        log.warning("%s | no final run logged a model (save_models=none when they ran?): nothing registered",
-                    cell.label)
+    best = max(finals, key=lambda r: (r.data.metrics[Metric.DEV_MCC], -int(r.data.tags[Tag.SEED])))
+    chosen = with_model if cell.request.save_models == "all" else [best] if best in with_model else []
+    if not chosen:
+        log.warning("%s | the best final seed by dev MCC (seed %s) logged no model (save_models=none when it ran, or "
+                    "its model_error tag): nothing registered", cell.label, best.data.tags[Tag.SEED])
         return
-    chosen = with_model if cell.request.save_models == "all" else \
-        [max(with_model, key=lambda r: (r.data.metrics[Metric.DEV_MCC], -int(r.data.tags[Tag.SEED])))]
     name = serving.registered_model_name(cell.spec.name, cell.variant, cell.task.name)
     versions = []
     for run in sorted(chosen, key=lambda r: int(r.data.tags[Tag.SEED])):
+        # Another worker finishing the cell at the same moment may have registered it already.
+        done = MlflowClient().search_model_versions(f"name = '{name}' and run_id = '{run.info.run_id}'")
+        if done:
+            versions.append(f"{name}/{min(int(v.version) for v in done)}")
+            continue
         version = serving.register(serving.logged_model_uri(run), name, {
             Tag.STUDY: cell.spec.name, Tag.VARIANT: cell.variant, Tag.TASK: cell.task.name,
             Tag.SEED: run.data.tags[Tag.SEED], Metric.DEV_MCC: f"{run.data.metrics[Metric.DEV_MCC]:.4f}",

@@ -96,7 +96,7 @@ def test_tiny_study_logs_the_schema(workdir, tiny_gue, tiny_study, caplog):
         history = client.get_metric_history(r.info.run_id, "epoch_dev_mcc")
         assert [m.step for m in history] == [1, 2]
         assert not {"dev_mcc", "train_loss"} & r.data.metrics.keys()  # per epoch is epoch_* everywhere
-        assert r.data.tags["mlflow.runName"] == f"unet_char | toy/motif_binary | trial {r.data.tags['trial_number']}"
+        assert r.data.tags["mlflow.runName"] == f"unet_char | toy/motif_binary | trial {int(r.data.tags['trial_number']):02d}"
         assert [(i.dataset.name, i.tags[0].value) for i in r.inputs.dataset_inputs] == [
             ("toy/motif_binary", "train"), ("toy/motif_binary", "dev")]  # a trial never sees test
         assert r.data.tags["trial_state"] == "COMPLETE"
@@ -203,6 +203,48 @@ def test_parent_sd_is_the_sample_sd_of_its_final_runs(workdir, tiny_gue, tiny_st
                   if r.data.tags["mlflow.parentRunId"] == parent.info.run_id]
         assert len(finals) == 3
         assert parent.data.metrics["test_mcc_std"] == pytest.approx(float(np.std(finals, ddof=1)))
+
+
+def registered(name: str) -> list[tuple[int, str]]:
+    return sorted((int(v.version), v.run_id) for v in MlflowClient().search_model_versions(f"name = '{name}'"))
+
+
+def test_save_models_registers_the_best_seed_by_dev_mcc_all_seeds_or_none(workdir, tiny_gue, tiny_study):
+    """best: one version, the final run with the best dev MCC (not test); all: one per seed; none: nothing."""
+    name = "tiny.kmer_logreg.toy_motif_binary"
+    assert run_cli(tiny_study, tiny_gue, "kmer_logreg", "--seeds", "2") == 0
+    finals = runs_by_stage()["final"]
+    best = max(finals, key=lambda r: (r.data.metrics["dev_mcc"], -int(r.data.tags["seed"])))
+    assert registered(name) == [(1, best.info.run_id)]
+    (parent,) = runs_by_stage()["study"]
+    assert parent.data.tags["registered_model"] == f"{name}/1"
+    assert run_cli(tiny_study, tiny_gue, "kmer_logreg", "--seeds", "2") == 0  # resumed: registered once only
+    assert registered(name) == [(1, best.info.run_id)]
+
+    assert run_cli(tiny_study, tiny_gue, "kmer_logreg", "--seeds", "2", "--save-models", "all", "--storage",
+                   "sqlite:///all.db", "--experiment", "all") == 0
+    by_seed = [r.info.run_id for r in sorted(runs_by_stage("all")["final"], key=lambda r: int(r.data.tags["seed"]))]
+    assert [run for _, run in registered(name)] == [best.info.run_id, *by_seed]
+    assert run_cli(tiny_study, tiny_gue, "kmer_logreg", "--save-models", "none", "--storage", "sqlite:///none.db",
+                   "--experiment", "none") == 0
+    assert len(registered(name)) == 3  # none added
+
+
+def test_a_model_that_cannot_be_logged_keeps_its_seed(workdir, tiny_gue, tiny_study, monkeypatch, caplog):
+    """A failing export is reported with its traceback and tagged on the final run; the seed's results count."""
+    from harness import serving
+
+    def broken(fitted, input_example):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(serving, "log_model", broken)
+    assert run_cli(tiny_study, tiny_gue, "kmer_logreg", "--seeds", "2") == 0
+    runs = runs_by_stage()
+    assert all(r.info.status == "FINISHED" and r.data.tags["model_error"] == "OSError: No space left on device"
+               for r in runs["final"])
+    assert runs["study"][0].data.metrics["test_mcc_mean"] >= -1 and "registered_model" not in runs["study"][0].data.tags
+    assert "Traceback" in caplog.text and "its model could not be logged" in caplog.text
+    assert MlflowClient().search_registered_models() == []
 
 
 @pytest.mark.parametrize("csv, expected", [

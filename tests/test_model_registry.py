@@ -131,6 +131,11 @@ def test_bad_input_is_refused_with_its_row(registry, tiny_gue):
     with pytest.raises(Exception, match=r"input row, line 2: character 'U' is not DNA"):
         model.predict(["ACGT", "ACGU"])
     assert model.predict(["ACGTRYACGT"]).shape == (1, 3)  # IUPAC codes read as N, as in task files
+    # A missing value is not the string "nan" (which would read as N A N).
+    with pytest.raises(Exception, match=r"input row 2: missing sequence"):
+        model.predict(pd.DataFrame({"sequence": ["ACGT", np.nan]}))
+    with pytest.raises(Exception, match=r"input row 1: missing sequence"):
+        model.predict([None, "ACGT"])
 
 
 def test_best_mode_finds_each_seeds_model_from_its_run_and_discards_the_unregistered(registry, tiny_gue):

@@ -115,7 +115,7 @@ def kill_after_first_trial(server: TrackingServer, harness: subprocess.Popen, ex
                            timeout_s: float = 120) -> None:
     """Kill the server as soon as the first trial run has finished, while the harness is still running."""
     deadline = time.monotonic() + timeout_s
-    while (f"{CELL_RUN} | trial 0", "FINISHED") not in server.runs(experiment):
+    while (f"{CELL_RUN} | trial 00", "FINISHED") not in server.runs(experiment):
         assert harness.poll() is None, "the harness ended before its first trial finished"
         assert time.monotonic() < deadline, "no trial finished in time"
         time.sleep(0.1)
