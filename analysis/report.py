@@ -218,7 +218,7 @@ def files_section(folder: Path, omitted: dict[str, str]) -> str:
     for name in report_files(folder):
         what = "this report" if name == "report.md" else TABLES.get(name) or figure_description(name)
         lines.append(f"- `{name}`: {what}")
-    lines.append("")
+    lines += [f"- `{MARKER}` (hidden): the list of these files, so that `--out` replaces only a report", ""]
     reasons: dict[str, list[str]] = {}
     for name, why in omitted.items():
         reasons.setdefault(why, []).append(name)
