@@ -8,6 +8,11 @@ A checkpoint folder (written by `python -m harness pretrain`):
 DNABERT-2's published folders (config.json + pytorch_model.bin or model.safetensors, tokenizer.json)
 are read as well. A source is a local folder, an MLflow artifact URI (`runs:/<run_id>/checkpoint`,
 `models:/<name>/<version>`, `mlflow-artifacts:/...`) or, for DNABERT-2, a Hugging Face hub id.
+
+The `hf_*` arms read another kind (`open_hf_checkpoint`): any transformers folder (config.json + weights +
+tokenizer files, as `save_pretrained` writes them) whose architecture transformers implements natively. A
+config that names custom code (`auto_map`, e.g. DNABERT-2's published one) is refused: the harness never
+passes `trust_remote_code`.
 Weights are read with safetensors or `torch.load(weights_only=True)`: no pickled code runs.
 """
 
@@ -113,11 +118,14 @@ class Checkpoint:
 
     @functools.cached_property
     def fingerprint(self) -> str:
-        weights = next(self.folder / name for name in WEIGHT_FILES if (self.folder / name).is_file())
+        """sha256 of the weights file (16 hex digits); of its shards in order where a large model is sharded."""
+        single = [self.folder / name for name in WEIGHT_FILES if (self.folder / name).is_file()][:1]
+        shards = sorted(self.folder.glob("model-*.safetensors")) or sorted(self.folder.glob("pytorch_model-*.bin"))
         digest = hashlib.sha256()
-        with weights.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 24), b""):
-                digest.update(chunk)
+        for weights in single or shards:
+            with weights.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 24), b""):
+                    digest.update(chunk)
         return digest.hexdigest()[:16]
 
 
@@ -140,6 +148,9 @@ def open_checkpoint(source: str) -> Checkpoint:
         if not any((folder / name).is_file() for name in WEIGHT_FILES):
             raise CheckpointError(f"checkpoint {folder}: config.json but neither {' nor '.join(WEIGHT_FILES)}")
         config = read_json(folder / "config.json", ())
+        if not is_dnabert2_config(config):
+            raise CheckpointError(f"checkpoint {folder}: a transformers {config['model_type']} checkpoint, not "
+                                  "DNABERT-2; fine-tune it with arm hf_pretrained (hf_scratch for its random twin)")
         check_architecture(folder / "config.json", "dnabert2", config)
         return Checkpoint(source, folder, "dnabert2", config, "bpe")
     raise CheckpointError(f"checkpoint {folder}: neither {MANIFEST} (a harness checkpoint) nor config.json "
@@ -200,6 +211,69 @@ def check_architecture(path: Path, model: Any, architecture: Any) -> None:
     problem = fixed_problem(architecture)
     if problem:
         raise CheckpointError(f"checkpoint file {path}: {problem}")
+
+
+# ------------------------------------------------------------------------------ transformers checkpoints
+HF_WEIGHT_PATTERNS = ("model.safetensors", "model-*.safetensors", "model.safetensors.index.json",
+                      "pytorch_model.bin", "pytorch_model-*.bin", "pytorch_model.bin.index.json")
+# What AutoTokenizer may read from a folder: the files `hf_*` arms hash into their tokenizer fingerprint.
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                      "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
+                      "sentencepiece.bpe.model")
+HF_LAYOUT = ("a transformers checkpoint folder holds config.json, model.safetensors (or pytorch_model.bin) and its "
+             "tokenizer files, as `save_pretrained` writes them")
+
+
+@functools.cache
+def open_hf_checkpoint(source: str) -> Checkpoint:
+    """A transformers checkpoint (for the hf_* arms): its config, refused before anything runs where it needs
+    custom code or names an architecture this transformers does not implement. A hub id is downloaded where
+    there is network (config, weights and tokenizer files, never code); offline it fails within seconds."""
+    folder = local_path(source)
+    if not folder.exists() and looks_like_hub_id(source):
+        folder = download_from_hub(source, ("config.json", *HF_WEIGHT_PATTERNS, *HF_TOKENIZER_FILES),
+                                   fix="checkpoint=<that local folder>")
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint {source}: no such folder; {HF_LAYOUT} (pass its local path, or a hub id "
+                              "where there is network)")
+    if (folder / MANIFEST).is_file():  # its config.json, if any, is the harness's own DNABERT-2 layout
+        raise CheckpointError(f"checkpoint {folder}: a harness checkpoint ({MANIFEST}); fine-tune it with the arm of "
+                              "its model (init= or its pretrained arm), not an hf arm")
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"checkpoint {folder}: no config.json; {HF_LAYOUT}")
+    config = read_json(folder / "config.json", ())
+    check_native_architecture(folder / "config.json", config)
+    if not any(folder.glob(pattern) for pattern in HF_WEIGHT_PATTERNS):
+        raise CheckpointError(f"checkpoint {folder}: config.json but no weights; {HF_LAYOUT}")
+    return Checkpoint(source, folder, "hf", config, "hf")
+
+
+def is_dnabert2_config(config: dict[str, Any]) -> bool:
+    """DNABERT-2's config.json: the published one names its code (auto_map) and the harness's its ALiBi
+    (alibi_starting_size); older or hand-written ones name no model_type. Any other is a native transformers one."""
+    return "auto_map" in config or "alibi_starting_size" in config or "model_type" not in config
+
+
+def check_native_architecture(path: Path, config: dict[str, Any]) -> None:
+    """The config needs no code but transformers' own: no `auto_map`, a `model_type` transformers knows, and not
+    DNABERT-2's layout (ALiBi attention, which transformers' BERT lacks: its weights would not load)."""
+    if is_dnabert2_config(config) and "auto_map" not in config:
+        raise CheckpointError(f"checkpoint file {path}: DNABERT-2's layout, which transformers does not implement "
+                              "natively; use arm dnabert2_pretrained (dnabert2_scratch for its random twin)")
+    if "auto_map" in config:
+        raise CheckpointError(
+            f"checkpoint file {path}: its config names custom code (auto_map: {sorted(config['auto_map'])}), which "
+            "needs trust_remote_code; the harness never runs a checkpoint's own code. For DNABERT-2 use arm "
+            "dnabert2_pretrained (the harness's native implementation of it, which reads this folder); for another "
+            "model, convert the checkpoint to an architecture transformers implements natively (BERT, RoBERTa, "
+            "ESM, ...: a config.json without auto_map) and pass that folder")
+    from transformers import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise CheckpointError(f"checkpoint file {path}: model_type {model_type!r} is not an architecture this "
+                              "transformers implements natively; convert the checkpoint to one it does "
+                              "(BERT, RoBERTa, ESM, ...)")
 
 
 def save_checkpoint(folder: Path, model_name: str, architecture: dict[str, Any], module: nn.Module,

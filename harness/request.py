@@ -32,11 +32,32 @@ SAVE_MODELS = ("none", "best", "all")  # which final models are registered in ML
 
 
 def checkpoint_fits(source: str, arm: Arm) -> bool:
-    """Whether the checkpoint at `source` holds `arm`'s model on its kind of tokens (opens its manifest)."""
+    """Whether the checkpoint at `source` holds `arm`'s model on its kind of tokens (opens its manifest). The hf
+    arms take any native transformers checkpoint; the other arms never take one of those."""
     from .checkpoints import open_checkpoint
+    from .errors import CheckpointError
 
-    ckpt = open_checkpoint(source)
+    if arm.checkpoint_reader == "hf":
+        return hf_checkpoint(source)
+    try:
+        ckpt = open_checkpoint(source)
+    except CheckpointError:
+        if hf_checkpoint(source):  # an ESM, a RoBERTa...: the hf arms'
+            return False
+        raise  # unreadable for every arm: say why
     return (ckpt.model, ckpt.tokenizer) == (arm.model, arm.tokenizer)
+
+
+def hf_checkpoint(source: str) -> bool:
+    """Whether `source` opens as a native transformers checkpoint (the hf arms'; custom code never does)."""
+    from .checkpoints import open_hf_checkpoint
+    from .errors import CheckpointError
+
+    try:
+        open_hf_checkpoint(source)
+    except CheckpointError:
+        return False
+    return True
 
 
 def default_arms(spec: StudySpec, checkpoint: str | None = None, explicit: bool = False) -> tuple[str, ...]:
@@ -55,7 +76,7 @@ def default_arms(spec: StudySpec, checkpoint: str | None = None, explicit: bool 
 
     return tuple(name for name, arm in ARMS.items()
                  if any(space == arm.family or space.startswith(f"{arm.family}_") for space in spec.search_spaces)
-                 and (not arm.requires_checkpoint or concerned(arm)))
+                 and (not (arm.requires_checkpoint or arm.shaped_by_checkpoint) or concerned(arm)))
 
 
 def min_sequence_length(arm: Arm, spec: StudySpec, options: RunOptions) -> tuple[int, str]:
@@ -212,7 +233,7 @@ class RunRequest:
         cap = self.max_length or (self.spec.max_length(task, arm.tokenizer) if task else None)
         source, twin = self.initial(arm)
         return RunOptions(self.runtime, self.tokenizer_for(arm, source), self.spec.bpe_vocab_size, cap, source, twin,
-                          dict(self.pretrain_cost))
+                          dict(self.pretrain_cost), checkpoint_reader=arm.checkpoint_reader)
 
     def tokenizer_for(self, arm: Arm, source: str | None) -> str | None:
         """A BPE arm's tokenizer file: tokenizer= where given; a checkpoint's own where it has one (the study's

@@ -15,7 +15,8 @@ What a logged model holds (nothing pickled; loading runs no code but this file a
     harness (the harness itself, its tests) keeps the one it has;
   - `artifacts/export/`: what `Fitted.export` wrote (harness/arms/base.py): `weights.safetensors` (a torch
     arm's weights, or a scikit-learn arm's learnt arrays), `config.json` (how to rebuild the predictor around
-    them) and, for a BPE arm, its `tokenizer.json`;
+    them) and, for a BPE arm, its `tokenizer.json`; for an hf arm, `backbone/config.json` (its transformers
+    config) and `tokenizer/` (the checkpoint's tokenizer files);
   - the signature, an input example (a few dev sequences) and `requirements.txt`: the installed versions (the
     harness's pins) of the packages prediction imports.
 
@@ -86,7 +87,8 @@ MODEL_NAME = "model"  # the logged model's name in its final run
 EXPORT = "export"  # the pyfunc artifact (a folder) that holds the exported predictor
 SEQUENCE_COLUMN = "sequence"
 # What prediction imports, directly or through harness.arms (optuna and pyyaml: the arms' study checks). Their
-# versions are the harness's pins; training-only packages (matplotlib, transformers, baycomp) stay out.
+# versions are the harness's pins; training-only packages (matplotlib, baycomp) stay out, and transformers too
+# except for the hf arms' models (`prediction_requirements`).
 PREDICTION_PACKAGES = ("torch", "mlflow", "numpy", "pandas", "scikit-learn", "scipy", "safetensors", "tokenizers",
                        "optuna", "pyyaml")
 
@@ -153,7 +155,7 @@ class SklearnPredictor:
 def load_exported(folder: Path, device: str = "auto") -> Predictor:
     """The predictor `Fitted.export` wrote into `folder`."""
     config = json.loads((folder / EXPORT_CONFIG).read_text())
-    loaders = {"torch": load_torch, "sklearn": load_sklearn}
+    loaders = {"torch": load_torch, "sklearn": load_sklearn, "hf": load_hf}
     return loaders[config["kind"]](folder, config, device)
 
 
@@ -178,6 +180,26 @@ def exported_tokenizer(folder: Path, config: dict[str, Any]) -> DNATokenizer:
         raise CheckpointError(f"{folder}: the model was trained with tokenizer {config['tokenizer_fingerprint']}, "
                               f"this harness builds {tokenizer.fingerprint}")
     return tokenizer
+
+
+def load_hf(folder: Path, config: dict[str, Any], device: str) -> TorchPredictor:
+    """An hf arm's classifier (harness/arms/hf.py): the backbone rebuilt from its exported transformers config
+    (`AutoModel.from_config`, no code but transformers'), the head from config.json, then the exported weights;
+    the tokenizer from its exported files (AutoTokenizer), checked against the one it was trained with."""
+    from harness.arms.hf import EXPORT_BACKBONE, EXPORT_TOKENIZER
+    from harness.models.hf import hf_classifier, load_config, random_backbone
+    from harness.tokenizers import HFTokenizer
+
+    tokenizer = HFTokenizer(folder / EXPORT_TOKENIZER)
+    if tokenizer.fingerprint != config["tokenizer_fingerprint"]:
+        raise CheckpointError(f"{folder}: the model was trained with tokenizer {config['tokenizer_fingerprint']}, "
+                              f"its exported files are {tokenizer.fingerprint}")
+    runtime = Runtime.resolve(device)
+    backbone = random_backbone(load_config(folder / EXPORT_BACKBONE))  # placeholder weights, replaced below
+    model = hf_classifier(backbone, config["num_classes"], DEFAULT_DROPOUT, config["pooling"]).to(runtime.device)
+    load_model(model, str(folder / EXPORT_WEIGHTS), strict=True, device=str(runtime.device))
+    model.eval()
+    return TorchPredictor(model, tokenizer, config["max_length"], runtime, config["num_classes"])
 
 
 def load_sklearn(folder: Path, config: dict[str, Any], device: str) -> SklearnPredictor:
@@ -234,13 +256,14 @@ def log_model(fitted: Fitted, input_example: list[str]) -> ModelInfo:
     with tempfile.TemporaryDirectory() as tmp:
         export = Path(tmp) / EXPORT
         fitted.export(export)
-        num_classes = json.loads((export / EXPORT_CONFIG).read_text())["num_classes"]
+        exported = json.loads((export / EXPORT_CONFIG).read_text())
+        num_classes = exported["num_classes"]
         return mlflow.pyfunc.log_model(
             name=MODEL_NAME,
             python_model=__file__,
             artifacts={EXPORT: str(export)},
             code_paths=[str(package_copy(Path(tmp)))],
-            pip_requirements=prediction_requirements(),
+            pip_requirements=prediction_requirements(exported["kind"]),
             signature=signature(num_classes),
             input_example=list(input_example),
         )
@@ -257,11 +280,13 @@ def package_copy(folder: Path) -> Path:
     return Path(shutil.copytree(source, folder / source.name, ignore=shutil.ignore_patterns("__pycache__")))
 
 
-def prediction_requirements() -> list[str]:
-    """The versions installed here (the harness's pins, pyproject.toml / conda.yaml) of PREDICTION_PACKAGES: read
-    from each package, since under `mlflow run` with conda the harness itself is not an installed package."""
+def prediction_requirements(kind: str = "torch") -> list[str]:
+    """The versions installed here (the harness's pins, pyproject.toml / conda.yaml) of PREDICTION_PACKAGES (and
+    transformers for an hf arm's model, whose network is transformers'): read from each package, since under
+    `mlflow run` with conda the harness itself is not an installed package."""
+    packages = PREDICTION_PACKAGES + (("transformers",) if kind == "hf" else ())
     # Without a local version label (torch's `+cpu`, `+cu126`): the serving machine picks its own build.
-    return [f"{name}=={importlib.metadata.version(name).split('+')[0]}" for name in PREDICTION_PACKAGES]
+    return [f"{name}=={importlib.metadata.version(name).split('+')[0]}" for name in packages]
 
 
 def register(model_uri: str, name: str, tags: dict[str, str]) -> ModelVersion:

@@ -67,7 +67,8 @@ def cell_status(one: RunRequest, storage: optuna.storages.BaseStorage) -> CellSt
     (arm,), (task,) = one.arms, one.tasks
     try:  # arm@sha, arm~sha: their own studies (the variant needs the checkpoint, not the tokenizer)
         source, twin = one.initial(ARMS.get(arm))
-        variant = ARMS.get(arm).variant(RunOptions(CPU, init=source, twin=twin))
+        variant = ARMS.get(arm).variant(RunOptions(CPU, init=source, twin=twin,
+                                                   checkpoint_reader=ARMS.get(arm).checkpoint_reader))
     except InputError as err:  # the checkpoint is not reachable from here (offline login node): say so
         log.warning("%s | %s: status unknown: %s", arm, task, err)
         return CellStatus(arm, task, "unknown", 0, 0, 0)

@@ -6,13 +6,18 @@ every sequence as ``[CLS] tokens [SEP]``, as DNABERT-2's published tokenizer doe
   char  single nucleotides: A C G T N = 5..9
   bpe   byte-pair encoding from the `tokenizers` library, trained on a task's training split at a
         given vocabulary size, or loaded from a tokenizer.json (e.g. DNABERT-2's published one)
+
+except `HFTokenizer` (the hf_* arms): a transformers checkpoint's own tokenizer (`AutoTokenizer`), with its
+own special tokens and ids (Nucleotide Transformer: 6-mers; GROVER: BPE).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -128,6 +133,79 @@ class BPETokenizer:
 
     def save(self, path: Path) -> None:
         self._tok.save(str(path))
+
+
+class HFTokenizer:
+    """A transformers checkpoint's tokenizer (`AutoTokenizer.from_pretrained(folder)`, never its custom code) as
+    a DNATokenizer: each sequence wrapped in the tokenizer's own special tokens (e.g. <cls> ... for ESM,
+    [CLS] ... [SEP] for BERT). Its fingerprint is the sha256 of the tokenizer files it was read from, so that
+    the same files give the same tokens, and cache entries, wherever they lie."""
+
+    name = "hf"
+
+    def __init__(self, folder: str | Path) -> None:
+        from transformers import AutoTokenizer
+
+        from .checkpoints import HF_TOKENIZER_FILES
+        from .errors import CheckpointError
+
+        self.folder = Path(folder)
+        self.files = [self.folder / f for f in HF_TOKENIZER_FILES if (self.folder / f).is_file()]
+        if not self.files:
+            raise CheckpointError(f"checkpoint {self.folder} has no tokenizer files (one of "
+                                  f"{', '.join(HF_TOKENIZER_FILES)}); save its tokenizer with save_pretrained beside it")
+        try:
+            self._tok = AutoTokenizer.from_pretrained(str(self.folder))
+        except (ValueError, OSError) as err:  # a tokenizer that needs custom code, or a broken file
+            raise CheckpointError(f"checkpoint {self.folder}: AutoTokenizer cannot load its tokenizer without custom "
+                                  f"code ({str(err).splitlines()[0][:300]})") from None
+        if self._tok.pad_token_id is None:
+            raise CheckpointError(f"checkpoint {self.folder}: its tokenizer has no padding token, which batches need")
+        self.pad_id = int(self._tok.pad_token_id)
+        self.vocab_size = len(self._tok)  # added tokens included
+        self.check_reads_dna()
+
+    def check_reads_dna(self) -> None:
+        """A tokenizer that lower-cases (BERT's default) or lacks nucleotides would read DNA as unknown tokens."""
+        from .errors import CheckpointError
+
+        ids = self.encode(["ACGTTGCAACGGTTAACCGTATGC"])[0]
+        content = [i for i in ids if i not in self._tok.all_special_ids]
+        if not content or all(i == self._tok.unk_token_id for i in content):
+            raise CheckpointError(f"checkpoint {self.folder}: its tokenizer reads upper-case DNA (ACGTN) as unknown "
+                                  "tokens only (does it lower-case? is its vocabulary DNA?)")
+
+    def encode(self, sequences: list[str]) -> list[np.ndarray]:
+        encoded = self._tok(list(sequences), add_special_tokens=True, return_attention_mask=False,
+                            verbose=False)["input_ids"]
+        return [np.asarray(ids, dtype=np.int32) for ids in encoded]
+
+    @property
+    def model_max_length(self) -> int | None:
+        """The tokenizer's own cap, where it declares one (transformers' default is a huge placeholder)."""
+        cap = self._tok.model_max_length
+        return int(cap) if cap and cap < 1_000_000 else None
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for path in sorted(self.files):  # each file's name and length delimit its content
+            content = path.read_bytes()
+            digest.update(f"{path.name}\0{len(content)}\0".encode())
+            digest.update(content)
+        return "hf-" + digest.hexdigest()[:16]
+
+    def save(self, path: Path) -> None:
+        """Copy the tokenizer files into the folder `path`: the same files, the same fingerprint."""
+        path.mkdir(parents=True, exist_ok=True)
+        for file in self.files:
+            shutil.copyfile(file, path / file.name)
+
+
+@functools.cache
+def hf_tokenizer(folder: str) -> HFTokenizer:
+    """One HFTokenizer per checkpoint folder and process (reading one takes a moment; every trial uses it)."""
+    return HFTokenizer(folder)
 
 
 def trained_bpe(train: Split, vocab_size: int) -> BPETokenizer:

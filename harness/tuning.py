@@ -96,6 +96,8 @@ def run_config(cell: Cell) -> dict[str, Any]:
         # The weights' sha, not their source: a hub id and a local copy of it are the same checkpoint.
         "init": None if options.checkpoint is None else {"weights_sha256": options.checkpoint.fingerprint,
                                                          "weights": "random (twin)" if options.twin else "loaded"},
+        # An hf arm's tokenizer is its checkpoint folder's files, which the weights' sha does not cover.
+        **({"tokenizer_sha": arm.tokenizer_sha(cell.task, options)} if arm.checkpoint_reader == "hf" else {}),
     }
 
 

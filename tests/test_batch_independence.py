@@ -78,8 +78,14 @@ def fitted(task: TaskData, tmp_path_factory: pytest.TempPathFactory):
             arm = ARMS.get(name)
             required, _ = arm.hyperparameters
             assert set(required) <= set(TINY), f"add a tiny value for {set(required) - set(TINY)} to TINY"
-            init = tiny_checkpoint(arm, task, tmp_path_factory.mktemp(name)) if arm.requires_checkpoint else None
-            options = RunOptions(BATCHED, bpe_vocab_size=BPE_VOCAB, init=init)
+            if arm.checkpoint_reader == "hf":  # a transformers masked LM, pretrained or its random-weight twin
+                from test_hf_arms import tiny_bert
+
+                options = RunOptions(BATCHED, init=str(tiny_bert(tmp_path_factory.mktemp(name))),
+                                     twin=not arm.requires_checkpoint, checkpoint_reader="hf")
+            else:
+                init = tiny_checkpoint(arm, task, tmp_path_factory.mktemp(name)) if arm.requires_checkpoint else None
+                options = RunOptions(BATCHED, bpe_vocab_size=BPE_VOCAB, init=init)
             done[name] = arm.fit(task, TINY, 0, Budget(1, None), options)
         return done[name]
 

@@ -287,7 +287,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch, bug):
 
 def test_unknown_arm_and_bad_parameters(workdir, tiny_study, capsys):
     assert main(["run", "--arm", "gpt5", "--study", str(tiny_study)]) == 2
-    assert "unknown arm 'gpt5'; registered: convnova_bpe, convnova_char, dnabert2_char_scratch, dnabert2_pretrained, dnabert2_scratch, kmer_logreg, onehot_logreg, unet_bpe, unet_char" in capsys.readouterr().err
+    assert "unknown arm 'gpt5'; registered: convnova_bpe, convnova_char, dnabert2_char_scratch, dnabert2_pretrained, dnabert2_scratch, hf_pretrained, hf_scratch, kmer_logreg, onehot_logreg, unet_bpe, unet_char" in capsys.readouterr().err
     assert main(["run", "--arm", "unet_char", "--study", str(tiny_study), "--n-trials", "two"]) == 2
     assert "n_trials must be an integer" in capsys.readouterr().err
     for arms in ("", "unet_char,kmer_logreg"):  # run takes exactly one arm (an empty -P arm= is not "all")

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 from optuna.distributions import distribution_to_json
 
-from ..checkpoints import Checkpoint, open_checkpoint
+from ..checkpoints import Checkpoint, open_checkpoint, open_hf_checkpoint
 from ..data import TaskData
 from ..errors import ParameterError, StudyError
 from ..hyperparameters import distribution_problem, fixed_problem, value_problem
@@ -59,10 +59,15 @@ class RunOptions:
     # Micro-batches per optimiser step (torch arms; the k-mer arm ignores it). Not a hyperparameter: the tuner
     # raises it when a fit runs out of memory, keeping the batch size.
     grad_accumulation: int = 1
+    # How `init` is read: "harness" (a harness or DNABERT-2 folder, checkpoints.open_checkpoint) or "hf" (any
+    # native transformers folder, checkpoints.open_hf_checkpoint): the arm's `checkpoint_reader`.
+    checkpoint_reader: str = "harness"
 
     @property
     def checkpoint(self) -> Checkpoint | None:
-        return open_checkpoint(self.init) if self.init else None
+        if not self.init:
+            return None
+        return open_hf_checkpoint(self.init) if self.checkpoint_reader == "hf" else open_checkpoint(self.init)
 
     @property
     def pretrained(self) -> bool:
@@ -107,6 +112,10 @@ class Arm:
     neural: bool = True  # trained by train.fit epoch by epoch; can be pretrained and start from a checkpoint
     requires_checkpoint: bool = False  # checkpoint= is the point of the arm (dnabert2_pretrained)
     stand_in: str = ""  # an arm of the same architecture that needs no checkpoint: what `plan` times instead
+    # A scratch arm that has no architecture of its own (hf_scratch): checkpoint= gives its network and tokenizer,
+    # never its weights, so it runs only where a checkpoint concerns it.
+    shaped_by_checkpoint: bool = False
+    checkpoint_reader: str = "harness"  # how its checkpoint folder is read (RunOptions.checkpoint_reader)
 
     @property
     def hyperparameters(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -202,17 +211,25 @@ class Arm:
         """Every value the space's distributions can produce, and every fixed value, in its hyperparameter's
         range (harness/hyperparameters.py), so that nonsense fails before trial 0 rather than mid-study."""
         for name, dist in spec.space(space).items():
-            problem = distribution_problem(name, dist)
+            problem = self.distribution_problem(name, dist)
             if problem:
                 raise StudyError(f"{spec.path}: search_spaces.{space}.{name}: {problem}")
         fixed = spec.fixed.get(space, {})
         for name, value in fixed.items():
-            problem = value_problem(name, value)
+            problem = self.value_problem(name, value)
             if problem:
                 raise StudyError(f"{spec.path}: search_spaces.{space}.fixed.{name}: {problem}")
         problem = fixed_problem(fixed)
         if problem:
             raise StudyError(f"{spec.path}: search_spaces.{space}.fixed: {problem}")
+
+    def distribution_problem(self, name: str, dist: Any) -> str | None:
+        """Why the study's distribution for `name` cannot serve this arm (hyperparameters.RULES), or None."""
+        return distribution_problem(name, dist)
+
+    def value_problem(self, name: str, value: Any) -> str | None:
+        """Why a fixed value of `name` cannot serve this arm (hyperparameters.RULES), or None."""
+        return value_problem(name, value)
 
     def fit(self, task: TaskData, params: dict[str, Any], seed: int, budget: Budget, options: RunOptions,
             on_epoch: EpochCallback | None = None) -> Fitted:

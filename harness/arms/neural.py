@@ -73,6 +73,8 @@ class TorchFitted:
 
 
 class TorchArm(Arm):
+    fitted_class = TorchFitted  # what `fit` returns (the hf arms export their own way)
+
     @property
     def hyperparameters(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return ("lr", "batch_size"), ("weight_decay", "warmup_ratio", "dropout", *self.architecture_keys)
@@ -175,4 +177,4 @@ class TorchArm(Arm):
             grad_accumulation=options.grad_accumulation,
         )
         result = train.fit(model, train_split, dev_split, tok.pad_id, cfg, options.runtime, on_epoch)
-        return TorchFitted(model, tok, task, options, result, architecture, self.model)
+        return self.fitted_class(model, tok, task, options, result, architecture, self.model)
