@@ -18,7 +18,7 @@ import subprocess
 import time
 import urllib.parse
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -523,7 +523,8 @@ def run(name: str, tags: dict[str, Any], nested: bool = False, run_id: str | Non
 def log_params(params: dict[str, Any]) -> None:
     """Nested settings as one parameter each (`sampler.seed`, `search_space.lr`), so that the UI shows values,
     not JSON inside JSON."""
-    mlflow.log_params({k: str(v)[:PARAM_LIMIT] for k, v in flat_params(params).items()})
+    flat = {k: str(v)[:PARAM_LIMIT] for k, v in flat_params(params).items()}
+    retry_lost_race(lambda: mlflow.log_params(flat))
 
 
 def flat_params(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -573,18 +574,28 @@ def log_datasets(datasets: dict[str, Any], splits: tuple[str, ...] = ("train", "
         log_input_once(datasets[name], name)
 
 
-def log_input_once(dataset: Any, context: str, attempts: int = 5) -> None:
-    """`mlflow.log_input`, retried when another worker inserted the same dataset a moment before: MLflow's SQL store
-    looks the dataset up, then inserts it, and the loser of two workers racing between the two steps gets a
-    unique-constraint error (seen with two workers on sqlite); the next attempt finds the row and links to it."""
+def log_input_once(dataset: Any, context: str) -> None:
+    def log() -> None:
+        with warnings.catch_warnings():  # MLflow's hint that integer columns cannot hold missing values
+            warnings.simplefilter("ignore", UserWarning)
+            mlflow.log_input(dataset, context=context)
+
+    retry_lost_race(log)
+
+
+RACE = re.compile(r"UNIQUE constraint|duplicate key|Duplicate entry")  # sqlite, PostgreSQL, MySQL
+
+
+def retry_lost_race(call: Callable[[], None], attempts: int = 5) -> None:
+    """`call` (an MLflow write that several workers make alike), retried when another worker made the same write a
+    moment before: MLflow's SQL store looks a row up, then inserts it, and the loser of two workers racing between
+    the two steps gets a unique-constraint error (seen with two workers on sqlite: the parent run's parameters, a
+    task's datasets); the next attempt finds the row (the same value) and goes on."""
     for attempt in range(attempts):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                mlflow.log_input(dataset, context=context)
-            return
+            return call()
         except mlflow.exceptions.MlflowException as err:
-            if attempt == attempts - 1 or not re.search(r"UNIQUE constraint|duplicate key", str(err)):
+            if attempt == attempts - 1 or not RACE.search(str(err)):
                 raise
             time.sleep(0.2 * (attempt + 1))
 

@@ -110,7 +110,8 @@ def start_worker(root: Path, storage: str, tracking_uri: str, n_trials: int, see
 
 
 def kill_mid_trial(storage: str, pid: int, timeout: float = 180) -> int:
-    """SIGKILL worker `pid` while one of its trials is running with at least one epoch reported."""
+    """SIGKILL worker `pid` while one of its trials is running inside its MLflow run (its run id recorded). Not
+    "after an epoch was reported": a trial the pruner stops at its first report leaves no time to see that."""
     me = f"{socket.gethostname()}:{pid}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -119,7 +120,7 @@ def kill_mid_trial(storage: str, pid: int, timeout: float = 180) -> int:
         except KeyError:
             trials = []
         for t in trials:
-            if t.state == TrialState.RUNNING and t.user_attrs.get("worker") == me and t.intermediate_values:
+            if t.state == TrialState.RUNNING and t.user_attrs.get("worker") == me and "mlflow_run_id" in t.user_attrs:
                 os.kill(pid, signal.SIGKILL)
                 return t.number
         time.sleep(0.1)
@@ -337,3 +338,31 @@ def test_setup_activates_an_experiment_another_worker_just_created(workdir, monk
     with mlflow.start_run() as run:
         pass
     assert run.info.experiment_id == experiment_id == MlflowClient().get_experiment_by_name("raced").experiment_id
+
+
+def test_an_mlflow_write_lost_to_another_worker_is_retried_and_other_errors_are_not(monkeypatch):
+    """Two workers logging the same parameters or dataset race in MLflow's look-up-then-insert: the loser's
+    unique-constraint error is retried (the row is there by then); any other MLflow error propagates at once."""
+    from mlflow.exceptions import MlflowException
+
+    from harness import tracking
+
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    calls = []
+
+    def loses_once() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: params.key, params.run_uuid")
+
+    tracking.retry_lost_race(loses_once)
+    assert len(calls) == 2
+
+    def broken() -> None:
+        calls.append(1)
+        raise MlflowException("RESOURCE_DOES_NOT_EXIST: run 'x' not found")
+
+    calls.clear()
+    with pytest.raises(MlflowException, match="not found"):
+        tracking.retry_lost_race(broken)
+    assert len(calls) == 1  # negative control: not retried
