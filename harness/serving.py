@@ -37,7 +37,7 @@ from checkpoint 1a2b3c4d), `gue.dnabert2_scratch~1a2b3c4d.prom_prom_300_tata` (i
 
 `save_models=best`: every final seed logs its model (seeds may run in different worker processes); once all
 have finished, the registering process finds each seed's model from its run (`logged_model_id`,
-`logged_model_uri`), registers the seed with the best dev MCC (test never chooses) and deletes the others'
+`model_uri`), registers the seed with the best dev MCC (test never chooses) and deletes the others'
 logged models (`discard`). Deleting only marks them deleted; `mlflow gc` (or `mlflow gc --logged-model-ids
 <id,...>`) removes their artifacts for good. Their runs keep every metric.
 """
@@ -305,21 +305,16 @@ def logged_model_id(run: Run) -> str | None:
     return found[0].model_id if found else None
 
 
-def logged_model_uri(run: Run) -> str:
-    """`models:/<model id>` of the model a final run logged: what `register` takes."""
-    model_id = logged_model_id(run)
-    if model_id is None:
-        raise RuntimeError(f"run {run.info.run_id} logged no model named {MODEL_NAME!r}")
+def model_uri(model_id: str) -> str:
+    """`models:/<model id>` of a logged model: what `register` takes."""
     return f"models:/{model_id}"
 
 
-def discard(run: Run) -> None:
-    """Delete the model a final run logged and that was not registered (`save_models=best`: every seed but the
-    best). Its run keeps its metrics and other artifacts; the model is only marked deleted, and `mlflow gc` (or
-    `mlflow gc --logged-model-ids <id>`) removes its files for good."""
-    model_id = logged_model_id(run)
-    if model_id is not None:
-        MlflowClient().delete_logged_model(model_id)
+def discard(model_id: str) -> None:
+    """Delete a final run's logged model that was not registered (`save_models=best`: every seed but the best).
+    Its run keeps its metrics and other artifacts; the model is only marked deleted, and `mlflow gc` (or
+    `mlflow gc --logged-model-ids <id>`) removes its files for good. Deleting it twice is not an error."""
+    MlflowClient().delete_logged_model(model_id)
 
 
 # MLflow loads a logged model by running this file (models from code) and taking the object set here; its

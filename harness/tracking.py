@@ -600,12 +600,12 @@ def retry_lost_race(call: Callable[[], None], attempts: int = 5) -> None:
             time.sleep(0.2 * (attempt + 1))
 
 
-def source_tags(command: str) -> dict[str, str]:
+def source_tags(command: str, commit: str) -> dict[str, str]:
     """MLflow's Source column: the harness's command (`run`, `sweep`, from the command line as run), PROJECT under
     `mlflow run` (else LOCAL), and the commit."""
     words = command.split()
     entry = next((w for w in words[1:] if w in ("run", "sweep")), "run")
-    commit = git_commit().split("+")[0]
+    commit = commit.split("+")[0]  # git_commit()'s, without its +dirty mark
     return {Tag.SOURCE_NAME: f"dna-harness {entry}", Tag.SOURCE_TYPE: "PROJECT" if LAUNCHER else "LOCAL",
             **({Tag.SOURCE_GIT_COMMIT: commit} if re.fullmatch(r"[0-9a-f]{40}", commit) else {})}
 

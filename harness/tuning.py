@@ -380,7 +380,8 @@ def tune_cell(cell: Cell, storage: RDBStorage, experiment_id: str) -> None:
                 Tag.STAGE: Stage.STUDY}
     uid, provenance = study.user_attrs["study_uid"], request.provenance()
     factors = {**arm.tags(cell.options), **cell.factors()}
-    source = {**tracking.source_tags(request.command), Tag.RUN_COLOR: arm_color(arm.name)}
+    source = {**tracking.source_tags(request.command, provenance[Tag.GIT_COMMIT]),
+              Tag.RUN_COLOR: arm_color(arm.name)}
     tags = {**identity, **factors, **provenance, **source, Tag.OPTUNA_STUDY: study.study_name, Tag.STUDY_UID: uid,
             Tag.TASK_SOURCE: task.source, Tag.NOTE: f"running: {budget_line(cell)}"}
     done_before = workers.counted_trials(study)
@@ -535,7 +536,8 @@ def register_models(cell: Cell, parent_id: str, finals: list[Run]) -> None:
     parent = MlflowClient().get_run(parent_id)
     if Tag.REGISTERED_MODEL in parent.data.tags:
         return
-    with_model = [r for r in finals if serving.logged_model_id(r) is not None]
+    model_ids = {r.info.run_id: serving.logged_model_id(r) for r in finals}  # searched once per seed
+    with_model = [r for r in finals if model_ids[r.info.run_id] is not None]
     best = max(finals, key=lambda r: (r.data.metrics[Metric.DEV_MCC], -int(r.data.tags[Tag.SEED])))
     chosen = with_model if cell.request.save_models == "all" else [best] if best in with_model else []
     if not chosen:
@@ -550,14 +552,14 @@ def register_models(cell: Cell, parent_id: str, finals: list[Run]) -> None:
         if done:
             versions.append(f"{name}/{min(int(v.version) for v in done)}")
             continue
-        version = serving.register(serving.logged_model_uri(run), name, {
+        version = serving.register(serving.model_uri(model_ids[run.info.run_id]), name, {
             Tag.STUDY: cell.spec.name, Tag.VARIANT: cell.variant, Tag.TASK: cell.task.name,
             Tag.SEED: run.data.tags[Tag.SEED], Metric.DEV_MCC: f"{run.data.metrics[Metric.DEV_MCC]:.4f}",
             "mlflow_run_id": run.info.run_id})
         versions.append(f"{name}/{version.version}")
     for run in with_model:
         if run not in chosen:
-            serving.discard(run)
+            serving.discard(model_ids[run.info.run_id])
     tracking.set_tags({Tag.REGISTERED_MODEL: ", ".join(versions)})
     log.info("%s | registered %s (%s): mlflow.pyfunc.load_model('models:/%s').predict([\"ACGT...\"])", cell.label,
              ", ".join(versions), "best final seed by dev MCC" if cell.request.save_models == "best" else "every seed",

@@ -84,7 +84,7 @@ def test_registered_model_scores_raw_dna_as_the_fitted_arm(arm, registry, tiny_g
     name = serving.registered_model_name("smoke", f"{arm}@1a2b3c4d", task.name)
     run_id, version = log_and_register(fitted, task, name)
     assert int(version.version) == 1 and version.tags == {"arm": "test"}
-    assert serving.logged_model_uri(MlflowClient().get_run(run_id)) == version.source
+    assert serving.model_uri(serving.logged_model_id(MlflowClient().get_run(run_id))) == version.source
 
     model = mlflow.pyfunc.load_model(f"models:/{name}/1")
     expected = fitted.predict("test")  # the in-memory arm on the (normalised) test split
@@ -156,16 +156,16 @@ def test_best_mode_finds_each_seeds_model_from_its_run_and_discards_the_unregist
     locations = [Path(client.get_logged_model(i).artifact_location) for i in ids]
 
     name = serving.registered_model_name("smoke", "kmer_logreg", task.name)
-    version = serving.register(serving.logged_model_uri(runs[1]), name, tags={"seed": "1"})
+    version = serving.register(serving.model_uri(ids[1]), name, tags={"seed": "1"})
     assert version.source == f"models:/{ids[1]}" and version.tags == {"seed": "1"}
-    for run in (runs[0], runs[2]):
-        serving.discard(run)
+    for model_id in (ids[0], ids[2]):
+        serving.discard(model_id)
     # Discarded models are no longer found, from their runs or by search; the registered one is.
     assert [serving.logged_model_id(r) for r in runs] == [None, ids[1], None]
     experiment = mlflow.get_experiment_by_name("serving").experiment_id
     assert [m.model_id for m in client.search_logged_models([experiment])] == [ids[1]]
     assert mlflow.pyfunc.load_model(f"models:/{name}/1").predict(task.test.sequences[:4]).shape == (4, 3)
-    serving.discard(runs[0])  # discarding again is a no-op, not an error
+    serving.discard(ids[0])  # discarding again is a no-op, not an error
 
     # Deleting only marked them; `mlflow gc` removes a discarded model's artifacts for good.
     assert all(location.is_dir() for location in locations)
