@@ -25,6 +25,7 @@ from harness.schema import (
     TEST_METRICS,
     Artifact,
     Metric,
+    Mode,
     Stage,
     Tag,
     overlap_metric,
@@ -44,8 +45,8 @@ class Results:
     tracking_uri: str  # redacted
     metric: str
     runs: pd.DataFrame  # one row per (arm, task, seed): metrics and cost of a finished final run
-    cells: pd.DataFrame  # one row per (arm, task): mean, sd, seeds, tuning and final compute
-    arms: pd.DataFrame  # one row per arm variant: base arm, family, model, tokenizer, init
+    cells: pd.DataFrame  # one row per (arm, task): mean, sd, seeds, compute (tuning, finals, embedding pass)
+    arms: pd.DataFrame  # one row per arm variant: base arm, family, model, tokenizer, init, mode
     exclusions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["what", "reason"]))
     studies: list[str] = field(default_factory=list)
     commits: list[str] = field(default_factory=list)
@@ -190,10 +191,21 @@ def drop_duplicate_seeds(runs: pd.DataFrame, excluded: list[dict[str, str]]) -> 
     return runs[~dup].sort_values(["arm", "task", "seed"]).reset_index(drop=True)
 
 
+# Tags an older harness did not write, and what its runs did: they all fine-tuned. Read so, they keep their
+# contrasts (an unrecorded factor cannot be shown equal, so it would leave every task out of them).
+UNRECORDED_MEANS = {Tag.MODE: Mode.FINETUNE}
+
+
+def tags_of(run: Run, keys) -> dict[str, str]:
+    """`keys` of a run's tags, "" where not recorded, but for the tags whose absence has a known meaning."""
+    tags = {k: run.data.tags.get(k, "") for k in keys}
+    return {k: v or UNRECORDED_MEANS.get(k, "") for k, v in tags.items()}
+
+
 def arm_table(parents: list[Run]) -> pd.DataFrame:
     rows = {}
     for p in parents:
-        rows[variant_of(p)] = {k: p.data.tags.get(k, "") for k in ARM_TAGS}
+        rows[variant_of(p)] = tags_of(p, ARM_TAGS)
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant").sort_index()
 
 
@@ -202,10 +214,11 @@ PARENT_TAGS = (*FACTORS, Tag.SEARCH_SPACE, Tag.TUNING_BOUNDARY, Tag.TUNING_BOUND
 
 def parent_table(parents: list[Run]) -> pd.DataFrame:
     """Per (arm variant, task): the factors its parent run recorded (what a contrast may vary or must hold
-    equal), how well it was tuned, and where it ran. A factor an older run did not record is ""."""
+    equal), how well it was tuned, and where it ran. A factor an older run did not record is "" (its mode:
+    finetune, UNRECORDED_MEANS)."""
     overlaps = [overlap_metric(overlap_pair(a, b, kind)) for a, b in OVERLAP_PAIRS for kind in ("exact", "contained")]
     numbers = [Tag.BEST_EPOCH_AT_CAP, *overlaps]
-    rows = [{"arm": variant_of(p), "task": p.data.tags[Tag.TASK], **{k: p.data.tags.get(k, "") for k in PARENT_TAGS},
+    rows = [{"arm": variant_of(p), "task": p.data.tags[Tag.TASK], **tags_of(p, PARENT_TAGS),
              **{n: parent_number(p, n) for n in numbers}} for p in parents]
     return pd.DataFrame(rows, columns=["arm", "task", *PARENT_TAGS, *numbers])
 
@@ -266,7 +279,13 @@ def cell_table(runs: pd.DataFrame, metric: str, tuning: pd.DataFrame,
     probabilities on every test sequence are identical replicates (a deterministic solver such as kmer_logreg
     ignores the seed): they are one observation, so the cell counts one seed (n_seeds = 1, no sd); n_runs
     keeps the number of final runs. The probabilities keep a model that collapsed to one class on every seed
-    (the same MCC of 0, different weights) from passing for a deterministic one."""
+    (the same MCC of 0, different weights) from passing for a deterministic one.
+
+    Compute: tuning_seconds/flops (every trial), final_seconds/flops (every final seed), embed_seconds/flops (a
+    probed cell's frozen-backbone pass over its splits, which its trials and seeds share: each final run carries
+    the cell's value, so it is taken once; 0 for a fine-tuned cell), and compute_seconds/flops, their sum."""
+    # Runs of an older harness (or tables built by hand) have no embedding columns: nothing was embedded.
+    runs = runs.assign(**{m: math.nan for m in (Metric.EMBED_SECONDS, Metric.EMBED_FLOPS) if m not in runs})
     g = runs.groupby(["arm", "task"])
     cells = g.agg(n_runs=("seed", "size"),
                   **{f"{m}_mean": (m, "mean") for m in TEST_METRICS},
@@ -274,7 +293,9 @@ def cell_table(runs: pd.DataFrame, metric: str, tuning: pd.DataFrame,
                   final_seconds=("train_seconds", "sum"), final_flops=("flops", "sum"),
                   params=(Metric.PARAMS, "first"), pretrain_seconds=("pretrain_seconds", "first"),
                   pretrain_flops=("pretrain_flops", "first"),
-                  pretrain_gpu_hours=("pretrain_gpu_hours", "first")).reset_index()
+                  pretrain_gpu_hours=("pretrain_gpu_hours", "first"),
+                  embed_seconds=(Metric.EMBED_SECONDS, "first"),
+                  embed_flops=(Metric.EMBED_FLOPS, "first")).reset_index()
     identical = g[list(TEST_METRICS)].agg(lambda x: x.round(12).nunique(dropna=False) == 1).all(axis=1)
     # How many different values of the compared metric the seeds gave: 1 of 3 is one observation, not three
     # with a standard deviation of 0 (the report says so instead of printing ± 0.000).
@@ -286,8 +307,9 @@ def cell_table(runs: pd.DataFrame, metric: str, tuning: pd.DataFrame,
         cells.loc[cells["identical_replicates"], f"{m}_sd"] = math.nan
     cells = cells.merge(tuning, on=["arm", "task"], how="left")
     cells[["trials_run", "tuning_seconds", "tuning_flops"]] = cells[["trials_run", "tuning_seconds", "tuning_flops"]].fillna(0)
-    # What this arm's number on this task cost, tuning and final seeds together (pretraining apart).
-    cells["compute_seconds"] = cells["tuning_seconds"] + cells["final_seconds"]
-    cells["compute_flops"] = cells["tuning_flops"] + cells["final_flops"]
+    cells[["embed_seconds", "embed_flops"]] = cells[["embed_seconds", "embed_flops"]].fillna(0)
+    # What this arm's number on this task cost: tuning, final seeds, the embedding pass once (pretraining apart).
+    cells["compute_seconds"] = cells["tuning_seconds"] + cells["final_seconds"] + cells["embed_seconds"]
+    cells["compute_flops"] = cells["tuning_flops"] + cells["final_flops"] + cells["embed_flops"]
     cells["score_mean"], cells["score_sd"] = cells[f"{metric}_mean"], cells[f"{metric}_sd"]
     return cells

@@ -4,15 +4,21 @@ The study's questions are asked by default, from the arm variants present. Each 
 factors its question is about (schema.FACTORS, recorded on every parent run); on each task every other factor
 must be equal, or the task is left out with the factor that differs (exclusions.csv), and a contrast with no
 such task is not evaluated:
-  pretraining        a variant fine-tuned from a checkpoint − a scratch variant of the same model and
-                     tokenizer kind (e.g. dnabert2_pretrained − dnabert2_scratch~<sha>, its twin: the
-                     checkpoint's architecture and tokenizer from random weights). Varies: init.
-  bpe                the BPE variant − the single-nucleotide variant of a model, both from scratch. Varies: the
-                     tokenizer and what it forces: the embedding and the token-scaled design (architecture_sha),
-                     the token cap (max_length).
-  architecture       each transformer − each CNN, both from scratch, same tokenizer. Varies: model, architecture.
-  pretrained_vs_cnn  question 1 as posed: each pretrained transformer − each CNN trained from scratch, the
-                     systems as one would use them (their own tokenizers), pretraining cost counted. Varies:
+  pretraining        a variant trained from a checkpoint − a scratch variant of the same model, tokenizer kind
+                     and mode (e.g. dnabert2_pretrained − dnabert2_scratch~<sha>, its twin: the checkpoint's
+                     architecture and tokenizer from random weights; hf_pretrained@<sha>+probe −
+                     hf_scratch~<sha>+probe, both probed). Varies: init.
+  probing            a fine-tuned variant − the same variant probed (its name + `+probe`: the backbone frozen, a
+                     head trained on its embeddings), e.g. hf_pretrained@<sha> − hf_pretrained@<sha>+probe. Varies:
+                     mode, and the architecture digest (the head differs between the modes); the checkpoint,
+                     tokenizer, token cap, budget, precision and data are the same.
+  bpe                the BPE variant − the single-nucleotide variant of a model, both from scratch and fine-tuned.
+                     Varies: the tokenizer and what it forces: the embedding and the token-scaled design
+                     (architecture_sha), the token cap (max_length).
+  architecture       each transformer − each CNN, both from scratch and fine-tuned, same tokenizer. Varies: model,
+                     architecture.
+  pretrained_vs_cnn  question 1 as posed: each fine-tuned pretrained transformer − each CNN trained from scratch,
+                     the systems as one would use them (their own tokenizers), pretraining cost counted. Varies:
                      model, architecture, init, tokenizer, max_length.
   exploratory        every other pair of arm variants present (no named contrast between them), so that a report
                      for any set of arms compares something. Varies: any factor of the model; the report names
@@ -20,6 +26,8 @@ such task is not evaluated:
                      down to one factor. Holm's adjustment runs over the exploratory pairs apart from the named
                      contrasts, so adding arms never weakens the named questions.
 Never varied by any contrast: the budget (n_trials, max_epochs, patience, seeds), the precision and the data.
+A run without a mode tag (an older harness) fine-tuned: collect reads it as `finetune`. Only the probing contrast
+varies the mode, so a probed variant meets the fine-tuned ones elsewhere only as an exploratory pair.
 A one-pass estimator (kmer_logreg: one scikit-learn fit, precision n/a) has one "epoch" by construction, so its
 epoch cap and patience say nothing about the budget it had; they are not compared (its trials and seeds are).
 A study file adds its own under `analysis: contrasts: [{a: ARM, b: ARM, name: ..., varies: [factor, ...]}]`
@@ -36,7 +44,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from harness.schema import FACTORS, MODEL_FACTORS, NOT_APPLICABLE, Init, Tag
+from harness.schema import (
+    FACTORS,
+    MODEL_FACTORS,
+    NOT_APPLICABLE,
+    PROBE_SUFFIX,
+    Init,
+    Mode,
+    Tag,
+)
 
 from . import stats
 from .collect import Results
@@ -45,6 +61,8 @@ DIFF_DECIMALS = 10  # float noise must not break ties between equal differences
 
 VARIES = {
     "pretraining": frozenset({Tag.INIT}),
+    # The probe's head is not the fine-tuned model's, so the architecture digest may differ with the mode.
+    "probing": frozenset({Tag.MODE, Tag.ARCHITECTURE_SHA}),
     "bpe": frozenset({Tag.TOKENIZER_SHA, Tag.ARCHITECTURE_SHA, Tag.MAX_LENGTH}),
     "architecture": frozenset({Tag.MODEL, Tag.ARCHITECTURE_SHA}),
     "pretrained_vs_cnn": frozenset(MODEL_FACTORS),
@@ -54,14 +72,14 @@ VARIES = {
 EXPLORATORY = "exploratory"
 # The factors of an arm variant in words, for the sentence that says in what an exploratory pair differs.
 FACTOR_WORDS = {Tag.MODEL: "model", Tag.ARCHITECTURE_SHA: "architecture", Tag.TOKENIZER_SHA: "tokenizer",
-                Tag.MAX_LENGTH: "token cap", Tag.INIT: "initial weights"}
+                Tag.MAX_LENGTH: "token cap", Tag.INIT: "initial weights", Tag.MODE: "mode (fine-tune/probe)"}
 # Budget factors that count epochs: meaningless for an arm fitted in one pass (see the module docstring).
 EPOCH_FACTORS = frozenset({Tag.MAX_EPOCHS, Tag.PATIENCE})
 
 
 @dataclass(frozen=True)
 class Contrast:
-    effect: str  # pretraining | bpe | architecture | pretrained_vs_cnn | user
+    effect: str  # pretraining | probing | bpe | architecture | pretrained_vs_cnn | user | exploratory
     a: str
     b: str
     name: str = ""
@@ -82,12 +100,19 @@ class Contrast:
 
 def default_contrasts(arms: pd.DataFrame) -> list[Contrast]:
     """The study's questions over the arm variants present (index of `arms`)."""
+    mode = modes(arms)
     pretrained = arms[arms[Tag.INIT] != Init.SCRATCH]
     scratch = arms[arms[Tag.INIT] == Init.SCRATCH]
     out = []
     for variant, row in pretrained.iterrows():
-        twins = scratch[(scratch[Tag.MODEL] == row[Tag.MODEL]) & (scratch[Tag.TOKENIZER] == row[Tag.TOKENIZER])]
+        # Its twins learn the task as it does: a probed checkpoint against a probed random init, so that the
+        # difference is the weights alone.
+        twins = scratch[(scratch[Tag.MODEL] == row[Tag.MODEL]) & (scratch[Tag.TOKENIZER] == row[Tag.TOKENIZER])
+                        & (mode[scratch.index] == mode[variant])]
         out += [Contrast("pretraining", variant, twin) for twin in twins.index]
+    out += probing_contrasts(arms.index, mode)
+    # The other questions are about systems as trained end to end: probed variants do not enter them.
+    pretrained, scratch = (frame[mode[frame.index] != Mode.PROBE] for frame in (pretrained, scratch))
     for _, same_model in scratch.groupby(Tag.MODEL):
         for bpe in same_model.index[same_model[Tag.TOKENIZER] == "bpe"]:
             for char in same_model.index[same_model[Tag.TOKENIZER] == "char"]:
@@ -99,6 +124,21 @@ def default_contrasts(arms: pd.DataFrame) -> list[Contrast]:
     for transformer in pretrained.index[pretrained[Tag.FAMILY] == "transformer"]:
         out += [Contrast("pretrained_vs_cnn", transformer, cnn) for cnn in scratch.index[scratch[Tag.FAMILY] == "cnn"]]
     return out
+
+
+def modes(arms: pd.DataFrame) -> pd.Series:
+    """Each variant's mode; fine-tuned where none is recorded (a run of an older harness, or a table without
+    the column): only the probe mode is new."""
+    recorded = arms[Tag.MODE] if Tag.MODE in arms else pd.Series("", index=arms.index, dtype=object)
+    return recorded.fillna("").replace("", Mode.FINETUNE)
+
+
+def probing_contrasts(variants: Iterable[str], mode: pd.Series) -> list[Contrast]:
+    """Each fine-tuned variant − its probed namesake (`<variant>+probe`): the same checkpoint or twin, learnt
+    two ways. The factor check then holds everything but the mode and the head equal, task by task."""
+    present = set(variants)
+    return [Contrast("probing", v, v + PROBE_SUFFIX) for v in sorted(present)
+            if mode[v] != Mode.PROBE and v + PROBE_SUFFIX in present]
 
 
 def exploratory_contrasts(variants: Iterable[str], named: list[Contrast]) -> list[Contrast]:
@@ -217,8 +257,8 @@ def evaluate(c: Contrast, results: Results, alpha: float, rope: float, seed: int
 
 def cost_columns(cells: pd.DataFrame, c: Contrast, tasks: list[str]) -> dict[str, float | str]:
     """The compute behind each side over the same tasks: mean per task in seconds, device-hours and FLOPs
-    (tuning trials and final seeds), and the pretraining its weights inherit (seconds, FLOPs and GPU-hours,
-    where recorded or declared), counted once."""
+    (tuning trials, final seeds and a probed arm's embedding pass, once per task), and the pretraining its
+    weights inherit (seconds, FLOPs and GPU-hours, where recorded or declared), counted once."""
     out: dict[str, float | str] = {}
     for side, arm in (("a", c.a), ("b", c.b)):
         mine = cells[(cells["arm"] == arm) & cells["task"].isin(tasks)]
@@ -304,7 +344,8 @@ def adjust(evaluations: list[Evaluation]) -> None:
             e.row["p_holm"] = float(p)
 
 
-PHRASES = {"pretraining": "pretraining", "bpe": "BPE tokens (vs single nucleotides)",
+PHRASES = {"pretraining": "pretraining", "probing": "fine-tuning (vs probing the frozen backbone)",
+           "bpe": "BPE tokens (vs single nucleotides)",
            "architecture": "the transformer (vs the CNN)",
            "pretrained_vs_cnn": "the pretrained transformer (vs the CNN trained from scratch)", "user": "{name}"}
 
@@ -340,13 +381,23 @@ def sentence(row: dict, alpha: float) -> str:
         text += (f"; P({row['a']} better) = {row['p_a_better']:.2f}, P(equivalent within ±{row['rope']:g}) = "
                  f"{row['p_equivalent']:.2f}, P({row['b']} better) = {row['p_b_better']:.2f}")
     if math.isfinite(row["flops_ratio"]) or math.isfinite(row["compute_ratio"]):
-        text += (f"; {row['a']} costs {row['flops_ratio']:.2g}x the fine-tuning FLOPs of {row['b']}"
+        # per task: tuning, final seeds and a probed arm's embedding pass, so not "fine-tuning" FLOPs
+        text += (f"; {row['a']} costs {row['flops_ratio']:.2g}x the FLOPs per task of {row['b']}"
                  if math.isfinite(row["flops_ratio"]) else
-                 f"; {row['a']} costs {row['compute_ratio']:.2g}x the fine-tuning compute time of {row['b']}")
-        pretraining = pretraining_phrase(row, "a")
-        if pretraining:
-            text += f" plus {pretraining} of pretraining"
+                 f"; {row['a']} costs {row['compute_ratio']:.2g}x the compute time per task of {row['b']}")
+        text += pretraining_clause(row)
     return text + "."
+
+
+def pretraining_clause(row: dict) -> str:
+    """' plus <A's pretraining> of pretraining'; where B inherits the very same (a fine-tuned checkpoint against
+    its probed self), that pretraining is no difference between them, and the sentence says so instead."""
+    mine = pretraining_phrase(row, "a")
+    if not mine:
+        return ""
+    if mine == pretraining_phrase(row, "b"):
+        return f", both on the same pretraining ({mine})"
+    return f" plus {mine} of pretraining"
 
 
 def exploratory_subject(row: dict) -> str:

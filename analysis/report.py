@@ -99,9 +99,9 @@ def write_marker(folder: Path) -> None:
 # What each table of the report folder holds, in the order report.md lists them.
 TABLES = {
     "runs.csv": "one row per arm, task and seed: the final runs' test metrics and cost",
-    "cells.csv": "one row per arm and task: mean and sd over seeds, seeds, compute, and the factors each contrast "
-                 "checks",
-    "arms.csv": "one row per arm variant: model, tokenizer, initial weights",
+    "cells.csv": "one row per arm and task: mean and sd over seeds, seeds, compute (tuning, final seeds and a "
+                 "probed arm's embedding pass, once), and the factors each contrast checks",
+    "arms.csv": "one row per arm variant: model, tokenizer, initial weights, mode (fine-tune or probe)",
     "families.csv": "per task family and arm: tasks and the mean of the per-task means",
     "contrasts.csv": "one row per evaluated contrast, named or exploratory: every statistic of the contrast table",
     "per_task_tests.csv": "per contrast and task: the paired bootstrap on the same test sequences",
@@ -185,8 +185,8 @@ def draw_figures(results: Results, evaluations: list[Evaluation], friedman: stat
 
 
 def cost_points(results: Results) -> pd.DataFrame:
-    """One point per (arm, task) for the cost figure: its mean score over seeds and its compute (tuning and
-    final seeds, seconds), plus the pretraining its weights inherit."""
+    """One point per (arm, task) for the cost figure: its mean score over seeds and its compute (tuning, final
+    seeds and a probed arm's embedding pass, seconds), plus the pretraining its weights inherit."""
     cells = results.cells
     pretrain = cells["pretrain_seconds"].fillna(0.0) if "pretrain_seconds" in cells else 0.0
     return pd.DataFrame({"arm": cells["arm"], "task": cells["task"], "score": cells["score_mean"],
@@ -290,7 +290,8 @@ def friedman_row(f: stats.Friedman) -> dict:
 
 def cost_table(results: Results, block: pd.DataFrame) -> pd.DataFrame:
     """Per arm: mean score over the common tasks (all its tasks where there is no common block) and the
-    compute one task costs, tuning and final seeds included, plus pretraining where it was recorded."""
+    compute one task costs (tuning, final seeds and a probed arm's embedding pass, once per task), that embedding
+    pass also on its own, and pretraining where it was recorded."""
     rows = []
     for arm, cells in results.cells.groupby("arm"):
         common = cells[cells["task"].isin(block.index)] if arm in block.columns and len(block) else cells
@@ -302,12 +303,20 @@ def cost_table(results: Results, block: pd.DataFrame) -> pd.DataFrame:
                      "score_sd": common["score_mean"].std() if len(common) > 1 else math.nan,
                      "compute_seconds_per_task": common["compute_seconds"].mean(),
                      "compute_hours_per_task": common["compute_seconds"].mean() / 3600,
-                     "compute_flops_per_task": common["compute_flops"].mean(), "device": ", ".join(devices),
+                     "compute_flops_per_task": common["compute_flops"].mean(),
+                     **embedding_per_task(common), "device": ", ".join(devices),
                      "pretrain_seconds": pretrain_s, "pretrain_flops": float(pre_f.iloc[0]) if len(pre_f) else 0.0,
                      "pretrain_gpu_hours": float(pre_h.iloc[0]) if len(pre_h) else 0.0,
                      "cost_seconds": common["compute_seconds"].mean() + pretrain_s,
                      "params": cells["params"].iloc[0]})
     return pd.DataFrame(rows)
+
+
+def embedding_per_task(cells: pd.DataFrame) -> dict[str, float]:
+    """The part of the compute per task that a probed arm spent embedding the splits with its frozen backbone
+    (0 for a fine-tuned arm): where probing is cheap, this is most of it."""
+    return {f"embed_{kind}_per_task": float(cells[f"embed_{kind}"].mean()) if f"embed_{kind}" in cells else 0.0
+            for kind in ("seconds", "flops")}
 
 
 def tuning_adequacy(cells: pd.DataFrame) -> pd.DataFrame:
@@ -423,7 +432,8 @@ def markdown(results: Results, evaluations: list[Evaluation], per_task: pd.DataF
                   "exploratory pairs that have one. "
                   "P(A) / P(=) / P(B): Bayesian signed-rank test (Benavoli et al. 2017; Dirichlet process, prior "
                   f"strength 0.5 at zero, 50,000 samples), equivalence within ±{s.rope:g}. compute A/B: mean "
-                  "compute per task (tuning trials and final seeds, seconds), pretraining apart.", ""]
+                  "compute per task (tuning trials, final seeds and a probed arm's embedding pass, seconds), "
+                  "pretraining apart.", ""]
         lines += [f"![{e.contrast.label}](figures/{difference_png(e.contrast)})" for e in evaluations] + [""]
         lines += ["### Per task, on the same test sequences", "",
                   "Each arm's prediction is the argmax of its class probabilities averaged over its final seeds; "
@@ -464,12 +474,12 @@ def markdown(results: Results, evaluations: list[Evaluation], per_task: pd.DataF
     lines += ["## Cost", "",
               f"Mean {label} over the tasks in the rank block (all of an arm's tasks where there is none), and "
               "the compute one task costs (all tuning trials and final seeds) in FLOPs (counted by torch on the "
-              "first step, scaled by the tokens trained on) and in hours of the device it ran on; pretraining is "
+              "first step, scaled by the tokens trained on) and in hours of the device it ran on; a probed arm's "
+              "compute includes its frozen backbone's pass over the task's splits, counted once per task however "
+              "many trials and seeds reuse it; pretraining is "
               "what a checkpoint's run recorded or its authors declared (pretrain_cost.json or pretrain_cost=), "
               "counted once, in GPU-hours and FLOPs.", "",
-              md_table(cost.assign(pretrain=[pretrain_cell(r) for r in cost.itertuples()])
-                       [["arm", "n_tasks", "score_mean", "score_sd", "compute_flops_per_task",
-                         "compute_hours_per_task", "device", "pretrain", "params"]]
+              md_table(cost.assign(pretrain=[pretrain_cell(r) for r in cost.itertuples()])[cost_md_columns(cost)]
                        .rename(columns=cost_headers(m)), ".3g"),
               "", f"The sd is across tasks (how much the arm's {label} varies from task to task), not an uncertainty.",
               "", "![cost-benefit](figures/cost_benefit.png)", ""]
@@ -496,10 +506,18 @@ PER_TASK_HEADERS = {"contrast": "Contrast", "task": "Task", "n_test": "Test sequ
                     "significant": "Significant"}
 
 
+def cost_md_columns(cost: pd.DataFrame) -> list[str]:
+    """The cost table's columns in report.md; the embedding pass's only where some arm was probed."""
+    embedded = "embed_flops_per_task" in cost and bool((cost["embed_flops_per_task"] > 0).any())
+    return ["arm", "n_tasks", "score_mean", "score_sd", "compute_flops_per_task",
+            *(["embed_flops_per_task"] if embedded else []), "compute_hours_per_task", "device", "pretrain", "params"]
+
+
 def cost_headers(metric: str) -> dict[str, str]:
     label = figures.metric_label(metric)
     return {"arm": "Arm", "n_tasks": "Tasks", "score_mean": f"{label} (mean over tasks)",
             "score_sd": "sd across tasks", "compute_flops_per_task": f"{figures.metric_label('flops')} per task",
+            "embed_flops_per_task": "of which embedding pass",
             "compute_hours_per_task": "Device-hours per task", "device": "Device", "pretrain": "Pretraining",
             "params": figures.metric_label("params")}
 
@@ -527,7 +545,8 @@ def contrast_sentences(results: Results, evaluations: list[Evaluation], s: Setti
     if named:
         lines += [f"- {sentence(e.row, s.alpha)}" for e in named] + [""]
     else:
-        lines += ["None of the named contrasts (pretraining, BPE, architecture, pretrained transformer vs CNN, or "
+        lines += ["None of the named contrasts (pretraining, fine-tuning vs probing, BPE, architecture, pretrained "
+                  "transformer vs CNN, or "
                   "one the study declares) could be evaluated on these arms.", ""]
     if exploratory:
         lines += ["Exploratory pairs: arms that no named contrast compares. Each sentence names the factors of the "

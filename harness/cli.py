@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--init", default="", help="fine-tune a scratch arm from this checkpoint (variant arm@sha): a "
                                                 "folder or an MLflow URI (runs:/<run_id>/checkpoint from pretrain)")
     add_checkpoint_arguments(run)
+    add_mode_argument(run)
 
     sweep = sub.add_parser("sweep", help="a study's (arm, task) grid: run it here, print a command per cell, "
                                          "or show which cells are done, running, partial or missing")
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: status)")
     sweep.add_argument("--tokenizer", default="", help="tokenizer.json for the BPE arms (default: the study's)")
     add_checkpoint_arguments(sweep)
+    add_mode_argument(sweep)
 
     plan = sub.add_parser("plan", help="projected compute of a study per arm, from throughput measured here")
     add_arms_argument(plan)
@@ -126,6 +128,14 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, cost: bool = True)
     if cost:
         parser.add_argument("--pretrain-cost", default="", help="the checkpoint's pretraining cost where it recorded none, "
                             "e.g. gpu_hours=2688,flops=1e21 (any of gpu_hours, flops, seconds)")
+
+
+def add_mode_argument(parser: argparse.ArgumentParser) -> None:
+    """How a pretrained arm (or its scratch twin) learns a task (run, sweep)."""
+    parser.add_argument("--mode", default="finetune", choices=["finetune", "probe"],
+                        help="finetune every weight (default), or probe: freeze the checkpoint's network, cache its "
+                             "embeddings once per task and tune a head on them (the study's `probe` search space; "
+                             "variant <arm>+probe)")
 
 
 def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:

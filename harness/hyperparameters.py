@@ -26,6 +26,18 @@ def pooling_names() -> list[str]:
     return list(POOLINGS)
 
 
+def probe_pooling_names() -> list[str]:
+    from .models.probe import PROBE_POOLINGS
+
+    return list(PROBE_POOLINGS)
+
+
+def probe_head_names() -> list[str]:
+    from .models.probe import PROBE_HEADS
+
+    return list(PROBE_HEADS)
+
+
 @dataclass(frozen=True)
 class Rule:
     """A hyperparameter's kind (int, float, str or list of ints) and range; `low`/`high` inclusive unless
@@ -53,6 +65,8 @@ class Rule:
             return f"{noun} in {opening}{self.low:g}, {self.high:g}{closing}"
         if self.low is not None:
             return f"{noun} {'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{noun} {'<' if self.high_open else '<='} {self.high:g}"
         return noun
 
     def accepts(self, value: Any) -> bool:
@@ -101,6 +115,16 @@ RULES: dict[str, Rule] = {
     "num_hidden_layers": Rule(int, "the transformer's layers", low=1),
     "num_attention_heads": Rule(int, "attention heads per layer (they split hidden_size)", low=1),
     "intermediate_size": Rule(int, "the width of each layer's feed-forward block", low=1),
+    # a probe's head and what it reads (mode=probe: models/probe.py)
+    "head": Rule(str, "the probe's head", choices=probe_head_names),
+    "head_hidden": Rule(int, "the width of the probe's MLP head", low=1),
+    "layer": Rule(int, "which hidden state a probe reads: -1 the last layer, -2 the one below, ...", high=-1),
+}
+# In a probe search space (mode=probe) a key may mean something else: the probe's pooling has no parameters.
+PROBE_RULES: dict[str, Rule] = {
+    **RULES,
+    "pooling": Rule(str, "how the probe pools a layer's token features (no parameters: pooled once, cached)",
+                    choices=probe_pooling_names),
 }
 
 
@@ -112,10 +136,10 @@ def produced_values(dist: BaseDistribution) -> list[tuple[str, Any]]:
     return [(f"low={dist.low!r}", dist.low), (f"high={dist.high!r}", dist.high)]
 
 
-def distribution_problem(name: str, dist: BaseDistribution) -> str | None:
+def distribution_problem(name: str, dist: BaseDistribution, rules: dict[str, Rule] = RULES) -> str | None:
     """Why `dist` cannot serve hyperparameter `name` (a float range for an integer, a value out of range),
     or None."""
-    rule = RULES.get(name)
+    rule = rules.get(name)
     if rule is None:
         return None
     if rule.kind is int and isinstance(dist, FloatDistribution):
@@ -123,16 +147,16 @@ def distribution_problem(name: str, dist: BaseDistribution) -> str | None:
     if rule.kind in (str, list) and isinstance(dist, (FloatDistribution, IntDistribution)):
         return f"a numeric range; use type categorical ({name} must be {rule.valid_range()})"
     for label, value in produced_values(dist):
-        problem = value_problem(name, value, label)
+        problem = value_problem(name, value, label, rules)
         if problem:
             return problem
     return None
 
 
-def value_problem(name: str, value: Any, label: str | None = None) -> str | None:
+def value_problem(name: str, value: Any, label: str | None = None, rules: dict[str, Rule] = RULES) -> str | None:
     """Why `value` (called `label` where given: `low=0.0`) is not a valid `name`, naming the valid range, or None
     (also for a name without a rule)."""
-    rule = RULES.get(name)
+    rule = rules.get(name)
     if rule is None or rule.accepts(value):
         return None
     return f"{label or repr(value)} is not a valid {name} ({rule.meaning}): it must be {rule.valid_range()}"

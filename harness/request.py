@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -23,7 +23,8 @@ from .data import TaskData
 from .errors import DataError, ParameterError, StudyError
 from .parameters import choice, costs, names, optional_int
 from .runtime import Runtime
-from .schema import NOT_APPLICABLE, Tag, optuna_study_name, parent_run_name
+from .probe import views_of
+from .schema import NOT_APPLICABLE, Mode, Tag, optuna_study_name, parent_run_name
 from .studies import StudySpec, load_study
 from .tasks import load_task
 
@@ -128,6 +129,7 @@ class RunRequest:
     checkpoint: str | None = None  # the pretrained arms' weights, and the shape of their scratch twins (arm~sha)
     pretrain_cost: tuple[tuple[str, float], ...] = ()  # declared cost of the checkpoint: gpu_hours, flops, seconds
     save_models: str = "best"  # none | best (the final seed with the best dev MCC) | all: registered in MLflow
+    mode: str = Mode.FINETUNE  # finetune | probe: the backbone frozen, a head on its cached embeddings (probe.py)
     command: str = ""  # the command line, password removed
     explicit: frozenset[str] = frozenset()  # parameters given, not taken from the study (printed again)
 
@@ -153,7 +155,7 @@ class RunRequest:
         # One spelling per task (a study's tasks are checked when it is loaded): `tf/0/` is not a second cell.
         tasks = tuple(check_task_name(t, ParameterError, "tasks:") for t in names(params.get("tasks"), "tasks"))
         explicit = frozenset(k for k in ("n_trials", "seeds", "tokenizer", "checkpoint") if params.get(k))
-        return cls(
+        request = cls(
             study=study, spec=spec, arms=arms,
             tasks=tasks or tuple(spec.tasks),
             n_trials=optional_int(params.get("n_trials"), "n_trials") or spec.n_trials,
@@ -166,8 +168,13 @@ class RunRequest:
             max_length=optional_int(params.get("max_length"), "max_length"),
             init=init, checkpoint=checkpoint, pretrain_cost=tuple(costs(params.get("pretrain_cost"), "pretrain_cost").items()),
             save_models=choice(params.get("save_models") or "best", "save_models", SAVE_MODELS),
+            mode=choice(params.get("mode") or Mode.FINETUNE, "mode", Mode.ALL),
             command=command, explicit=explicit,
         )
+        if request.mode == Mode.PROBE and "arm" not in params and not params.get("arms") and not spec.arms:
+            # probing freezes a checkpoint's network: by default, the arms a checkpoint here concerns
+            request = replace(request, arms=tuple(a for a in request.arms if request.initial(ARMS.get(a))[0]))
+        return request
 
     def parameters(self) -> dict[str, str]:
         """The MLproject parameters that make this request again, defaults and what the study file says left out
@@ -184,7 +191,8 @@ class RunRequest:
                   "max_length": self.max_length, "init": self.init,
                   "checkpoint": self.checkpoint if "checkpoint" in self.explicit else "",
                   "pretrain_cost": ",".join(f"{k}={v:g}" for k, v in self.pretrain_cost),
-                  "save_models": self.save_models if self.save_models != "best" else ""}
+                  "save_models": self.save_models if self.save_models != "best" else "",
+                  "mode": self.mode if self.mode != Mode.FINETUNE else ""}
         return {k: str(v) for k, v in params.items() if v not in ("", None)}
 
     def takes_checkpoint(self, arm: Arm) -> bool:
@@ -232,8 +240,12 @@ class RunRequest:
         takes, as weights or, for a scratch arm, as shape only."""
         cap = self.max_length or (self.spec.max_length(task, arm.tokenizer) if task else None)
         source, twin = self.initial(arm)
-        return RunOptions(self.runtime, self.tokenizer_for(arm, source), self.spec.bpe_vocab_size, cap, source, twin,
-                          dict(self.pretrain_cost), checkpoint_reader=arm.checkpoint_reader)
+        options = RunOptions(self.runtime, self.tokenizer_for(arm, source), self.spec.bpe_vocab_size, cap, source, twin,
+                             dict(self.pretrain_cost), checkpoint_reader=arm.checkpoint_reader, mode=self.mode)
+        if not options.probing:
+            return options
+        space = arm.space(self.spec, options)  # every view a trial can ask for is pooled in one pass
+        return replace(options, probe_views=views_of(self.spec.space(space), self.spec.fixed.get(space, {})))
 
     def tokenizer_for(self, arm: Arm, source: str | None) -> str | None:
         """A BPE arm's tokenizer file: tokenizer= where given; a checkpoint's own where it has one (the study's

@@ -57,6 +57,7 @@ class Tag:
     TOKENIZER = "tokenizer"
     TOKENIZER_SOURCE = "tokenizer_source"
     INIT = "init"  # scratch, or the sha256 (16 hex digits) of the weights fine-tuned from
+    MODE = "mode"  # finetune (every weight trained) | probe (frozen backbone, a head on its cached embeddings)
     INIT_SOURCE = "init_source"
     SHAPE_SOURCE = "shape_source"  # a scratch twin: the checkpoint whose architecture and tokenizer it takes
     PRETRAIN_RUN = "pretrain_run_id"
@@ -102,6 +103,7 @@ class Tag:
     # After such a rerun: the per-epoch metrics of epochs 1..n hold a first point from the attempt that ran out
     # of memory; the later point at each step is the rerun's.
     OOM_SUPERSEDED_EPOCHS = "oom_superseded_epochs"
+    EMBEDDINGS = "embeddings"  # a probe's trial and final runs: each split's embeddings `cached` or `computed`
     MODEL_ERROR = "model_error"  # final runs: why their model could not be logged (the seed still counts)
     REGISTERED_MODEL = "registered_model"  # parent runs: <name>/<version> of the cell's registered model(s)
     # MLflow's own: the run's description in the UI, and where the run came from (the Source column)
@@ -122,20 +124,30 @@ class Init:  # values of Tag.INIT other than a weights' sha
     SCRATCH = "scratch"
 
 
-def variant_name(arm: str, init_weights_sha: str | None = None, shape_sha: str | None = None) -> str:
+class Mode:  # values of Tag.MODE: how a neural arm learns the task (a run without the tag fine-tuned)
+    FINETUNE = "finetune"  # every weight is trained
+    PROBE = "probe"  # the backbone is frozen; a head is trained on its cached embeddings (harness/probe.py)
+    ALL = (FINETUNE, PROBE)
+
+
+PROBE_SUFFIX = "+probe"  # a probed variant's name: `hf_pretrained@1a2b3c4d+probe`
+
+
+def variant_name(arm: str, init_weights_sha: str | None = None, shape_sha: str | None = None,
+                 mode: str = Mode.FINETUNE) -> str:
     """An arm fine-tuned from a checkpoint is its own variant, `arm@<8 hex digits of the weights' sha256>`; a
-    scratch twin of a checkpoint (its architecture and tokenizer, random weights) is `arm~<the same digits>`."""
-    if init_weights_sha:
-        return f"{arm}@{init_weights_sha[:8]}"
-    return f"{arm}~{shape_sha[:8]}" if shape_sha else arm
+    scratch twin of a checkpoint (its architecture and tokenizer, random weights) is `arm~<the same digits>`;
+    probed rather than fine-tuned, either ends in `+probe`."""
+    name = f"{arm}@{init_weights_sha[:8]}" if init_weights_sha else f"{arm}~{shape_sha[:8]}" if shape_sha else arm
+    return name + (PROBE_SUFFIX if mode == Mode.PROBE else "")
 
 
 # What an arm variant is, as the analysis reads it from its parent runs.
 ARM_TAGS = (Tag.ARM, Tag.FAMILY, Tag.MODEL, Tag.TOKENIZER, Tag.INIT, Tag.INIT_SOURCE, Tag.SHAPE_SOURCE,
-            Tag.PRETRAIN_RUN)
+            Tag.PRETRAIN_RUN, Tag.MODE)
 # The factors of a (variant, task): a contrast may vary some of them (analysis/contrasts.py); every other
 # one must be equal on a task for the task to enter the contrast.
-MODEL_FACTORS = (Tag.MODEL, Tag.ARCHITECTURE_SHA, Tag.TOKENIZER_SHA, Tag.MAX_LENGTH, Tag.INIT)
+MODEL_FACTORS = (Tag.MODEL, Tag.ARCHITECTURE_SHA, Tag.TOKENIZER_SHA, Tag.MAX_LENGTH, Tag.INIT, Tag.MODE)
 BUDGET_FACTORS = (Tag.N_TRIALS, Tag.MAX_EPOCHS, Tag.PATIENCE, Tag.SEEDS)
 FACTORS = (*MODEL_FACTORS, *BUDGET_FACTORS, Tag.PRECISION, Tag.DATA_SHA)
 NOT_APPLICABLE = "n/a"  # a factor an arm does not have (a k-mer model's precision): equal to any value
@@ -158,6 +170,10 @@ class Metric:
     PRETRAIN_FLOPS = "pretrain_flops"
     PRETRAIN_TOKENS = "pretrain_tokens"
     PRETRAIN_GPU_HOURS = "pretrain_gpu_hours"  # declared with an external checkpoint (or pretrain_cost=)
+    # a probed cell's frozen-backbone pass over train, dev and test (once per cell, whatever its trials and seeds
+    # reuse from the cache): on its final runs, counted once per cell by the analysis
+    EMBED_SECONDS = "embed_seconds"
+    EMBED_FLOPS = "embed_flops"
     TOKENS = "tokens"  # pretraining runs, per logged step: tokens trained on so far
     # per epoch (step = epoch), trial and final runs: every per-epoch name starts with epoch_ (a final run's plain
     # dev_* are its selected checkpoint's, a trial's best_dev_mcc its best epoch's)
@@ -182,7 +198,7 @@ class Metric:
 CLASSIFICATION_METRICS = ("mcc", "f1", "accuracy", "auroc")  # harness.metrics computes them
 TEST_METRICS = tuple(f"test_{m}" for m in CLASSIFICATION_METRICS)
 COST_METRICS = (Metric.TRAIN_SECONDS, Metric.FLOPS, Metric.PARAMS, Metric.PRETRAIN_SECONDS, Metric.PRETRAIN_FLOPS,
-                Metric.PRETRAIN_GPU_HOURS)
+                Metric.PRETRAIN_GPU_HOURS, Metric.EMBED_SECONDS, Metric.EMBED_FLOPS)
 
 
 def split_metrics(split: str, metrics: dict[str, float], prefix: str = "") -> dict[str, float]:

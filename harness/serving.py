@@ -155,7 +155,7 @@ class SklearnPredictor:
 def load_exported(folder: Path, device: str = "auto") -> Predictor:
     """The predictor `Fitted.export` wrote into `folder`."""
     config = json.loads((folder / EXPORT_CONFIG).read_text())
-    loaders = {"torch": load_torch, "sklearn": load_sklearn, "hf": load_hf}
+    loaders = {"torch": load_torch, "sklearn": load_sklearn, "hf": load_hf, "probe": load_probe}
     return loaders[config["kind"]](folder, config, device)
 
 
@@ -200,6 +200,20 @@ def load_hf(folder: Path, config: dict[str, Any], device: str) -> TorchPredictor
     load_model(model, str(folder / EXPORT_WEIGHTS), strict=True, device=str(runtime.device))
     model.eval()
     return TorchPredictor(model, tokenizer, config["max_length"], runtime, config["num_classes"])
+
+
+def load_probe(folder: Path, config: dict[str, Any], device: str) -> TorchPredictor:
+    """A probe (harness/probe.py): its frozen backbone as its arm exports a network (backbone/, any kind above),
+    the layer and pooling it reads, and its head (head.safetensors), put back together as one classifier that
+    reads raw tokens."""
+    from harness.models.probe import ProbedClassifier, ProbeHead
+
+    inner = load_exported(folder / "backbone", device)
+    head = ProbeHead(config["hidden_size"], config["num_classes"], config["head"]["head"],
+                     config["head"]["head_hidden"])
+    load_model(head, str(folder / "head.safetensors"), strict=True)
+    model = ProbedClassifier(inner.model, config["layer"], config["pooling"], head).to(inner.runtime.device).eval()
+    return TorchPredictor(model, inner.tokenizer, inner.max_length, inner.runtime, config["num_classes"])
 
 
 def load_sklearn(folder: Path, config: dict[str, Any], device: str) -> SklearnPredictor:
@@ -263,10 +277,16 @@ def log_model(fitted: Fitted, input_example: list[str]) -> ModelInfo:
             python_model=__file__,
             artifacts={EXPORT: str(export)},
             code_paths=[str(package_copy(Path(tmp)))],
-            pip_requirements=prediction_requirements(exported["kind"]),
+            pip_requirements=prediction_requirements(network_kind(export)),
             signature=signature(num_classes),
             input_example=list(input_example),
         )
+
+
+def network_kind(export: Path) -> str:
+    """What builds an exported network: its kind, or for a probe its backbone's (an hf one needs transformers)."""
+    config = json.loads((export / EXPORT_CONFIG).read_text())
+    return network_kind(export / "backbone") if config["kind"] == "probe" else config["kind"]
 
 
 def signature(num_classes: int) -> ModelSignature:

@@ -80,6 +80,7 @@ class FitResult:
     best_dev: dict[str, float] = field(default_factory=dict)
     train_seconds: float = 0.0
     flops: float = 0.0  # estimated training FLOPs (forward + backward)
+    tags: dict[str, str] = field(default_factory=dict)  # what the fit reports on its run (a probe: its embeddings)
 
 
 EpochCallback = Callable[[EpochResult], None]
@@ -116,6 +117,34 @@ def collate(split: TokenizedSplit, idx: np.ndarray, pad_id: int, device: torch.d
     return input_ids, mask, labels
 
 
+@dataclass(frozen=True)
+class FeatureSplit:
+    """A split as fixed feature vectors [N, H] instead of tokens: a probe's input (the frozen backbone's pooled
+    embeddings, harness/probe.py). `fit` and `predict` take it where they take a TokenizedSplit; its batches are
+    (features [B, H], a mask of ones [B, 1], labels), so the probe head answers the classifiers' call."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    truncated: int = 0  # sequences the backbone saw cut to its token cap
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def lengths(self) -> np.ndarray:  # one "token" each: batches are a plain shuffle
+        return np.ones(len(self), dtype=np.int64)
+
+
+def batch(split: TokenizedSplit | FeatureSplit, idx: np.ndarray, pad_id: int, device: torch.device,
+          pad_to: int | None = None):
+    """The inputs, mask and labels of rows `idx` of a split of tokens (`collate`) or of features."""
+    if isinstance(split, FeatureSplit):
+        features = torch.from_numpy(split.features[idx]).to(device, non_blocking=True)
+        labels = torch.from_numpy(split.labels[idx].astype(np.int64)).to(device)
+        return features, torch.ones(len(idx), 1, dtype=torch.long, device=device), labels
+    return collate(split, idx, pad_id, device, pad_to)
+
+
 MEMORY_ERRORS = (torch.OutOfMemoryError, MemoryError)  # the device's memory, or the host's
 
 
@@ -128,7 +157,7 @@ def free_memory() -> None:
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, split: TokenizedSplit, pad_id: int, runtime: Runtime,
+def predict(model: nn.Module, split: TokenizedSplit | FeatureSplit, pad_id: int, runtime: Runtime,
             pad_to: int | None = None) -> np.ndarray:
     """Class probabilities [N, C] for a whole split, in the split's order (batches of similar lengths).
     A batch that runs out of memory is scored again in halves, and the rest of the split in batches of that
@@ -140,7 +169,7 @@ def predict(model: nn.Module, split: TokenizedSplit, pad_id: int, runtime: Runti
     while start < len(order):
         idx = order[start:start + batch_size]
         try:
-            input_ids, mask, _ = collate(split, idx, pad_id, runtime.device, pad_to)
+            input_ids, mask, _ = batch(split, idx, pad_id, runtime.device, pad_to)
             with runtime.autocast():
                 logits = logits_of(model(input_ids, mask))
         except MEMORY_ERRORS as err:
@@ -240,8 +269,8 @@ class BestEpoch:
             self.stale += 1
 
 
-def fit(model: nn.Module, train: TokenizedSplit, dev: TokenizedSplit, pad_id: int, cfg: TrainConfig,
-        runtime: Runtime, on_epoch: EpochCallback | None = None) -> FitResult:
+def fit(model: nn.Module, train: TokenizedSplit | FeatureSplit, dev: TokenizedSplit | FeatureSplit, pad_id: int,
+        cfg: TrainConfig, runtime: Runtime, on_epoch: EpochCallback | None = None) -> FitResult:
     """Train `model` in place; on return it holds the weights of its best dev-MCC epoch."""
     model.to(runtime.device)
     forward = compiled(model) if runtime.compile else model
@@ -263,7 +292,7 @@ def fit(model: nn.Module, train: TokenizedSplit, dev: TokenizedSplit, pad_id: in
             optimizer.zero_grad(set_to_none=True)
             for first in range(0, len(idx), micro):
                 rows = idx[first:first + micro]
-                input_ids, mask, labels = collate(train, rows, pad_id, runtime.device)
+                input_ids, mask, labels = batch(train, rows, pad_id, runtime.device)
                 # One label per sequence: a micro-batch's share of the batch's rows is its share of the
                 # batch's mean loss. FLOPs are counted on the first micro-batch only (in eager mode: a FLOP
                 # counter stops torch.compile for good) and scaled by the tokens trained on.

@@ -180,6 +180,8 @@ def fit_and_log(cell: Cell, params: dict[str, Any], seed: int, progress: Progres
     result = fitted.result
     tracking.log_metrics({Metric.BEST_EPOCH: result.best_epoch, Metric.PARAMS: fitted.n_params,
                           Metric.TRAIN_SECONDS: result.train_seconds, Metric.FLOPS: result.flops})
+    if result.tags:
+        tracking.set_tags(result.tags)
     return fitted
 
 
@@ -274,6 +276,7 @@ def run_final(cell: Cell, params: dict[str, Any], seed: int, claim: optuna.Trial
         test = classification_metrics(task.test.labels, test_probs)
         tracking.log_metrics({**split_metrics("test", test), **split_metrics("dev", dev),
                               **cell.arm.inherited_cost(cell.options),
+                              **cell.arm.embedding_cost(task, cell.options),  # the cell's, on every seed alike
                               **{truncated_metric(split): n for split, n in fitted.truncated().items()}})
         log_final_artifacts(fitted, cell, test_probs, seed)
         if cell.request.save_models != "none":
@@ -483,9 +486,16 @@ def result_line(cell: Cell, test_mcc: list[float], best: optuna.trial.FrozenTria
     runs = [r for stage in (Stage.TRIAL, Stage.FINAL) for r in tracking.child_runs(experiment_id, parent_id, stage)]
     seconds = sum(r.data.metrics.get(Metric.TRAIN_SECONDS, 0.0) for r in runs)
     flops = sum(r.data.metrics.get(Metric.FLOPS, 0.0) for r in runs)
+    # A probe's embedding pass is the cell's, once, whatever its fits reused (every final run logs the same value).
+    embedding = max((r.data.metrics.get(Metric.EMBED_SECONDS, 0.0) for r in runs), default=0.0)
+    embed_flops = max((r.data.metrics.get(Metric.EMBED_FLOPS, 0.0) for r in runs), default=0.0)
     took = f"{seconds:.1f}s" if seconds < 60 else format_seconds(seconds)
-    return (f"{score} · best trial {best.number}: dev MCC {best.value:.3f} · cost {took} of training, "
+    line = (f"{score} · best trial {best.number}: dev MCC {best.value:.3f} · cost {took} of training, "
             f"{flops:.2g} FLOPs over {len(runs)} fits (tuning + finals)")
+    if embedding:
+        took = f"{embedding:.1f}s" if embedding < 60 else format_seconds(embedding)
+        line += f" + {took}, {embed_flops:.2g} FLOPs embedding the splits once (frozen backbone)"
+    return line
 
 
 def readable_config(cell: Cell, config: dict[str, Any]) -> dict[str, Any]:

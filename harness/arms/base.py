@@ -23,12 +23,13 @@ from optuna.distributions import distribution_to_json
 from ..checkpoints import Checkpoint, open_checkpoint, open_hf_checkpoint
 from ..data import TaskData
 from ..errors import ParameterError, StudyError
-from ..hyperparameters import distribution_problem, fixed_problem, value_problem
+from ..hyperparameters import PROBE_RULES, distribution_problem, fixed_problem, produced_values, value_problem
 from ..models import MODELS
 from ..runtime import Runtime
-from ..schema import Init, Tag, variant_name
+from ..schema import Init, Mode, Tag, variant_name
 from ..studies import StudySpec
 from ..tokenizers import BPETokenizer
+from ..tracking import redact
 from ..train import EpochCallback, FitResult
 
 
@@ -62,6 +63,14 @@ class RunOptions:
     # How `init` is read: "harness" (a harness or DNABERT-2 folder, checkpoints.open_checkpoint) or "hf" (any
     # native transformers folder, checkpoints.open_hf_checkpoint): the arm's `checkpoint_reader`.
     checkpoint_reader: str = "harness"
+    # finetune, or probe: the backbone frozen, a head trained on its cached embeddings (harness/probe.py), which
+    # pool every (layer, pooling) of `probe_views` (what the study's probe space can ask for) in one pass.
+    mode: str = Mode.FINETUNE
+    probe_views: tuple[tuple[int, str], ...] = ()
+
+    @property
+    def probing(self) -> bool:
+        return self.mode == Mode.PROBE
 
     @property
     def checkpoint(self) -> Checkpoint | None:
@@ -122,6 +131,13 @@ class Arm:
         """(required, optional) hyperparameter names of the arm's search space."""
         raise NotImplementedError
 
+    def hyperparameters_for(self, options: RunOptions) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(required, optional) names of the space this arm is tuned in: its own, or a probe's (mode=probe)."""
+        return PROBE_HYPERPARAMETERS if options.probing else self.hyperparameters
+
+    def architecture_keys_for(self, options: RunOptions) -> tuple[str, ...]:
+        return PROBE_ARCHITECTURE_KEYS if options.probing else self.architecture_keys
+
     def budget(self, spec: StudySpec) -> Budget:
         """The study's epoch cap and patience; a one-pass estimator has one "epoch"."""
         return Budget(spec.max_epochs if self.neural else 1, spec.patience)
@@ -132,7 +148,11 @@ class Arm:
 
     def space(self, spec: StudySpec, options: RunOptions) -> str:
         """The study's search space for this arm: its family's, or the family's space for its initialisation
-        (`transformer_scratch`) where the study declares one."""
+        (`transformer_scratch`) where the study declares one. Probed (mode=probe), the study's `probe` space, or
+        `probe_<family>` where declared (a CNN has one layer to read): the same for pretrained weights and a twin's
+        random ones, so that the pretraining contrast of probes varies the weights alone."""
+        if options.probing:
+            return spec.space_name(Mode.PROBE, self.family)
         return spec.space_name(self.family, "pretrained" if options.pretrained else Init.SCRATCH)
 
     def architecture(self, spec: StudySpec, space: str, task: TaskData, options: RunOptions) -> dict[str, Any]:
@@ -146,13 +166,13 @@ class Arm:
         """The factors of this variant on `task` that a contrast may vary or must hold equal (schema.FACTORS):
         model, architecture (with the names and ranges of tuned architecture keys), tokenizer, initial weights,
         token cap."""
-        space = self.space(spec, options)
-        tuned = {k: distribution_to_json(d) for k, d in spec.space(space).items() if k in self.architecture_keys}
+        space, keys = self.space(spec, options), self.architecture_keys_for(options)
+        tuned = {k: distribution_to_json(d) for k, d in spec.space(space).items() if k in keys}
         described = {"model": self.model, "architecture": self.architecture(spec, space, task, options),
                      "tuned": tuned}
         return {Tag.MODEL: self.model, Tag.ARCHITECTURE_SHA: digest(described),
                 Tag.TOKENIZER_SHA: self.tokenizer_sha(task, options), Tag.INIT: options.init_factor,
-                Tag.MAX_LENGTH: str(options.max_length or "none"), Tag.SEARCH_SPACE: space}
+                Tag.MAX_LENGTH: str(options.max_length or "none"), Tag.SEARCH_SPACE: space, Tag.MODE: options.mode}
 
     @property
     def architecture_keys(self) -> tuple[str, ...]:
@@ -163,15 +183,19 @@ class Arm:
         """The pretraining compute a fine-tuned arm inherits, where its checkpoint recorded it."""
         return {}
 
+    def embedding_cost(self, task: TaskData, options: RunOptions) -> dict[str, float]:
+        """A probed cell's embedding passes over its splits (harness/probe.py); nothing for other arms."""
+        return {}
+
     def variant(self, options: RunOptions) -> str:
         """The label results are filed under: an arm fine-tuned from `init=` is its own variant
         (`convnova_char@1a2b3c4d`, the checkpoint's weight fingerprint), and so is a scratch twin of a checkpoint
         (`dnabert2_scratch~1a2b3c4d`), so that each has its own Optuna study and sits beside the plain arm in
         one experiment. An arm that requires a checkpoint is pretrained by definition."""
         if not options.init or self.requires_checkpoint:
-            return self.name
+            return variant_name(self.name, mode=options.mode)
         sha = options.checkpoint.fingerprint
-        return variant_name(self.name, None if options.twin else sha, sha if options.twin else None)
+        return variant_name(self.name, None if options.twin else sha, sha if options.twin else None, options.mode)
 
     def validate(self, spec: StudySpec, options: RunOptions) -> None:
         """Before anything runs: the study's search space, a tokenizer= file and a checkpoint fit the arm."""
@@ -189,11 +213,33 @@ class Arm:
         if options.init and not self.neural:
             raise ParameterError(f"init={options.init}: arm {self.name} is not a neural network; init and "
                                  "checkpoint apply to torch arms")
+        if options.probing and not (self.neural and options.init):
+            why = ("is not a neural network" if not self.neural else
+                   "has no checkpoint here: probing freezes a checkpoint's network (its pretrained weights, or for a "
+                   "scratch twin its shape with random weights)")
+            raise ParameterError(f"mode=probe: arm {self.name} {why}. Probe a pretrained arm (dnabert2_pretrained, "
+                                 "hf_pretrained, an arm given init=) or its scratch twin with checkpoint=; or leave "
+                                 "mode=finetune")
+        if options.probing:
+            self.check_probe_layers(spec, options)
 
+    def check_probe_layers(self, spec: StudySpec, options: RunOptions) -> None:
+        """Every layer the probe space can ask for exists in this arm's network (-1 .. -hidden states)."""
+        space, count = self.space(spec, options), self.hidden_state_count(options)
+        for label, layer in layer_values(spec, space):
+            if isinstance(layer, int) and not -count <= layer <= -1:
+                raise StudyError(f"{spec.path}: search_spaces.{space}.layer: {label}: arm {self.name}'s network "
+                                 f"({redact(options.init or '')}) has {count} hidden state(s) a probe can read (the "
+                                 f"embeddings and each layer's output{'' if count > 1 else ': a CNN, its last layer only'})"
+                                 f"; layer must be in -{count}..-1 (-1 the last layer)")
+
+    def hidden_state_count(self, options: RunOptions) -> int:
+        """How many hidden states a probe of this arm can read (torch arms: models' `hidden_states`)."""
+        raise NotImplementedError
     def check_search_space(self, spec: StudySpec, options: RunOptions) -> None:
         space = self.space(spec, options)
         names = set(spec.space(space)) | set(spec.fixed.get(space, {}))
-        required, optional = self.hyperparameters
+        required, optional = self.hyperparameters_for(options)
         # A family's fixed architecture of one model (ConvNova's hidden_dim) does not concern another (U-Net).
         other_architectures = {k for _, m in MODELS.items() for k in m.architecture_keys} & set(spec.fixed.get(space, {}))
         missing, unknown = set(required) - names, names - set(required) - set(optional) - other_architectures
@@ -205,18 +251,19 @@ class Arm:
                           if (close := difflib.get_close_matches(name, [*required, *optional], n=1)))
                 + f"it takes {list(required)} and optionally {list(optional)}"
             )
-        self.check_values(spec, space)
+        self.check_values(spec, space, options)
 
-    def check_values(self, spec: StudySpec, space: str) -> None:
+    def check_values(self, spec: StudySpec, space: str, options: RunOptions | None = None) -> None:
         """Every value the space's distributions can produce, and every fixed value, in its hyperparameter's
         range (harness/hyperparameters.py), so that nonsense fails before trial 0 rather than mid-study."""
+        probing = options is not None and options.probing
         for name, dist in spec.space(space).items():
-            problem = self.distribution_problem(name, dist)
+            problem = distribution_problem(name, dist, PROBE_RULES) if probing else self.distribution_problem(name, dist)
             if problem:
                 raise StudyError(f"{spec.path}: search_spaces.{space}.{name}: {problem}")
         fixed = spec.fixed.get(space, {})
         for name, value in fixed.items():
-            problem = self.value_problem(name, value)
+            problem = value_problem(name, value, rules=PROBE_RULES) if probing else self.value_problem(name, value)
             if problem:
                 raise StudyError(f"{spec.path}: search_spaces.{space}.fixed.{name}: {problem}")
         problem = fixed_problem(fixed)
@@ -234,3 +281,16 @@ class Arm:
     def fit(self, task: TaskData, params: dict[str, Any], seed: int, budget: Budget, options: RunOptions,
             on_epoch: EpochCallback | None = None) -> Fitted:
         raise NotImplementedError
+
+
+# A probe's search space (mode=probe, models/probe.py): the head's training, the head, and the view it reads.
+PROBE_ARCHITECTURE_KEYS = ("head", "head_hidden", "layer", "pooling")
+PROBE_HYPERPARAMETERS = (("lr", "batch_size"), ("weight_decay", "warmup_ratio", "dropout", *PROBE_ARCHITECTURE_KEYS))
+
+
+def layer_values(spec: StudySpec, space: str) -> list[tuple[str, Any]]:
+    """(label, value) of each layer a probe space can ask for (the bounds of an int range)."""
+    if "layer" in spec.fixed.get(space, {}):
+        return [("fixed", spec.fixed[space]["layer"])]
+    dist = spec.space(space).get("layer")
+    return produced_values(dist) if dist is not None else []

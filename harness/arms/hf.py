@@ -23,7 +23,7 @@ from typing import Any
 from safetensors.torch import save_model
 from torch import nn
 
-from .. import train
+from .. import probe, train
 from ..checkpoints import Checkpoint
 from ..data import TaskData
 from ..errors import CheckpointError, ParameterError
@@ -106,11 +106,11 @@ class HFArm(TorchArm):
 
     # ------------------------------------------------------------------ what the variant is
     def variant(self, options: RunOptions) -> str:
-        """`hf_pretrained@<sha>` (each checkpoint its own variant), `hf_scratch~<sha>` (its twin)."""
+        """`hf_pretrained@<sha>` (each checkpoint its own variant), `hf_scratch~<sha>` (its twin); probed, `+probe`."""
         if not options.init:
-            return self.name
+            return variant_name(self.name, mode=options.mode)
         sha = options.checkpoint.fingerprint
-        return variant_name(self.name, None if options.twin else sha, sha if options.twin else None)
+        return variant_name(self.name, None if options.twin else sha, sha if options.twin else None, options.mode)
 
     def tags(self, options: RunOptions) -> dict[str, str]:
         tags = super().tags(options)
@@ -165,8 +165,16 @@ class HFArm(TorchArm):
         caps = [options.max_length, tok.model_max_length, position_limit(load_config(self.checkpoint(options).folder))]
         return min((c for c in caps if c), default=None)
 
+    def hidden_state_count(self, options: RunOptions) -> int:
+        return int(load_config(self.checkpoint(options).folder).num_hidden_layers) + 1  # the embeddings, each layer
+
+    def backbone(self, task: TaskData, options: RunOptions) -> probe.Backbone:
+        """Read with the token cap a fine-tuned network of this checkpoint gets."""
+        tok = self.build_tokenizer(task, options)
+        return super().backbone(task, replace(options, max_length=self.token_cap(tok, options)))
+
     def fit(self, task: TaskData, params: dict[str, Any], seed: int, budget: Budget, options: RunOptions,
-            on_epoch: train.EpochCallback | None = None) -> HFFitted:
+            on_epoch: train.EpochCallback | None = None) -> HFFitted | probe.ProbeFitted:
         tok = self.build_tokenizer(task, options)
         return super().fit(task, params, seed, budget, replace(options, max_length=self.token_cap(tok, options)),
                            on_epoch)

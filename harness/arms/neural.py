@@ -3,16 +3,18 @@ by the one training loop (`train.fit`) and scored by `train.predict`."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from safetensors.torch import save_model
 from torch import nn
 
-from .. import train
+from .. import probe, train
 from ..data import TaskData
 from ..errors import CheckpointError
 from ..models import DEFAULT_DROPOUT, MODELS, count_parameters
@@ -20,7 +22,7 @@ from ..schema import Artifact, Init, Metric, Tag
 from ..studies import StudySpec
 from ..tokenizers import BPETokenizer, DNATokenizer, TokenizedSplit, TokenizerRequest, build_tokenizer, tokenize
 from ..tracking import redact
-from .base import EXPORT_CONFIG, EXPORT_WEIGHTS, Arm, Budget, RunOptions
+from .base import EXPORT_CONFIG, EXPORT_WEIGHTS, Arm, Budget, RunOptions, digest
 
 
 @dataclass
@@ -164,17 +166,66 @@ class TorchArm(Arm):
         return model, architecture
 
     def fit(self, task: TaskData, params: dict[str, Any], seed: int, budget: Budget, options: RunOptions,
-            on_epoch: train.EpochCallback | None = None) -> TorchFitted:
+            on_epoch: train.EpochCallback | None = None) -> TorchFitted | probe.ProbeFitted:
+        if options.probing:
+            return self.fit_probe(task, params, seed, budget, options, on_epoch)
         tok = self.build_tokenizer(task, options)
         train_split = tokenize(tok, task.train, options.max_length)
         dev_split = tokenize(tok, task.dev, options.max_length)
         train.seed_everything(seed)  # before the model exists: its initial weights depend on the seed
         model, architecture = self.build_model(tok, task.num_classes, params, options)
-        cfg = train.TrainConfig(
-            lr=float(params["lr"]), weight_decay=float(params.get("weight_decay", 0.0)),
-            batch_size=int(params["batch_size"]), warmup_ratio=float(params.get("warmup_ratio", 0.06)),
-            max_epochs=budget.max_epochs, patience=budget.patience, seed=seed,
-            grad_accumulation=options.grad_accumulation,
-        )
+        cfg = train_config(params, seed, budget, options)
         result = train.fit(model, train_split, dev_split, tok.pad_id, cfg, options.runtime, on_epoch)
         return self.fitted_class(model, tok, task, options, result, architecture, self.model)
+
+    # ------------------------------------------------------------------ probing (mode=probe, harness/probe.py)
+    def fit_probe(self, task: TaskData, params: dict[str, Any], seed: int, budget: Budget, options: RunOptions,
+                  on_epoch: train.EpochCallback | None = None) -> probe.ProbeFitted:
+        """A head on the frozen backbone's cached embeddings: the same budget, schedule and dev selection."""
+        backbone = self.backbone(task, options)
+
+        def export_backbone(folder: Path) -> None:  # as a fine-tuned network of this arm exports
+            model, architecture = self.frozen_network(backbone.tokenizer, task.num_classes, options)
+            self.fitted_class(model, backbone.tokenizer, task, options, train.FitResult(), architecture,
+                              self.model).export(folder)
+
+        return probe.fit_probe(backbone, task, params, seed, train_config(params, seed, budget, options),
+                               options.probe_views, options.runtime, on_epoch, export_backbone)
+
+    def backbone(self, task: TaskData, options: RunOptions) -> probe.Backbone:
+        """The frozen network a probe of this arm reads, keyed by its weights' content: the checkpoint's sha256, or
+        for a twin what its random weights are drawn from (the checkpoint's shape, `probe.BACKBONE_SEED`, the
+        library that draws them)."""
+        tok = self.build_tokenizer(task, options)
+        ckpt = options.checkpoint
+        weights = ckpt.fingerprint if options.pretrained else "twin:" + digest(
+            {"shape_of": ckpt.fingerprint, "seed": probe.BACKBONE_SEED, "torch": torch.__version__,
+             "transformers": importlib.metadata.version("transformers") if self.checkpoint_reader == "hf" else None})
+        return probe.Backbone(weights, lambda: self.frozen_network(tok, task.num_classes, options)[0], tok,
+                              options.max_length, {"model": self.model, "checkpoint": redact(ckpt.source),
+                                                   "pretrained": options.pretrained})
+
+    def frozen_network(self, tok: DNATokenizer, num_classes: int, options: RunOptions) -> tuple[nn.Module, dict]:
+        """The arm's network with the checkpoint's weights (or a twin's random ones, drawn with a fixed seed), in
+        eval mode with every parameter frozen."""
+        train.seed_everything(probe.BACKBONE_SEED)
+        model, architecture = self.build_model(tok, num_classes, {}, options)
+        model.requires_grad_(False)
+        return model.eval(), architecture
+
+    def hidden_state_count(self, options: RunOptions) -> int:
+        ckpt = options.checkpoint
+        return MODELS.get(self.model).hidden_state_count(ckpt.architecture if ckpt is not None else {})
+
+    def embedding_cost(self, task: TaskData, options: RunOptions) -> dict[str, float]:
+        return probe.pass_cost(self.backbone(task, options), task, options.runtime) if options.probing else {}
+
+
+def train_config(params: dict[str, Any], seed: int, budget: Budget, options: RunOptions) -> train.TrainConfig:
+    """A trial's (or final seed's) training hyperparameters and the study's epoch budget."""
+    return train.TrainConfig(
+        lr=float(params["lr"]), weight_decay=float(params.get("weight_decay", 0.0)),
+        batch_size=int(params["batch_size"]), warmup_ratio=float(params.get("warmup_ratio", 0.06)),
+        max_epochs=budget.max_epochs, patience=budget.patience, seed=seed,
+        grad_accumulation=options.grad_accumulation,
+    )

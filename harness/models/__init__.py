@@ -32,6 +32,8 @@ class ModelSpec:
     classifier: Callable[[dict[str, Any], Any, int, float], nn.Module]  # (config, tokenizer, classes, dropout)
     masked_lm: Callable[[dict[str, Any], Any, float], nn.Module]  # (config, tokenizer, dropout)
     head_keys: tuple[str, ...] = ()  # those architecture keys that shape the classification head, not the encoder
+    # How many hidden states the classifier's `hidden_states` gives (a probe's layers): a CNN gives its last only.
+    hidden_state_count: Callable[[dict[str, Any]], int] = lambda config: 1
 
     def classifier_architecture(self, tok, hp: dict[str, Any], checkpoint: dict[str, Any] | None = None
                                 ) -> dict[str, Any]:
@@ -128,6 +130,7 @@ MODELS.add("dnabert2", ModelSpec(
     architecture=lambda tok, hp: pick(hp, DNABERT2_DEFAULTS),
     classifier=lambda cfg, tok, n, p: DNABERT2ForSequenceClassification(dnabert2_config(cfg, tok, p, n)),
     masked_lm=lambda cfg, tok, p: DNABERT2ForMaskedLM(dnabert2_config(cfg, tok, p)),
+    hidden_state_count=lambda cfg: int(cfg["num_hidden_layers"]) + 1,  # the embeddings, then each layer
 ))
 
 

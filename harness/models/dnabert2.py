@@ -185,6 +185,15 @@ class Encoder(nn.Module):
             x = layer(x, bias)
         return x * mask[..., None].to(x.dtype)  # padded positions are zero, as in the original's output
 
+    def hidden_states(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The embeddings and every layer's output [B, L, H], zero at padded positions as the original's output."""
+        bias, keep = self.attention_bias(mask, x.dtype), mask[..., None].to(x.dtype)
+        states = [x * keep]
+        for layer in self.layer:
+            x = layer(x, bias)
+            states.append(x * keep)
+        return tuple(states)
+
 
 class Pooler(nn.Module):
     def __init__(self, c: DNABERT2Config) -> None:
@@ -316,3 +325,7 @@ class DNABERT2ForSequenceClassification(PreTrainedMixin, nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> ModelOutput:
         hidden = self.bert(input_ids, attention_mask)
         return ModelOutput(logits=self.classifier(self.dropout(self.bert.pooler(hidden))))
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Embeddings, then each layer's output [B, L, H]: what a probe reads (harness/probe.py)."""
+        return self.bert.encoder.hidden_states(self.bert.embeddings(input_ids), attention_mask)

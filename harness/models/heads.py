@@ -135,6 +135,10 @@ class SequenceClassifier(nn.Module):
         pooled = self.pool(self.encoder(input_ids, attention_mask), mask)
         return self.classifier(self.dropout(pooled))
 
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The encoder's features [B, L, H], its only layer a probe can read (harness/probe.py)."""
+        return (self.encoder(input_ids, attention_mask),)
+
     def load_published_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """A MaskedLM checkpoint (or another classifier's) -> this classifier, with a new head (pooling included)."""
         load_by_key_name(self, state, fresh=("classifier.", "pool."), may_leave=("lm_head.",))

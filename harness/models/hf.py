@@ -77,6 +77,10 @@ class HFSequenceClassifier(nn.Module):
         mask = attention_mask.to(self.classifier.weight.dtype)  # fp32 under autocast: pooled sums in fp32
         return self.classifier(self.dropout(self.pool(features, mask)))
 
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The embeddings' output, then each layer's [B, L, H] (transformers' hidden_states): what a probe reads."""
+        return self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
+
 
 def load_config(folder: Path):
     """The checkpoint's config (transformers' own class for its model_type; never its code)."""

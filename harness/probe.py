@@ -1,0 +1,276 @@
+"""Probing (`mode=probe`): a frozen backbone's embeddings, computed once and cached on disk, and a head trained on
+them (models/probe.py) by the one training loop.
+
+A torch arm with a checkpoint (pretrained weights, or the shape of a scratch twin) runs in probe mode when the
+request says `mode=probe`. Its backbone never trains: each split is passed through it once (batched, on the
+runtime's device, under bf16 autocast where the runtime uses bf16), every (layer, pooling) the study's probe
+space can ask for is pooled from that one pass, and each is stored under a key made of what it depends on:
+
+    the weights (the checkpoint's sha256, or for a random twin its checkpoint, init seed and library versions)
+    x the tokenizer's fingerprint x the split's content x the token cap x the precision x the layer x the pooling
+
+so that every trial and final seed of a cell, every worker on the machine, and a rerun after a crash read the
+same file (`HARNESS_CACHE_DIR`/embeddings/). A twin's random backbone is drawn once per cell (seed
+`BACKBONE_SEED`), as the pretrained backbone is fixed: seeds vary the head, in both.
+
+Cost: the pass's seconds and FLOPs are stored with it; a probed cell's final runs log the passes over train, dev
+and test (`embed_seconds`, `embed_flops`), the same for every seed, which the analysis counts once per cell.
+Each fit's runs say where its embeddings came from (tag `embeddings`: `train computed, dev cached`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors.torch import save_model
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from . import train
+from .data import TaskData
+from .models.probe import PROBE_DEFAULTS, ProbedClassifier, ProbeHead, pool
+from .runtime import Runtime
+from .schema import Artifact, Metric, Tag
+from .tokenizers import DNATokenizer, TokenizedSplit, cache_dir, tokenize
+
+log = logging.getLogger("harness")
+
+CACHE_FORMAT = "embeddings-v1"  # bump when what a cache entry holds changes
+BACKBONE_SEED = 0  # a random twin's frozen weights: one draw per cell, the same for every trial and seed
+View = tuple[int, str]  # (layer, pooling)
+_memory: dict[str, train.FeatureSplit] = {}  # this process's entries: trials of a cell read the disk once
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A frozen network a probe reads, identified by content: `weights` keys the cache; `build` makes the
+    network (a harness classifier with `hidden_states`) only where an embedding is missing."""
+
+    weights: str  # the checkpoint's sha256, or the digest of what a random twin's weights are drawn from
+    build: Callable[[], nn.Module]
+    tokenizer: DNATokenizer
+    max_length: int | None  # the token cap the backbone reads sequences with
+    description: dict[str, Any] = field(default_factory=dict)  # its architecture, for the run's model config
+
+
+@dataclass(frozen=True)
+class PassCost:
+    seconds: float
+    flops: float
+
+
+def pass_key(backbone: Backbone, split_fingerprint: str, precision: str) -> str:
+    """One forward pass of a split: everything its embeddings depend on but the layer and the pooling."""
+    text = f"{CACHE_FORMAT}|{backbone.weights}|{backbone.tokenizer.fingerprint}|{split_fingerprint}|" \
+           f"{backbone.max_length}|{precision}"
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def view_file(folder: Path, view: View) -> Path:
+    layer, pooling = view
+    return folder / f"layer{layer}_{pooling}.npy"
+
+
+@torch.inference_mode()
+def embed(model: nn.Module, tokens: TokenizedSplit, pad_id: int, runtime: Runtime,
+          views: list[View]) -> tuple[dict[View, np.ndarray], PassCost]:
+    """One pass of `model` over a split: every view's pooled embeddings [N, H] (float32, in the split's order) and
+    the pass's cost (FLOPs counted on the first batch, scaled by the tokens). A batch that runs out of memory is
+    retried in halves, as `train.predict` does."""
+    model.to(runtime.device).eval()
+    order = np.argsort(tokens.lengths, kind="stable")
+    chunks: dict[View, list[torch.Tensor]] = {v: [] for v in views}
+    start, batch_size, flops_per_token, n_tokens = 0, runtime.eval_batch_size, 0.0, 0
+    began = time.perf_counter()
+    while start < len(order):
+        idx = order[start:start + batch_size]
+        input_ids, mask, _ = train.collate(tokens, idx, pad_id, runtime.device)
+        try:
+            with FlopCounterMode(display=False) if not flops_per_token else nullcontext() as counter:
+                with runtime.autocast():
+                    states = model.hidden_states(input_ids, mask)
+                pooled = {v: pool(states[v[0]], mask, v[1]).cpu() for v in views}
+        except train.MEMORY_ERRORS:
+            if len(idx) == 1:
+                raise
+            batch_size = math.ceil(len(idx) / 2)
+            train.free_memory()
+            log.warning("out of memory embedding %d sequences; embedding in batches of %d", len(idx), batch_size)
+            continue
+        if counter is not None:
+            flops_per_token = counter.get_total_flops() / input_ids.numel()
+        for v in views:
+            chunks[v].append(pooled[v])
+        n_tokens += input_ids.numel()
+        start += len(idx)
+    arrays = {}
+    for v in views:
+        stacked = torch.cat(chunks[v]).numpy()
+        arrays[v] = np.empty_like(stacked)
+        arrays[v][order] = stacked
+    return arrays, PassCost(time.perf_counter() - began, flops_per_token * n_tokens)
+
+
+def embeddings(backbone: Backbone, task: TaskData, split: str, view: View, views: tuple[View, ...],
+               runtime: Runtime) -> tuple[train.FeatureSplit, str]:
+    """The split's pooled embeddings for `view` and whether they were `cached` or `computed`. A miss computes, in
+    one pass, every view of `views` (the study's probe space) not yet stored, and stores each."""
+    data = task.split(split)
+    folder = cache_dir() / "embeddings" / pass_key(backbone, data.fingerprint, runtime.precision)
+    memory_key = f"{folder.name}/{view_file(folder, view).name}"
+    if memory_key in _memory:
+        return _memory[memory_key], "cached"
+    meta = read_meta(folder)
+    source = "cached"
+    if meta is None or not view_file(folder, view).is_file():
+        source = "computed"
+        tokens = tokenize(backbone.tokenizer, data, backbone.max_length)
+        wanted = sorted({view, *views} - ({tuple(v) for v in meta["views"]} if meta else set()))
+        arrays, cost = embed(backbone.build(), tokens, backbone.tokenizer.pad_id, runtime, wanted)
+        write_entry(folder, arrays, cost, tokens, meta)
+        meta = read_meta(folder)
+        log.info("embedded %s of %s: %d sequences, %d view(s), %.1fs", split, task.name, len(tokens), len(wanted),
+                 cost.seconds)
+    features = train.FeatureSplit(np.load(view_file(folder, view)), data.labels, int(meta["truncated"]))
+    _memory[memory_key] = features
+    return features, source
+
+
+def read_meta(folder: Path) -> dict[str, Any] | None:
+    """An entry's record (written last: an entry without one is incomplete and computed again)."""
+    path = folder / "pass.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_entry(folder: Path, arrays: dict[View, np.ndarray], cost: PassCost, tokens: TokenizedSplit,
+                meta: dict[str, Any] | None) -> None:
+    """Each view's array, then the record (views stored, the passes' cost so far, truncation), each file written
+    whole to a temporary name and renamed: a reader sees a whole entry or none, and two workers computing the same
+    entry write the same content."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for view, array in arrays.items():
+        atomic_write(view_file(folder, view), lambda f, a=array: np.save(f, a))
+    old = meta or {"views": [], "seconds": 0.0, "flops": 0.0}
+    record = {"views": sorted({*map(tuple, old["views"]), *arrays}), "seconds": old["seconds"] + cost.seconds,
+              "flops": old["flops"] + cost.flops, "truncated": tokens.truncated, "n": len(tokens)}
+    atomic_write(folder / "pass.json", lambda f: f.write(json.dumps(record).encode()))
+
+
+def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        write(f)
+    tmp.replace(path)
+
+
+def pass_cost(backbone: Backbone, task: TaskData, runtime: Runtime) -> dict[str, float]:
+    """The embedding passes over train, dev and test that a cell's results rest on (seconds, FLOPs)."""
+    records = [read_meta(cache_dir() / "embeddings" / pass_key(backbone, task.split(s).fingerprint,
+                                                                runtime.precision)) for s in ("train", "dev", "test")]
+    return {Metric.EMBED_SECONDS: sum(r["seconds"] for r in records if r),
+            Metric.EMBED_FLOPS: sum(r["flops"] for r in records if r)}
+
+
+def probe_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The probe's head and view: the trial's values, else the defaults (models/probe.py)."""
+    return {k: type(v)(params.get(k, v)) for k, v in PROBE_DEFAULTS.items()}
+
+
+# ------------------------------------------------------------------------------------------------ fitting
+@dataclass
+class ProbeFitted:
+    """A probe trained on one view of a frozen backbone; predicts a split from its cached embeddings."""
+
+    head: ProbeHead
+    backbone: Backbone
+    view: View
+    task: TaskData
+    views: tuple[View, ...]
+    runtime: Runtime
+    result: train.FitResult
+    architecture: dict[str, Any]
+    sources: dict[str, str]  # split -> cached | computed
+    export_backbone: Callable[[Path], None]  # writes the backbone as its arm exports a fine-tuned network
+
+    @property
+    def n_params(self) -> int:
+        """Trained parameters: the head's (the backbone's are frozen)."""
+        return sum(p.numel() for p in self.head.parameters())
+
+    def features(self, split: str) -> train.FeatureSplit:
+        features, self.sources[split] = embeddings(self.backbone, self.task, split, self.view, self.views,
+                                                   self.runtime)
+        return features
+
+    def predict(self, split: str) -> np.ndarray:
+        return train.predict(self.head, self.features(split), 0, self.runtime)
+
+    def truncated(self) -> dict[str, int]:
+        return {split: self.features(split).truncated for split in ("train", "dev", "test")}
+
+    def embedding_cost(self) -> dict[str, float]:
+        return pass_cost(self.backbone, self.task, self.runtime)
+
+    def artifacts(self, folder: Path) -> list[Path]:
+        config = folder / Artifact.MODEL_CONFIG
+        config.write_text(json.dumps({"model": "ProbedClassifier", "architecture": self.architecture,
+                                      "embeddings": self.sources}, indent=2, default=str))
+        return [config]
+
+    def export(self, folder: Path) -> None:
+        """backbone/ (as the arm exports a fine-tuned network: weights, config, tokenizer), head.safetensors and
+        config.json (kind probe: the layer, pooling and head), which `serving.load_probe` puts back together."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.export_backbone(folder / "backbone")
+        save_model(self.head, str(folder / "head.safetensors"))
+        layer, pooling = self.view
+        head = {k: self.architecture[k] for k in ("head", "head_hidden")}
+        config = {"kind": "probe", "layer": layer, "pooling": pooling, "head": head,
+                  "hidden_size": int(self.head.mean.numel()), "num_classes": self.task.num_classes}
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def fit_probe(backbone: Backbone, task: TaskData, params: dict[str, Any], seed: int, cfg: train.TrainConfig,
+              views: tuple[View, ...], runtime: Runtime, on_epoch: train.EpochCallback | None,
+              export_backbone: Callable[[Path], None]) -> ProbeFitted:
+    """Train a probe head (the trial's head, layer and pooling) on the cached embeddings of train; dev picks the
+    epoch, as for every arm."""
+    chosen = probe_params(params)
+    view: View = (chosen["layer"], chosen["pooling"])
+    sources: dict[str, str] = {}
+    train_features, sources["train"] = embeddings(backbone, task, "train", view, views, runtime)
+    dev_features, sources["dev"] = embeddings(backbone, task, "dev", view, views, runtime)
+    train.seed_everything(seed)
+    head = ProbeHead(train_features.features.shape[1], task.num_classes, chosen["head"], chosen["head_hidden"],
+                     float(params.get("dropout", 0.1)))
+    head.standardise_with(torch.from_numpy(train_features.features))
+    result = train.fit(head, train_features, dev_features, 0, cfg, runtime, on_epoch)
+    result.tags = {Tag.EMBEDDINGS: ", ".join(f"{split} {source}" for split, source in sources.items())}
+    architecture = {"backbone": backbone.description, "weights": backbone.weights, **chosen}
+    return ProbeFitted(head, backbone, view, task, views, runtime, result, architecture, sources, export_backbone)
+
+
+def views_of(space: dict[str, Any], fixed: dict[str, Any]) -> tuple[View, ...]:
+    """Every (layer, pooling) a probe search space can ask for: what one pass over a split pools."""
+    def values(name: str) -> list[Any]:
+        if name in fixed:
+            return [fixed[name]]
+        if name not in space:
+            return [PROBE_DEFAULTS[name]]
+        dist = space[name]
+        if hasattr(dist, "choices"):
+            return list(dist.choices)
+        return list(range(int(dist.low), int(dist.high) + 1, int(getattr(dist, "step", 1) or 1)))
+
+    return tuple(sorted((int(layer), str(pooling)) for layer in values("layer") for pooling in values("pooling")))
