@@ -241,8 +241,15 @@ def words_list(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+# A variant's marks in words, so that `arm@sha`, `arm~sha` and `arm@sha+probe` get files of their own.
+VARIANT_MARKS = {"@": "_at_", "~": "_twin_of_", "+": "_plus_"}
+
+
 def difference_png(c: Contrast) -> str:
-    return "difference_" + re.sub(r"[^A-Za-z0-9]+", "_", f"{c.a}_vs_{c.b}").strip("_") + ".png"
+    name = f"{c.a}_vs_{c.b}"
+    for mark, words in VARIANT_MARKS.items():
+        name = name.replace(mark, words)
+    return "difference_" + re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_") + ".png"
 
 
 def friedman_block(results: Results, alpha: float) -> tuple[pd.DataFrame, stats.Friedman | None, str]:

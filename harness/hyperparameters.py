@@ -123,7 +123,7 @@ RULES: dict[str, Rule] = {
 # In a probe search space (mode=probe) a key may mean something else: the probe's pooling has no parameters.
 PROBE_RULES: dict[str, Rule] = {
     **RULES,
-    "pooling": Rule(str, "how the probe pools a layer's token features (no parameters: pooled once, cached)",
+    "pooling": Rule(str, "how the probe pools a layer's token features; without parameters, so pooled once and cached",
                     choices=probe_pooling_names),
 }
 

@@ -6,7 +6,8 @@ request says `mode=probe`. Its backbone never trains: each split is passed throu
 runtime's device, under bf16 autocast where the runtime uses bf16), every (layer, pooling) the study's probe
 space can ask for is pooled from that one pass, and each is stored under a key made of what it depends on:
 
-    the weights (the checkpoint's sha256, or for a random twin its checkpoint, init seed and library versions)
+    the network (its weights' sha256, or the seed a twin's random ones are drawn with; its config; the code and
+                 library versions that run it)
     x the tokenizer's fingerprint x the split's content x the token cap x the precision x the layer x the pooling
 
 so that every trial and final seed of a cell, every worker on the machine, and a rerun after a crash read the
@@ -20,16 +21,19 @@ Each fit's runs say where its embeddings came from (tag `embeddings`: `train com
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import hashlib
 import json
 import logging
 import math
 import os
 import time
-from contextlib import nullcontext
+from collections import OrderedDict
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -39,6 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from . import train
 from .data import TaskData
+from .models import DEFAULT_DROPOUT
 from .models.probe import PROBE_DEFAULTS, ProbedClassifier, ProbeHead, pool
 from .runtime import Runtime
 from .schema import Artifact, Metric, Tag
@@ -47,9 +52,13 @@ from .tokenizers import DNATokenizer, TokenizedSplit, cache_dir, tokenize
 log = logging.getLogger("harness")
 
 CACHE_FORMAT = "embeddings-v1"  # bump when what a cache entry holds changes
-BACKBONE_SEED = 0  # a random twin's frozen weights: one draw per cell, the same for every trial and seed
+BACKBONE_SEED = 1009  # a random twin's frozen weights: one draw per cell, the same for every trial and seed (not 0:
+# a checkpoint saved straight after a seed-0 initialisation would otherwise be its own twin)
 View = tuple[int, str]  # (layer, pooling)
-_memory: dict[str, train.FeatureSplit] = {}  # this process's entries: trials of a cell read the disk once
+# This process's most recent entries, so that a cell's trials do not reread the disk; bounded, since a sweep runs
+# cell after cell in one process and an entry of a big task is ~100 MB (30,000 x 768 float32).
+_memory: OrderedDict[str, train.FeatureSplit] = OrderedDict()
+MEMORY_ENTRIES = 6
 
 
 @dataclass(frozen=True)
@@ -57,7 +66,7 @@ class Backbone:
     """A frozen network a probe reads, identified by content: `weights` keys the cache; `build` makes the
     network (a harness classifier with `hidden_states`) only where an embedding is missing."""
 
-    weights: str  # the checkpoint's sha256, or the digest of what a random twin's weights are drawn from
+    weights: str  # a digest of the weights (or a twin's seed), the config and the code that runs the network
     build: Callable[[], nn.Module]
     tokenizer: DNATokenizer
     max_length: int | None  # the token cap the backbone reads sequences with
@@ -68,6 +77,16 @@ class Backbone:
 class PassCost:
     seconds: float
     flops: float
+
+
+@functools.cache
+def model_code_digest() -> str:
+    """sha256 of the harness's model code (harness/models/*.py): a change to how a network computes invalidates
+    the embeddings it cached."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.joinpath("models").glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def pass_key(backbone: Backbone, split_fingerprint: str, precision: str) -> str:
@@ -86,34 +105,38 @@ def view_file(folder: Path, view: View) -> Path:
 def embed(model: nn.Module, tokens: TokenizedSplit, pad_id: int, runtime: Runtime,
           views: list[View]) -> tuple[dict[View, np.ndarray], PassCost]:
     """One pass of `model` over a split: every view's pooled embeddings [N, H] (float32, in the split's order) and
-    the pass's cost (FLOPs counted on the first batch, scaled by the tokens). A batch that runs out of memory is
-    retried in halves, as `train.predict` does."""
+    the pass's cost (FLOPs counted on the batch holding the median length, scaled by the tokens). A batch that runs
+    out of memory is retried in halves, as `train.predict` does."""
     model.to(runtime.device).eval()
     order = np.argsort(tokens.lengths, kind="stable")
     chunks: dict[View, list[torch.Tensor]] = {v: [] for v in views}
     start, batch_size, flops_per_token, n_tokens = 0, runtime.eval_batch_size, 0.0, 0
+    median = len(order) // 2
     began = time.perf_counter()
     while start < len(order):
         idx = order[start:start + batch_size]
-        input_ids, mask, _ = train.collate(tokens, idx, pad_id, runtime.device)
+        count = not flops_per_token and start + len(idx) > median  # attention's cost grows with length
         try:
-            with FlopCounterMode(display=False) if not flops_per_token else nullcontext() as counter:
-                with runtime.autocast():
-                    states = model.hidden_states(input_ids, mask)
-                pooled = {v: pool(states[v[0]], mask, v[1]).cpu() for v in views}
-        except train.MEMORY_ERRORS:
+            input_ids, mask, _ = train.collate(tokens, idx, pad_id, runtime.device)
+            with FlopCounterMode(display=False) if count else nullcontext() as counter:
+                pooled = pooled_views(model, input_ids, mask, views, runtime)
+        except train.MEMORY_ERRORS as err:
             if len(idx) == 1:
                 raise
-            batch_size = math.ceil(len(idx) / 2)
-            train.free_memory()
-            log.warning("out of memory embedding %d sequences; embedding in batches of %d", len(idx), batch_size)
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        else:
+            if counter is not None:
+                flops_per_token = counter.get_total_flops() / input_ids.numel()
+            for v in views:
+                chunks[v].append(pooled[v])
+            n_tokens += input_ids.numel()
+            start += len(idx)
             continue
-        if counter is not None:
-            flops_per_token = counter.get_total_flops() / input_ids.numel()
-        for v in views:
-            chunks[v].append(pooled[v])
-        n_tokens += input_ids.numel()
-        start += len(idx)
+        train.free_memory()  # out of the except block: the failed batch's tensors are released
+        batch_size = math.ceil(len(idx) / 2)
+        log.warning("out of memory embedding %d sequences (%s); embedding in batches of %d", len(idx), message,
+                    batch_size)
+    train.free_memory()  # a worker sharing the GPU gets the pass's memory back
     arrays = {}
     for v in views:
         stacked = torch.cat(chunks[v]).numpy()
@@ -122,29 +145,56 @@ def embed(model: nn.Module, tokens: TokenizedSplit, pad_id: int, runtime: Runtim
     return arrays, PassCost(time.perf_counter() - began, flops_per_token * n_tokens)
 
 
+def pooled_views(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, views: list[View],
+                 runtime: Runtime) -> dict[View, torch.Tensor]:
+    """One batch's pooled views, on the CPU; its hidden states (every layer) are freed on return."""
+    with runtime.autocast():
+        states = model.hidden_states(input_ids, mask)
+    return {v: pool(states[v[0]], mask, v[1]).cpu() for v in views}
+
+
 def embeddings(backbone: Backbone, task: TaskData, split: str, view: View, views: tuple[View, ...],
                runtime: Runtime) -> tuple[train.FeatureSplit, str]:
     """The split's pooled embeddings for `view` and whether they were `cached` or `computed`. A miss computes, in
-    one pass, every view of `views` (the study's probe space) not yet stored, and stores each."""
+    one pass, every view of `views` (the study's probe space) not yet stored, and stores each; workers that miss
+    together wait for the first one's pass (a lock file beside the entry) instead of repeating it."""
     data = task.split(split)
     folder = cache_dir() / "embeddings" / pass_key(backbone, data.fingerprint, runtime.precision)
     memory_key = f"{folder.name}/{view_file(folder, view).name}"
     if memory_key in _memory:
+        _memory.move_to_end(memory_key)
         return _memory[memory_key], "cached"
-    meta = read_meta(folder)
     source = "cached"
-    if meta is None or not view_file(folder, view).is_file():
-        source = "computed"
-        tokens = tokenize(backbone.tokenizer, data, backbone.max_length)
-        wanted = sorted({view, *views} - ({tuple(v) for v in meta["views"]} if meta else set()))
-        arrays, cost = embed(backbone.build(), tokens, backbone.tokenizer.pad_id, runtime, wanted)
-        write_entry(folder, arrays, cost, tokens, meta)
-        meta = read_meta(folder)
-        log.info("embedded %s of %s: %d sequences, %d view(s), %.1fs", split, task.name, len(tokens), len(wanted),
-                 cost.seconds)
+    if read_meta(folder) is None or not view_file(folder, view).is_file():
+        with entry_lock(folder):
+            meta = read_meta(folder)  # again, under the lock: another worker may have written it meanwhile
+            wanted = [v for v in sorted({view, *views}) if meta is None or not view_file(folder, v).is_file()]
+            if wanted:
+                source = "computed"
+                tokens = tokenize(backbone.tokenizer, data, backbone.max_length)
+                arrays, cost = embed(backbone.build(), tokens, backbone.tokenizer.pad_id, runtime, wanted)
+                write_entry(folder, arrays, cost, tokens, meta)
+                log.info("embedded %s of %s: %d sequences, %d view(s), %.1fs", split, task.name, len(tokens),
+                         len(wanted), cost.seconds)
+    meta = read_meta(folder)
     features = train.FeatureSplit(np.load(view_file(folder, view)), data.labels, int(meta["truncated"]))
     _memory[memory_key] = features
+    while len(_memory) > MEMORY_ENTRIES:
+        _memory.popitem(last=False)
     return features, source
+
+
+@contextmanager
+def entry_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on one cache entry (flock: workers on one machine; on a shared file system, as its
+    mount honours flock)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"{folder.name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def read_meta(folder: Path) -> dict[str, Any] | None:
@@ -155,15 +205,14 @@ def read_meta(folder: Path) -> dict[str, Any] | None:
 
 def write_entry(folder: Path, arrays: dict[View, np.ndarray], cost: PassCost, tokens: TokenizedSplit,
                 meta: dict[str, Any] | None) -> None:
-    """Each view's array, then the record (views stored, the passes' cost so far, truncation), each file written
-    whole to a temporary name and renamed: a reader sees a whole entry or none, and two workers computing the same
-    entry write the same content."""
+    """Each view's array, then the record (each pass: the views it made and its cost; truncation), every file
+    written whole to a temporary name and renamed: a reader sees a whole entry or none."""
     folder.mkdir(parents=True, exist_ok=True)
     for view, array in arrays.items():
         atomic_write(view_file(folder, view), lambda f, a=array: np.save(f, a))
-    old = meta or {"views": [], "seconds": 0.0, "flops": 0.0}
-    record = {"views": sorted({*map(tuple, old["views"]), *arrays}), "seconds": old["seconds"] + cost.seconds,
-              "flops": old["flops"] + cost.flops, "truncated": tokens.truncated, "n": len(tokens)}
+    passes = [p for p in (meta or {}).get("passes", []) if not set(map(tuple, p["views"])) <= set(arrays)]
+    passes.append({"views": sorted(arrays), "seconds": cost.seconds, "flops": cost.flops})
+    record = {"passes": passes, "truncated": tokens.truncated, "n": len(tokens)}
     atomic_write(folder / "pass.json", lambda f: f.write(json.dumps(record).encode()))
 
 
@@ -174,12 +223,17 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
     tmp.replace(path)
 
 
-def pass_cost(backbone: Backbone, task: TaskData, runtime: Runtime) -> dict[str, float]:
-    """The embedding passes over train, dev and test that a cell's results rest on (seconds, FLOPs)."""
-    records = [read_meta(cache_dir() / "embeddings" / pass_key(backbone, task.split(s).fingerprint,
-                                                                runtime.precision)) for s in ("train", "dev", "test")]
-    return {Metric.EMBED_SECONDS: sum(r["seconds"] for r in records if r),
-            Metric.EMBED_FLOPS: sum(r["flops"] for r in records if r)}
+def pass_cost(backbone: Backbone, task: TaskData, runtime: Runtime, views: tuple[View, ...]) -> dict[str, float]:
+    """What embedding train, dev and test cost a cell: each pass that made one of its views (`views`: what its
+    search space can ask for), once, whatever other studies' passes added to the same entries."""
+    seconds = flops = 0.0
+    for split in ("train", "dev", "test"):
+        meta = read_meta(cache_dir() / "embeddings" / pass_key(backbone, task.split(split).fingerprint,
+                                                               runtime.precision))
+        for made in (meta or {}).get("passes", []):
+            if set(map(tuple, made["views"])) & set(views):
+                seconds, flops = seconds + made["seconds"], flops + made["flops"]
+    return {Metric.EMBED_SECONDS: seconds, Metric.EMBED_FLOPS: flops}
 
 
 def probe_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -209,8 +263,9 @@ class ProbeFitted:
         return sum(p.numel() for p in self.head.parameters())
 
     def features(self, split: str) -> train.FeatureSplit:
-        features, self.sources[split] = embeddings(self.backbone, self.task, split, self.view, self.views,
-                                                   self.runtime)
+        features, source = embeddings(self.backbone, self.task, split, self.view, self.views, self.runtime)
+        self.sources.setdefault(split, source)  # the first read's: where this fit's embeddings came from
+        self.result.tags = sources_tag(self.sources)
         return features
 
     def predict(self, split: str) -> np.ndarray:
@@ -218,9 +273,6 @@ class ProbeFitted:
 
     def truncated(self) -> dict[str, int]:
         return {split: self.features(split).truncated for split in ("train", "dev", "test")}
-
-    def embedding_cost(self) -> dict[str, float]:
-        return pass_cost(self.backbone, self.task, self.runtime)
 
     def artifacts(self, folder: Path) -> list[Path]:
         config = folder / Artifact.MODEL_CONFIG
@@ -253,12 +305,17 @@ def fit_probe(backbone: Backbone, task: TaskData, params: dict[str, Any], seed: 
     dev_features, sources["dev"] = embeddings(backbone, task, "dev", view, views, runtime)
     train.seed_everything(seed)
     head = ProbeHead(train_features.features.shape[1], task.num_classes, chosen["head"], chosen["head_hidden"],
-                     float(params.get("dropout", 0.1)))
+                     float(params.get("dropout", DEFAULT_DROPOUT)))
     head.standardise_with(torch.from_numpy(train_features.features))
     result = train.fit(head, train_features, dev_features, 0, cfg, runtime, on_epoch)
-    result.tags = {Tag.EMBEDDINGS: ", ".join(f"{split} {source}" for split, source in sources.items())}
+    result.tags = sources_tag(sources)
     architecture = {"backbone": backbone.description, "weights": backbone.weights, **chosen}
     return ProbeFitted(head, backbone, view, task, views, runtime, result, architecture, sources, export_backbone)
+
+
+def sources_tag(sources: dict[str, str]) -> dict[str, str]:
+    """Tag `embeddings` of a fit's run: `train computed, dev cached, test cached`."""
+    return {Tag.EMBEDDINGS: ", ".join(f"{split} {source}" for split, source in sources.items())}
 
 
 def views_of(space: dict[str, Any], fixed: dict[str, Any]) -> tuple[View, ...]:
@@ -273,4 +330,6 @@ def views_of(space: dict[str, Any], fixed: dict[str, Any]) -> tuple[View, ...]:
             return list(dist.choices)
         return list(range(int(dist.low), int(dist.high) + 1, int(getattr(dist, "step", 1) or 1)))
 
-    return tuple(sorted((int(layer), str(pooling)) for layer in values("layer") for pooling in values("pooling")))
+    # A value that is no layer index is left to the study's checks (Arm.check_values), which name it.
+    layers = [v for v in values("layer") if isinstance(v, int) and not isinstance(v, bool)]
+    return tuple(sorted((layer, str(pooling)) for layer in layers for pooling in values("pooling")))

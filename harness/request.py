@@ -174,6 +174,10 @@ class RunRequest:
         if request.mode == Mode.PROBE and "arm" not in params and not params.get("arms") and not spec.arms:
             # probing freezes a checkpoint's network: by default, the arms a checkpoint here concerns
             request = replace(request, arms=tuple(a for a in request.arms if request.initial(ARMS.get(a))[0]))
+            if not request.arms:
+                raise ParameterError(f"mode=probe freezes a checkpoint's network, and no arm of {spec.path} has one "
+                                     "here: pass checkpoint= (a pretrained arm's weights, its scratch twins' shape) or "
+                                     "init=, or name the arms with arms=")
         return request
 
     def parameters(self) -> dict[str, str]:
@@ -242,7 +246,7 @@ class RunRequest:
         source, twin = self.initial(arm)
         options = RunOptions(self.runtime, self.tokenizer_for(arm, source), self.spec.bpe_vocab_size, cap, source, twin,
                              dict(self.pretrain_cost), checkpoint_reader=arm.checkpoint_reader, mode=self.mode)
-        if not options.probing:
+        if not (options.probing and arm.neural and source):  # nothing to probe: Arm.validate says why
             return options
         space = arm.space(self.spec, options)  # every view a trial can ask for is pooled in one pass
         return replace(options, probe_views=views_of(self.spec.space(space), self.spec.fixed.get(space, {})))

@@ -278,6 +278,8 @@ def run_final(cell: Cell, params: dict[str, Any], seed: int, claim: optuna.Trial
                               **cell.arm.inherited_cost(cell.options),
                               **cell.arm.embedding_cost(task, cell.options),  # the cell's, on every seed alike
                               **{truncated_metric(split): n for split, n in fitted.truncated().items()}})
+        if fitted.result.tags:  # what scoring dev and test added (a probe: where the test embeddings came from)
+            tracking.set_tags(fitted.result.tags)
         log_final_artifacts(fitted, cell, test_probs, seed)
         if cell.request.save_models != "none":
             log_model(fitted, task, cell.label, name)

@@ -224,3 +224,15 @@ def test_the_cost_table_shows_the_embedding_pass_only_where_an_arm_was_probed():
     assert "embed_flops_per_task" in cost_md_columns(cost.reset_index())
     fine_tuned_only = cost.drop(index="hf_pretrained@aaaa1111+probe").reset_index()
     assert "embed_flops_per_task" not in cost_md_columns(fine_tuned_only)
+
+
+def test_each_contrast_of_a_checkpoint_has_its_own_figure():
+    """`arm@sha`, `arm~sha` and their `+probe` variants differ only in marks a file name cannot hold: each
+    contrast's difference figure must still be its own file (they used to overwrite one another)."""
+    from analysis.report import difference_png
+
+    variants = ["m@aaaa1111", "m@aaaa1111+probe", "m~aaaa1111", "m~aaaa1111+probe"]
+    contrasts = [Contrast("exploratory", a, b) for a in variants for b in variants if a != b]
+    names = {difference_png(c) for c in contrasts}
+    assert len(names) == len(contrasts)
+    assert difference_png(Contrast("bpe", "unet_bpe", "unet_char")) == "difference_unet_bpe_vs_unet_char.png"

@@ -152,7 +152,11 @@ class Arm:
         `probe_<family>` where declared (a CNN has one layer to read): the same for pretrained weights and a twin's
         random ones, so that the pretraining contrast of probes varies the weights alone."""
         if options.probing:
-            return spec.space_name(Mode.PROBE, self.family)
+            space = spec.space_name(Mode.PROBE, self.family)
+            if space not in spec.search_spaces:
+                raise StudyError(f"{spec.path}: mode=probe tunes a head in the study's search space `probe` (or "
+                                 f"`probe_{self.family}`), which it does not declare; add one (see studies/smoke.yaml)")
+            return space
         return spec.space_name(self.family, "pretrained" if options.pretrained else Init.SCRATCH)
 
     def architecture(self, spec: StudySpec, space: str, task: TaskData, options: RunOptions) -> dict[str, Any]:

@@ -168,7 +168,7 @@ class TorchArm(Arm):
     def fit(self, task: TaskData, params: dict[str, Any], seed: int, budget: Budget, options: RunOptions,
             on_epoch: train.EpochCallback | None = None) -> TorchFitted | probe.ProbeFitted:
         if options.probing:
-            return self.fit_probe(task, params, seed, budget, options, on_epoch)
+            return self.fit_probed(task, params, seed, budget, options, on_epoch)
         tok = self.build_tokenizer(task, options)
         train_split = tokenize(tok, task.train, options.max_length)
         dev_split = tokenize(tok, task.dev, options.max_length)
@@ -179,7 +179,7 @@ class TorchArm(Arm):
         return self.fitted_class(model, tok, task, options, result, architecture, self.model)
 
     # ------------------------------------------------------------------ probing (mode=probe, harness/probe.py)
-    def fit_probe(self, task: TaskData, params: dict[str, Any], seed: int, budget: Budget, options: RunOptions,
+    def fit_probed(self, task: TaskData, params: dict[str, Any], seed: int, budget: Budget, options: RunOptions,
                   on_epoch: train.EpochCallback | None = None) -> probe.ProbeFitted:
         """A head on the frozen backbone's cached embeddings: the same budget, schedule and dev selection."""
         backbone = self.backbone(task, options)
@@ -193,23 +193,26 @@ class TorchArm(Arm):
                                options.probe_views, options.runtime, on_epoch, export_backbone)
 
     def backbone(self, task: TaskData, options: RunOptions) -> probe.Backbone:
-        """The frozen network a probe of this arm reads, keyed by its weights' content: the checkpoint's sha256, or
-        for a twin what its random weights are drawn from (the checkpoint's shape, `probe.BACKBONE_SEED`, the
-        library that draws them)."""
+        """The frozen network a probe of this arm reads, keyed by what its outputs depend on: the checkpoint's
+        weights (sha256) or, for a twin, the seed its random weights are drawn with; the checkpoint's config; the
+        code that runs the network (the harness's models, torch, transformers for an hf checkpoint)."""
         tok = self.build_tokenizer(task, options)
         ckpt = options.checkpoint
-        weights = ckpt.fingerprint if options.pretrained else "twin:" + digest(
-            {"shape_of": ckpt.fingerprint, "seed": probe.BACKBONE_SEED, "torch": torch.__version__,
-             "transformers": importlib.metadata.version("transformers") if self.checkpoint_reader == "hf" else None})
-        return probe.Backbone(weights, lambda: self.frozen_network(tok, task.num_classes, options)[0], tok,
+        weights = {"weights": ckpt.fingerprint} if options.pretrained else {"random": probe.BACKBONE_SEED}
+        key = digest({**weights, "config": ckpt.architecture, "code": probe.model_code_digest(),
+                      "torch": torch.__version__,
+                      "transformers": importlib.metadata.version("transformers") if self.checkpoint_reader == "hf"
+                      else None})
+        return probe.Backbone(key, lambda: self.frozen_network(tok, task.num_classes, options)[0], tok,
                               options.max_length, {"model": self.model, "checkpoint": redact(ckpt.source),
                                                    "pretrained": options.pretrained})
 
     def frozen_network(self, tok: DNATokenizer, num_classes: int, options: RunOptions) -> tuple[nn.Module, dict]:
         """The arm's network with the checkpoint's weights (or a twin's random ones, drawn with a fixed seed), in
-        eval mode with every parameter frozen."""
-        train.seed_everything(probe.BACKBONE_SEED)
-        model, architecture = self.build_model(tok, num_classes, {}, options)
+        eval mode with every parameter frozen. The global random state is left as it was."""
+        with torch.random.fork_rng(devices=[]):
+            train.seed_everything(probe.BACKBONE_SEED)
+            model, architecture = self.build_model(tok, num_classes, {}, options)
         model.requires_grad_(False)
         return model.eval(), architecture
 
@@ -218,7 +221,9 @@ class TorchArm(Arm):
         return MODELS.get(self.model).hidden_state_count(ckpt.architecture if ckpt is not None else {})
 
     def embedding_cost(self, task: TaskData, options: RunOptions) -> dict[str, float]:
-        return probe.pass_cost(self.backbone(task, options), task, options.runtime) if options.probing else {}
+        if not options.probing:
+            return {}
+        return probe.pass_cost(self.backbone(task, options), task, options.runtime, options.probe_views)
 
 
 def train_config(params: dict[str, Any], seed: int, budget: Budget, options: RunOptions) -> train.TrainConfig:

@@ -84,7 +84,11 @@ class HFSequenceClassifier(nn.Module):
 
 def load_config(folder: Path):
     """The checkpoint's config (transformers' own class for its model_type; never its code)."""
+    import transformers
     from transformers import AutoConfig
+
+    # Its per-load and per-save progress bars would interleave with the harness's own progress lines, per trial.
+    transformers.utils.logging.disable_progress_bar()
 
     return AutoConfig.from_pretrained(str(folder))
 
