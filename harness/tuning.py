@@ -43,6 +43,7 @@ from .request import Cell, RunRequest
 from .schema import (
     Artifact,
     Metric,
+    Mode,
     Stage,
     Tag,
     final_run_name,
@@ -386,7 +387,7 @@ def tune_cell(cell: Cell, storage: RDBStorage, experiment_id: str) -> None:
     uid, provenance = study.user_attrs["study_uid"], request.provenance()
     factors = {**arm.tags(cell.options), **cell.factors()}
     source = {**tracking.source_tags(request.command, provenance[Tag.GIT_COMMIT]),
-              Tag.RUN_COLOR: arm_color(arm.name)}
+              Tag.RUN_COLOR: arm_color(arm.name, cell.options.mode)}
     tags = {**identity, **factors, **provenance, **source, Tag.OPTUNA_STUDY: study.study_name, Tag.STUDY_UID: uid,
             Tag.TASK_SOURCE: task.source, Tag.NOTE: f"running: {budget_line(cell)}"}
     done_before = workers.counted_trials(study)
@@ -447,12 +448,16 @@ def tune_cell(cell: Cell, storage: RDBStorage, experiment_id: str) -> None:
         log.info("%s | done in %s: %s", cell.label, progress.elapsed(), summary)
 
 
-def arm_color(arm: str) -> str:
+def arm_color(arm: str, mode: str = Mode.FINETUNE) -> str:
     """An arm's colour in MLflow's charts, the same in every experiment (the registry's order, matplotlib's
-    cycle): the UI otherwise hashes run ids into colours, often the same one for different arms."""
+    cycle): the UI otherwise hashes run ids into colours, often the same one for different arms. Probed, the
+    same colour halfway to white: the two modes of one arm read as a pair, and apart."""
+    from matplotlib.colors import to_rgb
+
     from .arms import ARMS
 
-    return to_hex(figures.arm_colors(name for name, _ in ARMS.items())[arm])
+    color = np.array(to_rgb(figures.arm_colors(name for name, _ in ARMS.items())[arm]))
+    return to_hex(color + (1 - color) / 2 if mode == Mode.PROBE else color)
 
 
 def latest_per_seed(finals: list[Run], seeds: int) -> list[Run]:

@@ -301,6 +301,10 @@ def test_probe_of_a_checkpoint_and_its_twin_through_the_cli(kind, workdir, check
                         key=lambda r: int(r.data.tags[Tag.TRIAL_NUMBER]))
         assert [t.data.tags[Tag.EMBEDDINGS] for t in trials] == ["train computed, dev computed",
                                                                    "train cached, dev cached"]
+    # In MLflow's charts a probe has its arm's colour, lighter: the pair reads together, and apart.
+    from harness.tuning import arm_color
+
+    assert pretrained.data.tags[Tag.RUN_COLOR] == arm_color("hf_pretrained", "probe") != arm_color("hf_pretrained")
     # The twins differ in their initial weights only.
     assert pretrained.data.tags[Tag.ARCHITECTURE_SHA] == twin.data.tags[Tag.ARCHITECTURE_SHA]
     assert pretrained.data.tags[Tag.SEARCH_SPACE] == twin.data.tags[Tag.SEARCH_SPACE] == "probe"
