@@ -26,7 +26,6 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from collections import OrderedDict
@@ -105,52 +104,30 @@ def view_file(folder: Path, view: View) -> Path:
 def embed(model: nn.Module, tokens: TokenizedSplit, pad_id: int, runtime: Runtime,
           views: list[View]) -> tuple[dict[View, np.ndarray], PassCost]:
     """One pass of `model` over a split: every view's pooled embeddings [N, H] (float32, in the split's order) and
-    the pass's cost (FLOPs counted on the batch holding the median length, scaled by the tokens). A batch that runs
-    out of memory is retried in halves, as `train.predict` does."""
+    the pass's cost (FLOPs counted on the first batch that reaches the median length, scaled by the tokens).
+    Batches as `train.predict` scores them (`train.in_length_order`: halved where memory runs out)."""
     model.to(runtime.device).eval()
-    order = np.argsort(tokens.lengths, kind="stable")
-    chunks: dict[View, list[torch.Tensor]] = {v: [] for v in views}
-    start, batch_size, flops_per_token, n_tokens = 0, runtime.eval_batch_size, 0.0, 0
-    median = len(order) // 2
+    median_length = float(np.median(tokens.lengths))
+    flops_per_token, n_tokens = 0.0, 0
     began = time.perf_counter()
-    while start < len(order):
-        idx = order[start:start + batch_size]
-        count = not flops_per_token and start + len(idx) > median  # attention's cost grows with length
-        try:
-            input_ids, mask, _ = train.collate(tokens, idx, pad_id, runtime.device)
-            with FlopCounterMode(display=False) if count else nullcontext() as counter:
-                pooled = pooled_views(model, input_ids, mask, views, runtime)
-        except train.MEMORY_ERRORS as err:
-            if len(idx) == 1:
-                raise
-            message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        else:
-            if counter is not None:
-                flops_per_token = counter.get_total_flops() / input_ids.numel()
-            for v in views:
-                chunks[v].append(pooled[v])
-            n_tokens += input_ids.numel()
-            start += len(idx)
-            continue
-        train.free_memory()  # out of the except block: the failed batch's tensors are released
-        batch_size = math.ceil(len(idx) / 2)
-        log.warning("out of memory embedding %d sequences (%s); embedding in batches of %d", len(idx), message,
-                    batch_size)
+
+    def pooled_views(idx: np.ndarray) -> dict[View, torch.Tensor]:  # the batch's hidden states die on return
+        nonlocal flops_per_token, n_tokens
+        input_ids, mask, _ = train.collate(tokens, idx, pad_id, runtime.device)
+        count = not flops_per_token and tokens.lengths[idx].max() >= median_length  # attention grows with length
+        with FlopCounterMode(display=False) if count else nullcontext() as counter:
+            with runtime.autocast():
+                states = model.hidden_states(input_ids, mask)
+            pooled = {v: pool(states[v[0]], mask, v[1]).cpu() for v in views}  # in float32
+        if counter is not None:
+            flops_per_token = counter.get_total_flops() / input_ids.numel()
+        n_tokens += input_ids.numel()
+        return pooled
+
+    chunks, order = train.in_length_order(tokens.lengths, runtime.eval_batch_size, pooled_views, "embedding")
     train.free_memory()  # a worker sharing the GPU gets the pass's memory back
-    arrays = {}
-    for v in views:
-        stacked = torch.cat(chunks[v]).numpy()
-        arrays[v] = np.empty_like(stacked)
-        arrays[v][order] = stacked
+    arrays = {v: train.in_split_order([chunk[v] for chunk in chunks], order) for v in views}
     return arrays, PassCost(time.perf_counter() - began, flops_per_token * n_tokens)
-
-
-def pooled_views(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, views: list[View],
-                 runtime: Runtime) -> dict[View, torch.Tensor]:
-    """One batch's pooled views, on the CPU; its hidden states (every layer) are freed on return."""
-    with runtime.autocast():
-        states = model.hidden_states(input_ids, mask)
-    return {v: pool(states[v[0]], mask, v[1]).cpu() for v in views}
 
 
 def embeddings(backbone: Backbone, task: TaskData, split: str, view: View, views: tuple[View, ...],
@@ -164,8 +141,8 @@ def embeddings(backbone: Backbone, task: TaskData, split: str, view: View, views
     if memory_key in _memory:
         _memory.move_to_end(memory_key)
         return _memory[memory_key], "cached"
-    source = "cached"
-    if read_meta(folder) is None or not view_file(folder, view).is_file():
+    source, meta = "cached", read_meta(folder)
+    if meta is None or not view_file(folder, view).is_file():
         with entry_lock(folder):
             meta = read_meta(folder)  # again, under the lock: another worker may have written it meanwhile
             wanted = [v for v in sorted({view, *views}) if meta is None or not view_file(folder, v).is_file()]
@@ -173,10 +150,9 @@ def embeddings(backbone: Backbone, task: TaskData, split: str, view: View, views
                 source = "computed"
                 tokens = tokenize(backbone.tokenizer, data, backbone.max_length)
                 arrays, cost = embed(backbone.build(), tokens, backbone.tokenizer.pad_id, runtime, wanted)
-                write_entry(folder, arrays, cost, tokens, meta)
+                meta = write_entry(folder, arrays, cost, tokens, meta)
                 log.info("embedded %s of %s: %d sequences, %d view(s), %.1fs", split, task.name, len(tokens),
                          len(wanted), cost.seconds)
-    meta = read_meta(folder)
     features = train.FeatureSplit(np.load(view_file(folder, view)), data.labels, int(meta["truncated"]))
     _memory[memory_key] = features
     while len(_memory) > MEMORY_ENTRIES:
@@ -204,7 +180,7 @@ def read_meta(folder: Path) -> dict[str, Any] | None:
 
 
 def write_entry(folder: Path, arrays: dict[View, np.ndarray], cost: PassCost, tokens: TokenizedSplit,
-                meta: dict[str, Any] | None) -> None:
+                meta: dict[str, Any] | None) -> dict[str, Any]:
     """Each view's array, then the record (each pass: the views it made and its cost; truncation), every file
     written whole to a temporary name and renamed: a reader sees a whole entry or none."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -214,6 +190,7 @@ def write_entry(folder: Path, arrays: dict[View, np.ndarray], cost: PassCost, to
     passes.append({"views": sorted(arrays), "seconds": cost.seconds, "flops": cost.flops})
     record = {"passes": passes, "truncated": tokens.truncated, "n": len(tokens)}
     atomic_write(folder / "pass.json", lambda f: f.write(json.dumps(record).encode()))
+    return record
 
 
 def atomic_write(path: Path, write: Callable[[Any], None]) -> None:

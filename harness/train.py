@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ from .schema import Metric
 from .tokenizers import MASK, SPECIAL_TOKENS, TokenizedSplit
 
 log = logging.getLogger("harness")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -156,38 +158,55 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-@torch.inference_mode()
-def predict(model: nn.Module, split: TokenizedSplit | FeatureSplit, pad_id: int, runtime: Runtime,
-            pad_to: int | None = None) -> np.ndarray:
-    """Class probabilities [N, C] for a whole split, in the split's order (batches of similar lengths).
-    A batch that runs out of memory is scored again in halves, and the rest of the split in batches of that
-    size, down to one sequence: a sequence's probabilities do not depend on its batch mates (up to float
-    rounding), so a smaller batch costs time only, where rerunning the fit would not help."""
-    model.eval()
-    order = np.argsort(split.lengths, kind="stable")  # longest last: where memory runs out, it stays out
-    chunks, start, batch_size = [], 0, runtime.eval_batch_size
+def in_length_order(lengths: np.ndarray, batch_size: int, step: Callable[[np.ndarray], T],
+                    what: str) -> tuple[list[T], np.ndarray]:
+    """`step` over a split's rows in batches of similar lengths, longest last (where memory runs out, it stays
+    out); returns its results and the row order they follow. A batch that runs out of memory is done again in
+    halves, and the rest of the split in batches of that size, down to one row: a row's result does not depend
+    on its batch mates (up to float rounding), so a smaller batch costs time only."""
+    order = np.argsort(lengths, kind="stable")
+    results, start = [], 0
     while start < len(order):
         idx = order[start:start + batch_size]
         try:
-            input_ids, mask, _ = batch(split, idx, pad_id, runtime.device, pad_to)
-            with runtime.autocast():
-                logits = logits_of(model(input_ids, mask))
+            results.append(step(idx))
         except MEMORY_ERRORS as err:
             if len(idx) == 1:
                 raise
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
         else:
-            chunks.append(torch.softmax(logits.float(), dim=-1).cpu())
             start += len(idx)
             continue
         free_memory()  # out of the except block: the failed batch's tensors are released
         batch_size = math.ceil(len(idx) / 2)
-        log.warning("out of memory scoring %d sequences (%s); scoring in batches of %d", len(idx), message,
+        log.warning("out of memory %s %d sequences (%s); %s in batches of %d", what, len(idx), message, what,
                     batch_size)
-    probs = torch.cat(chunks).numpy()
-    out = np.empty_like(probs)
-    out[order] = probs
+    return results, order
+
+
+def in_split_order(chunks: list[torch.Tensor], order: np.ndarray) -> np.ndarray:
+    """Rows computed in `order` (in_length_order), back in the split's order."""
+    stacked = torch.cat(chunks).numpy()
+    out = np.empty_like(stacked)
+    out[order] = stacked
     return out
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, split: TokenizedSplit | FeatureSplit, pad_id: int, runtime: Runtime,
+            pad_to: int | None = None) -> np.ndarray:
+    """Class probabilities [N, C] for a whole split, in the split's order (batches of similar lengths; one that
+    runs out of memory is scored in halves: `in_length_order`), where rerunning the fit would not help."""
+    model.eval()
+
+    def score(idx: np.ndarray) -> torch.Tensor:
+        input_ids, mask, _ = batch(split, idx, pad_id, runtime.device, pad_to)
+        with runtime.autocast():
+            logits = logits_of(model(input_ids, mask))
+        return torch.softmax(logits.float(), dim=-1).cpu()
+
+    chunks, order = in_length_order(split.lengths, runtime.eval_batch_size, score, "scoring")
+    return in_split_order(chunks, order)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int, fused: bool = True):

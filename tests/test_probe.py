@@ -199,20 +199,22 @@ def test_a_harness_checkpoint_probes_through_init(task, cache, tmp_path):
     assert fitted.view == (-1, "max")
 
 
-def test_dnabert2_fixture_probes_every_layer(cache, tmp_path):
-    """The tiny DNABERT-2 of ../shared with the published tokenizer: its embeddings and each layer's output."""
+def test_dnabert2_fixture_probes_each_of_its_layers(cache, tmp_path):
+    """The tiny DNABERT-2 of ../shared with the published tokenizer: the embeddings and each layer's output are
+    views a probe reads, each its own representation, the embeddings layer as readable as the last."""
     mlm, tokenizer = shared_path("fixtures", "dnabert2_tiny", "mlm"), shared_path("dnabert2", "tokenizer.json")
     arm = ARMS.get("dnabert2_pretrained")
-    options = RunOptions(BATCHED, tokenizer_path=str(tokenizer), init=str(mlm), mode="probe",
-                         probe_views=((-1, "mean"), (-2, "mean")))
+    options = RunOptions(BATCHED, tokenizer_path=str(tokenizer), init=str(mlm), mode="probe")
     count = arm.hidden_state_count(options)
+    assert count == 3  # the embeddings, then 2 layers
+    views = tuple((layer, "mean") for layer in range(-count, 0))
     rng = np.random.default_rng(1)
     task = TaskData("synthetic/variable_length", *(variable_length_split(n, rng) for n in (64, 32, 32)), 2, "test")
-    fitted = arm.fit(task, {**HEAD, "layer": -count}, 0, Budget(2, None), replace(
-        options, probe_views=((-count, "mean"), (-1, "mean"))))
+    fitted = arm.fit(task, {**HEAD, "layer": -count}, 0, Budget(2, None), replace(options, probe_views=views))
     assert fitted.predict("dev").shape == (32, 2)
-    ids = torch.tensor([[1, 5, 6, 2]])
-    assert count == 3 and len(fitted.backbone.build().hidden_states(ids, torch.ones_like(ids))) == count
+    layers = [probe.embeddings(fitted.backbone, task, "dev", view, views, BATCHED)[0].features for view in views]
+    for first, second in ((0, 1), (1, 2), (0, 2)):
+        assert np.abs(layers[first] - layers[second]).max() > 1e-3, (views[first], views[second])
 
 
 # ------------------------------------------------------------------------------------ refused up front

@@ -125,6 +125,9 @@ class Arm:
     # never its weights, so it runs only where a checkpoint concerns it.
     shaped_by_checkpoint: bool = False
     checkpoint_reader: str = "harness"  # how its checkpoint folder is read (RunOptions.checkpoint_reader)
+    # An arm that requires a checkpoint is plainly named (dnabert2_pretrained: the published one), unless it takes
+    # any checkpoint at all (hf_pretrained@<sha>: each its own variant). A class attribute, not a field.
+    variant_names_checkpoint = False
 
     @property
     def hyperparameters(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -196,7 +199,7 @@ class Arm:
         (`convnova_char@1a2b3c4d`, the checkpoint's weight fingerprint), and so is a scratch twin of a checkpoint
         (`dnabert2_scratch~1a2b3c4d`), so that each has its own Optuna study and sits beside the plain arm in
         one experiment. An arm that requires a checkpoint is pretrained by definition."""
-        if not options.init or self.requires_checkpoint:
+        if not options.init or (self.requires_checkpoint and not self.variant_names_checkpoint):
             return variant_name(self.name, mode=options.mode)
         sha = options.checkpoint.fingerprint
         return variant_name(self.name, None if options.twin else sha, sha if options.twin else None, options.mode)

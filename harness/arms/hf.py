@@ -37,7 +37,7 @@ from ..models.hf import (
     pretrained_backbone,
     random_backbone,
 )
-from ..schema import Artifact, Init, Tag, variant_name
+from ..schema import Artifact, Init, Tag
 from ..studies import StudySpec
 from ..tokenizers import DNATokenizer, HFTokenizer, hf_tokenizer
 from ..tracking import redact
@@ -85,6 +85,7 @@ class HFFitted(TorchFitted):
 
 class HFArm(TorchArm):
     fitted_class = HFFitted
+    variant_names_checkpoint = True  # `hf_pretrained@<sha>`, `hf_scratch~<sha>`; probed, `+probe`
 
     @property
     def hyperparameters(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -105,13 +106,6 @@ class HFArm(TorchArm):
         return options.checkpoint
 
     # ------------------------------------------------------------------ what the variant is
-    def variant(self, options: RunOptions) -> str:
-        """`hf_pretrained@<sha>` (each checkpoint its own variant), `hf_scratch~<sha>` (its twin); probed, `+probe`."""
-        if not options.init:
-            return variant_name(self.name, mode=options.mode)
-        sha = options.checkpoint.fingerprint
-        return variant_name(self.name, None if options.twin else sha, sha if options.twin else None, options.mode)
-
     def tags(self, options: RunOptions) -> dict[str, str]:
         tags = super().tags(options)
         ckpt = self.checkpoint(options)

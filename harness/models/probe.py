@@ -32,13 +32,14 @@ import torch
 from torch import nn
 
 from ..registry import Registry
-from .heads import MaxPooling, MeanPooling
-from .hf import FirstTokenPooling
+from .heads import AttentionPooling
+from .hf import HF_POOLINGS
 
+# The poolings without parameters (mean, max, first): what is pooled once can be cached for every trial.
 PROBE_POOLINGS: Registry[type[nn.Module]] = Registry("pooling")
-PROBE_POOLINGS.add("mean", MeanPooling)
-PROBE_POOLINGS.add("max", MaxPooling)
-PROBE_POOLINGS.add("first", FirstTokenPooling)
+for _name, _cls in HF_POOLINGS.items():
+    if not issubclass(_cls, AttentionPooling):
+        PROBE_POOLINGS.add(_name, _cls)
 PROBE_HEADS = ("linear", "mlp")
 # A probe's defaults where its search space neither tunes nor fixes a key.
 PROBE_DEFAULTS: dict[str, Any] = {"head": "linear", "head_hidden": 256, "layer": -1, "pooling": "mean"}
